@@ -1,0 +1,467 @@
+/**
+ * A Python worker process serving the gRPC bridge, as a `Scope` resource.
+ *
+ * Acquire: resolve the interpreter, spawn the process in its own process group, read the one
+ * readiness line within the startup timeout, connect the client. Release (on success, failure
+ * and interruption alike): ask it to stop, SIGTERM the group, wait, SIGKILL the group, await
+ * exit. Interrupting a half-started worker leaves no process behind.
+ *
+ * @since 0.1.0
+ */
+import { Buffer } from "node:buffer"
+import { delimiter } from "node:path"
+import { Command } from "@effect/platform"
+import type { CommandExecutor } from "@effect/platform/CommandExecutor"
+import type { PlatformError } from "@effect/platform/Error"
+import { BridgeClient, type GrpcError, type Proto } from "@snakepit/grpc"
+import { RunId } from "@snakepit/registry"
+import { Deferred, Duration, Effect, Fiber, Option, Ref, type Scope, Stream } from "effect"
+import {
+  CallTimeout,
+  type ConfigError,
+  InvalidArguments,
+  PythonError,
+  ToolNotFound,
+  TransportError,
+  type WorkerCallError,
+  WorkerCrashed,
+  WorkerStartError,
+  type WorkerStartReason
+} from "./errors.js"
+import { findJsonProblem } from "./internal/json.js"
+import { bridgePythonPath, resolvePython } from "./internal/python.js"
+import { extractTraceback, LineTail } from "./internal/stderr.js"
+import * as ThreadLimits from "./ThreadLimits.js"
+
+/** The built-in showcase adapter. */
+export const DEFAULT_ADAPTER = "snakepit_bridge.showcase:ShowcaseAdapter"
+
+/** How to start one worker. Every field has a default. */
+export interface WorkerOptions {
+  /** Worker id, unique within the host. Default `worker-<n>`. */
+  readonly id?: string
+  /** `module` or `module:Class` of the adapter. Default: the showcase adapter. */
+  readonly adapter?: string
+  /** Interpreter to run. Default: `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc. */
+  readonly python?: string
+  /** Extra directories on the worker's PYTHONPATH (where your adapter lives). */
+  readonly pythonPath?: ReadonlyArray<string>
+  /** Extra environment for the worker. */
+  readonly env?: Readonly<Record<string, string>>
+  /** Thread limits for numeric libraries; a partial override merges with the defaults (all 1). */
+  readonly threadLimits?: Partial<ThreadLimits.ThreadLimits>
+  /** Time from spawn to a connected client. Default 30 seconds. */
+  readonly startupTimeout?: Duration.DurationInput
+  /** Time each shutdown step (stop request, SIGTERM) may take before the next. Default 2 seconds. */
+  readonly gracefulTimeout?: Duration.DurationInput
+  /** Largest gRPC message in either direction. Default 64 MiB. */
+  readonly maxMessageBytes?: number
+  /** Run id passed as `--snakepit-run-id`. Default: the `RunId` service, else this process's. */
+  readonly runId?: string
+  /** Working directory of the worker. */
+  readonly cwd?: string
+  /** Lines of stderr kept for error messages. Default 60. */
+  readonly stderrTailLines?: number
+}
+
+/** Per-call options on a worker. */
+export interface ExecuteOptions {
+  /** Session whose state the tool sees as `ctx.session`. */
+  readonly session?: string
+  /** Cancel the call (and fail with `CallTimeout`) after this long. Measured on Effect's Clock. */
+  readonly timeout?: Duration.DurationInput
+  /** Raw binary values passed beside the JSON arguments, as `ctx.attachments`. */
+  readonly attachments?: Readonly<Record<string, Uint8Array>>
+}
+
+/** How the process ended. */
+export interface ExitStatus {
+  readonly code: number | null
+  readonly signal: string | null
+}
+
+/** A running worker. Valid until the scope it was made in closes. */
+export interface Worker {
+  readonly id: string
+  readonly pid: number
+  /** The bridge's `host:port`. */
+  readonly address: string
+  readonly adapter: string
+  readonly python: string
+  readonly runId: string
+  readonly startedAt: Date
+  /** Runs `tool` with `args` (an object of named parameters) and decodes its JSON result. */
+  readonly execute: (tool: string, args?: unknown, options?: ExecuteOptions) => Effect.Effect<unknown, WorkerCallError>
+  /** The adapter's tools with their parameters. */
+  readonly describeTools: Effect.Effect<ReadonlyArray<Proto.ToolSpec>, WorkerCrashed | TransportError>
+  /** One health probe. */
+  readonly health: (
+    timeout?: Duration.DurationInput
+  ) => Effect.Effect<Proto.HealthResponse, WorkerCrashed | TransportError | CallTimeout>
+  /** Drops a session's state inside the worker; true if it existed. */
+  readonly cleanupSession: (session: string) => Effect.Effect<boolean, WorkerCrashed | TransportError>
+  /** Completes when the process exits. */
+  readonly exited: Effect.Effect<ExitStatus>
+  readonly isRunning: Effect.Effect<boolean>
+  /** The last lines the worker wrote to stderr. */
+  readonly stderrTail: Effect.Effect<string>
+}
+
+const READY_PREFIX = "SNAKEPIT_READY "
+
+let workerCounter = 0
+
+const signalOf = (error: PlatformError): string | null =>
+  /signal: (\w+)/.exec(String((error as { cause?: unknown }).cause ?? error.message))?.[1] ?? null
+
+/** Sends `signal` to the whole process group led by `pid`; a group that is already gone is fine. */
+const signalGroup = (pid: number, signal: NodeJS.Signals) =>
+  Effect.sync(() => {
+    try {
+      process.kill(-pid, signal)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error
+    }
+  })
+
+const toObjectArgs = (tool: string, args: unknown): Effect.Effect<Buffer, InvalidArguments> => {
+  if (args === undefined || args === null) return Effect.succeed(Buffer.from("{}"))
+  if (typeof args !== "object" || Array.isArray(args)) {
+    return Effect.fail(
+      new InvalidArguments({
+        tool,
+        path: "args",
+        reason: `expected an object of named parameters, got ${Array.isArray(args) ? "an array" : typeof args}`
+      })
+    )
+  }
+  const problem = findJsonProblem(args)
+  return problem
+    ? Effect.fail(new InvalidArguments({ tool, path: problem.path, reason: problem.reason }))
+    : Effect.succeed(Buffer.from(JSON.stringify(args)))
+}
+
+/**
+ * Starts a worker in the current scope. Closing the scope stops it and every process in its
+ * group.
+ */
+export const make = (
+  options: WorkerOptions = {}
+): Effect.Effect<Worker, WorkerStartError | ConfigError, Scope.Scope | CommandExecutor> =>
+  Effect.gen(function* () {
+    const id = options.id ?? `worker-${++workerCounter}`
+    const adapter = options.adapter ?? DEFAULT_ADAPTER
+    const grace = options.gracefulTimeout ?? Duration.seconds(2)
+    const tail = new LineTail(options.stderrTailLines ?? 60)
+    const startError = (
+      reason: WorkerStartReason,
+      detail: string,
+      extra: Partial<ConstructorParameters<typeof WorkerStartError>[0]> = {}
+    ) =>
+      new WorkerStartError({
+        workerId: id,
+        reason,
+        detail,
+        tried: [],
+        exitCode: null,
+        signal: null,
+        stderrTail: tail.text(),
+        traceback: extractTraceback(tail.text()),
+        ...extra
+      })
+
+    const python = yield* resolvePython(options.python).pipe(
+      Effect.mapError((rejections) =>
+        startError(
+          "python_not_found",
+          `no usable Python interpreter: ${rejections.map((r) => `${r.python} (${r.why})`).join("; ")}. ` +
+            "Install grpcio and protobuf for it (Debian: apt-get install python3-grpcio python3-protobuf), " +
+            "or name one with the `python` option or SNAKEPIT_PYTHON.",
+          { tried: rejections.map((r) => r.python) }
+        )
+      )
+    )
+    const limits = yield* ThreadLimits.resolve(options.threadLimits)
+    const runId = options.runId ?? (yield* RunId.current)
+    const maxMessageBytes = options.maxMessageBytes ?? BridgeClient.DEFAULT_MAX_MESSAGE_BYTES
+    const pythonPath = [bridgePythonPath(), ...(options.pythonPath ?? []), process.env.PYTHONPATH]
+      .filter((dir): dir is string => Boolean(dir))
+      .join(delimiter)
+
+    let command = Command.make(
+      python,
+      "-m",
+      "snakepit_bridge.server",
+      "--adapter",
+      adapter,
+      "--port",
+      "0",
+      "--worker-id",
+      id,
+      "--snakepit-run-id",
+      runId,
+      "--max-message-bytes",
+      String(maxMessageBytes)
+    ).pipe(
+      Command.env({
+        ...ThreadLimits.toEnv(limits),
+        PYTHONPATH: pythonPath,
+        PYTHONUNBUFFERED: "1",
+        PYTHONDONTWRITEBYTECODE: "1",
+        ...options.env
+      }),
+      // The worker watches its stdin: EOF means the host is gone.
+      Command.stdin("pipe")
+    )
+    if (options.cwd) command = Command.workingDirectory(command, options.cwd)
+
+    // Spawned detached by the executor: the worker leads its own process group.
+    const proc = yield* Command.start(command).pipe(Effect.mapError((e) => startError("spawn_failed", e.message)))
+    const pid = proc.pid as number
+    const isRunning = Effect.orDie(proc.isRunning)
+
+    const exited: Effect.Effect<ExitStatus> = proc.exitCode.pipe(
+      Effect.map((code): ExitStatus => ({ code, signal: null })),
+      Effect.catchTags({
+        SystemError: (e) => Effect.succeed<ExitStatus>({ code: null, signal: signalOf(e) }),
+        BadArgument: (e) => Effect.succeed<ExitStatus>({ code: null, signal: signalOf(e) })
+      })
+    )
+    // Finalizers run uninterruptibly; the wait must be interruptible or its timeout could never fire.
+    const stopRequested = yield* Ref.make(false)
+    const isExited = exited.pipe(Effect.interruptible, Effect.timeout(grace), Effect.option, Effect.map(Option.isSome))
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        if (!(yield* isRunning)) return
+        // A worker asked to stop gets its grace period before any signal.
+        if ((yield* Ref.get(stopRequested)) && (yield* isExited)) return
+        yield* signalGroup(pid, "SIGTERM")
+        if (yield* isExited) return
+        yield* signalGroup(pid, "SIGKILL")
+        yield* exited
+      }).pipe(
+        // Grandchildren outlive their parent unless the group is swept after it.
+        Effect.ensuring(signalGroup(pid, "SIGKILL")),
+        Effect.annotateLogs({ worker: id, pid })
+      )
+    )
+
+    const stderrFiber = yield* proc.stderr.pipe(
+      Stream.decodeText(),
+      Stream.splitLines,
+      Stream.runForEach((line) =>
+        Effect.zipRight(
+          Effect.sync(() => tail.push(line)),
+          Effect.logDebug(line).pipe(Effect.annotateLogs({ worker: id }))
+        )
+      ),
+      Effect.orDie,
+      Effect.forkScoped
+    )
+    // Lets the tail catch up with what the process wrote before it exited.
+    const drainedTail = Fiber.await(stderrFiber).pipe(
+      Effect.timeout(Duration.seconds(1)),
+      Effect.option,
+      Effect.zipRight(Effect.sync(() => tail.text()))
+    )
+
+    const readyLine = yield* Deferred.make<string>()
+    yield* proc.stdout.pipe(
+      Stream.decodeText(),
+      Stream.splitLines,
+      Stream.runForEach((line) =>
+        Deferred.succeed(readyLine, line).pipe(
+          Effect.flatMap((first) =>
+            first
+              ? Effect.void
+              : Effect.logWarning(`unexpected stdout: ${line}`).pipe(Effect.annotateLogs({ worker: id }))
+          )
+        )
+      ),
+      Effect.orDie,
+      Effect.forkScoped
+    )
+
+    const exitedBeforeReady = (status: ExitStatus) =>
+      Effect.flatMap(drainedTail, (stderrTail) => {
+        const reason: WorkerStartReason =
+          status.code === 3
+            ? "adapter_import_failed"
+            : status.code === 4
+              ? "adapter_start_failed"
+              : "exited_before_ready"
+        const how = status.signal ? `killed by ${status.signal}` : `exited with code ${status.code}`
+        const detail =
+          reason === "adapter_import_failed"
+            ? `adapter "${adapter}" could not be imported (${how})`
+            : reason === "adapter_start_failed"
+              ? `adapter "${adapter}" raised while starting (${how})`
+              : `the process ${how} before its readiness line`
+        return Effect.fail(
+          startError(reason, detail, {
+            exitCode: status.code,
+            signal: status.signal,
+            stderrTail,
+            traceback: extractTraceback(stderrTail)
+          })
+        )
+      })
+
+    const startupTimeout = options.startupTimeout ?? Duration.seconds(30)
+    const client = yield* Effect.gen(function* () {
+      const line = yield* Effect.raceFirst(Deferred.await(readyLine), Effect.flatMap(exited, exitedBeforeReady))
+      if (!line.startsWith(READY_PREFIX)) {
+        return yield* startError(
+          "bad_readiness_line",
+          `expected "${READY_PREFIX}{...}" on stdout, got: ${line.slice(0, 200)}`
+        )
+      }
+      const ready = yield* Effect.try({
+        try: () => JSON.parse(line.slice(READY_PREFIX.length)) as { port: number },
+        catch: () => startError("bad_readiness_line", `readiness line is not JSON: ${line.slice(0, 200)}`)
+      })
+      return yield* BridgeClient.make({
+        address: `127.0.0.1:${ready.port}`,
+        maxMessageBytes,
+        connectTimeout: startupTimeout
+      }).pipe(Effect.mapError((e) => startError("connect_failed", e.message)))
+    }).pipe(
+      Effect.timeoutFail({
+        duration: startupTimeout,
+        onTimeout: () =>
+          startError("startup_timeout", `not ready within ${Duration.format(startupTimeout)}`, {
+            stderrTail: tail.text()
+          })
+      })
+    )
+
+    // Runs before the client closes and before the signals: a polite stop first.
+    yield* Effect.addFinalizer(() =>
+      isRunning.pipe(
+        Effect.flatMap((running) =>
+          running
+            ? Ref.set(stopRequested, true).pipe(
+                Effect.zipRight(client.stop(grace, { deadline: grace })),
+                Effect.interruptible,
+                Effect.timeout(grace),
+                Effect.tapError((e) => Effect.logDebug(`stop request not answered: ${e.message}`)),
+                Effect.either
+              )
+            : Effect.void
+        )
+      )
+    )
+
+    /** Turns a transport failure into a crash when the process is gone or the link is lost. */
+    const transportFailure =
+      (tool: string | null) =>
+      (error: GrpcError): Effect.Effect<never, WorkerCrashed | TransportError> =>
+        Effect.gen(function* () {
+          const status = yield* exited.pipe(
+            Effect.timeout(error._tag === "GrpcUnavailable" ? Duration.seconds(2) : Duration.millis(50)),
+            Effect.option
+          )
+          if (Option.isNone(status) && error._tag !== "GrpcUnavailable") {
+            return yield* new TransportError({ workerId: id, tool, grpcCode: error._tag, details: error.details })
+          }
+          const stderrTail = yield* drainedTail
+          return yield* new WorkerCrashed({
+            workerId: id,
+            pid,
+            exitCode: Option.isSome(status) ? status.value.code : null,
+            signal: Option.isSome(status) ? status.value.signal : null,
+            stderrTail,
+            tool,
+            detail: Option.isSome(status)
+              ? error.details
+              : `connection lost while the process still runs: ${error.details}`
+          })
+        })
+
+    const onTransport = <A>(
+      tool: string | null,
+      effect: Effect.Effect<A, GrpcError>
+    ): Effect.Effect<A, WorkerCrashed | TransportError> =>
+      effect.pipe(
+        Effect.catchTags({
+          GrpcUnavailable: transportFailure(tool),
+          GrpcDeadlineExceeded: transportFailure(tool),
+          GrpcMessageTooLarge: transportFailure(tool),
+          GrpcFailure: transportFailure(tool)
+        })
+      )
+
+    const toolFailure = (tool: string, error: Proto.ToolError): WorkerCallError => {
+      switch (error.kind) {
+        case 2: // TOOL_NOT_FOUND
+          return new ToolNotFound({ tool, available: error.availableTools, workerId: id })
+        case 3: // INVALID_ARGUMENTS
+          return new InvalidArguments({ tool, reason: error.message, path: null })
+        default:
+          return new PythonError({
+            tool,
+            type: error.type || "Error",
+            message: error.message,
+            traceback: error.traceback,
+            workerId: id
+          })
+      }
+    }
+
+    const decode = (tool: string, json: Buffer): Effect.Effect<unknown> =>
+      Effect.try(() => JSON.parse(json.toString("utf8")) as unknown).pipe(
+        Effect.orDieWith((e) => new Error(`worker ${id} sent a result for "${tool}" that is not JSON: ${String(e)}`))
+      )
+
+    const execute = (
+      tool: string,
+      args?: unknown,
+      opts: ExecuteOptions = {}
+    ): Effect.Effect<unknown, WorkerCallError> =>
+      Effect.gen(function* () {
+        const argsJson = yield* toObjectArgs(tool, args)
+        const attachments = Object.fromEntries(
+          Object.entries(opts.attachments ?? {}).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
+        )
+        const call = onTransport(
+          tool,
+          client.executeTool({ tool, argsJson, attachments, sessionId: opts.session ?? "", requestId: "" })
+        )
+        const response = yield* opts.timeout === undefined
+          ? call
+          : call.pipe(
+              Effect.timeoutFail({
+                duration: opts.timeout,
+                onTimeout: () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(opts.timeout!), workerId: id })
+              })
+            )
+        const outcome = response.outcome
+        if (outcome?.$case === "resultJson") return yield* decode(tool, outcome.value)
+        if (outcome?.$case === "error") return yield* Effect.fail(toolFailure(tool, outcome.value))
+        return yield* Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
+      }).pipe(Effect.withSpan("snakepit.worker.execute", { attributes: { tool, worker: id } }))
+
+    return {
+      id,
+      pid,
+      address: client.address,
+      adapter,
+      python,
+      runId,
+      startedAt: new Date(),
+      execute,
+      describeTools: onTransport(null, client.describeTools()).pipe(Effect.map((res) => res.tools)),
+      health: (timeout = Duration.seconds(5)) =>
+        onTransport(null, client.health()).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new CallTimeout({ tool: "health", timeoutMs: Duration.toMillis(timeout), workerId: id })
+          })
+        ),
+      cleanupSession: (session) => onTransport(null, client.cleanupSession(session)),
+      exited,
+      isRunning,
+      stderrTail: Effect.sync(() => tail.text())
+    } satisfies Worker
+  }).pipe(Effect.withSpan("snakepit.worker.start"))

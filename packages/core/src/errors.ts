@@ -1,0 +1,202 @@
+/**
+ * Every expected failure of Snakepit, as a `Schema.TaggedError` a caller can `catchTag`.
+ * Each carries what a person needs to act on it.
+ *
+ * @since 0.1.0
+ */
+import { Schema } from "effect"
+
+const Nullable = <S extends Schema.Schema.Any>(schema: S) => Schema.NullOr(schema)
+
+/** The tool is not offered by the worker's adapter; `available` lists the tools there are. */
+export class ToolNotFound extends Schema.TaggedError<ToolNotFound>()("ToolNotFound", {
+  tool: Schema.String,
+  available: Schema.Array(Schema.String),
+  workerId: Schema.String
+}) {
+  override get message() {
+    return `no tool "${this.tool}" on worker ${this.workerId}; available: ${this.available.join(", ") || "(none)"}`
+  }
+}
+
+/** The arguments cannot be sent (not JSON-serialisable) or do not fit the tool's signature. */
+export class InvalidArguments extends Schema.TaggedError<InvalidArguments>()("InvalidArguments", {
+  tool: Schema.String,
+  reason: Schema.String,
+  /** Where in the arguments the problem is, e.g. `args.items[2]`, when known. */
+  path: Nullable(Schema.String)
+}) {
+  override get message() {
+    return `invalid arguments for "${this.tool}"${this.path ? ` at ${this.path}` : ""}: ${this.reason}`
+  }
+}
+
+/** The tool raised a Python exception. */
+export class PythonError extends Schema.TaggedError<PythonError>()("PythonError", {
+  tool: Schema.String,
+  /** The exception class, e.g. "ValueError". */
+  type: Schema.String,
+  /** `str(exception)`. */
+  message: Schema.String,
+  /** The formatted Python traceback. */
+  traceback: Schema.String,
+  workerId: Schema.String
+}) {}
+
+/** The worker process died or its connection broke while serving a call. */
+export class WorkerCrashed extends Schema.TaggedError<WorkerCrashed>()("WorkerCrashed", {
+  workerId: Schema.String,
+  pid: Schema.Number,
+  /** Exit code when the process exited normally. */
+  exitCode: Nullable(Schema.Number),
+  /** Signal name when a signal ended the process, e.g. "SIGKILL". */
+  signal: Nullable(Schema.String),
+  /** The last lines the worker wrote to stderr. */
+  stderrTail: Schema.String,
+  /** The tool that was running, when the crash ended a call. */
+  tool: Nullable(Schema.String),
+  detail: Schema.String
+}) {
+  override get message() {
+    const how =
+      this.signal !== null
+        ? `killed by ${this.signal}`
+        : this.exitCode !== null
+          ? `exited with code ${this.exitCode}`
+          : "lost"
+    return `worker ${this.workerId} (pid ${this.pid}) ${how}${this.tool ? ` during "${this.tool}"` : ""}: ${this.detail}`
+  }
+}
+
+/** The call did not finish within its timeout; the RPC was cancelled. */
+export class CallTimeout extends Schema.TaggedError<CallTimeout>()("CallTimeout", {
+  tool: Schema.String,
+  timeoutMs: Schema.Number,
+  workerId: Nullable(Schema.String)
+}) {
+  override get message() {
+    return `"${this.tool}" did not finish within ${this.timeoutMs} ms${this.workerId ? ` on worker ${this.workerId}` : ""}`
+  }
+}
+
+/** The worker answered, but the transport failed in a way that is not a crash (e.g. message too large). */
+export class TransportError extends Schema.TaggedError<TransportError>()("TransportError", {
+  workerId: Schema.String,
+  tool: Nullable(Schema.String),
+  grpcCode: Schema.String,
+  details: Schema.String
+}) {
+  override get message() {
+    return `transport to worker ${this.workerId} failed${this.tool ? ` during "${this.tool}"` : ""}: ${this.grpcCode} ${this.details}`
+  }
+}
+
+/** The pool's queue is at `queue.max`. */
+export class QueueFull extends Schema.TaggedError<QueueFull>()("QueueFull", {
+  pool: Schema.String,
+  max: Schema.Number
+}) {
+  override get message() {
+    return `pool "${this.pool}" queue is full (${this.max} waiting)`
+  }
+}
+
+/** No worker became free within `queue.timeout`. */
+export class QueueTimeout extends Schema.TaggedError<QueueTimeout>()("QueueTimeout", {
+  pool: Schema.String,
+  timeoutMs: Schema.Number
+}) {
+  override get message() {
+    return `no worker of pool "${this.pool}" became free within ${this.timeoutMs} ms`
+  }
+}
+
+/** `strict_fail_fast` affinity: the session's worker is busy. */
+export class WorkerBusy extends Schema.TaggedError<WorkerBusy>()("WorkerBusy", {
+  workerId: Schema.String,
+  session: Schema.String
+}) {}
+
+/** Strict affinity: the session's worker died or was recycled. */
+export class SessionWorkerUnavailable extends Schema.TaggedError<SessionWorkerUnavailable>()(
+  "SessionWorkerUnavailable",
+  {
+    session: Schema.String,
+    workerId: Schema.String,
+    reason: Schema.String
+  }
+) {}
+
+/** Why a worker could not start. */
+export const WorkerStartReason = Schema.Literal(
+  "python_not_found",
+  "spawn_failed",
+  "adapter_import_failed",
+  "adapter_start_failed",
+  "exited_before_ready",
+  "startup_timeout",
+  "bad_readiness_line",
+  "connect_failed"
+)
+/** @since 0.1.0 */
+export type WorkerStartReason = typeof WorkerStartReason.Type
+
+/** A worker could not be started. */
+export class WorkerStartError extends Schema.TaggedError<WorkerStartError>()("WorkerStartError", {
+  workerId: Schema.String,
+  reason: WorkerStartReason,
+  detail: Schema.String,
+  /** Interpreters tried, when none was usable. */
+  tried: Schema.Array(Schema.String),
+  exitCode: Nullable(Schema.Number),
+  signal: Nullable(Schema.String),
+  stderrTail: Schema.String,
+  /** The Python traceback found on stderr, if any. */
+  traceback: Nullable(Schema.String)
+}) {
+  override get message() {
+    return `worker ${this.workerId} failed to start (${this.reason}): ${this.detail}`
+  }
+}
+
+/** The pool was closed; no more calls are accepted. */
+export class PoolClosed extends Schema.TaggedError<PoolClosed>()("PoolClosed", {
+  pool: Schema.String
+}) {}
+
+/** An option or environment variable has a bad value. */
+export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError", {
+  /** The option path or environment variable, e.g. `threadLimits.openblas` or `SNAKEPIT_SIZE`. */
+  key: Schema.String,
+  /** The offending value, rendered. */
+  value: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `bad config ${this.key}=${this.value}: ${this.reason}`
+  }
+}
+
+/** The pool could not reach its minimum size; `causes` holds each worker's failure. */
+export class PoolStartError extends Schema.TaggedError<PoolStartError>()("PoolStartError", {
+  pool: Schema.String,
+  detail: Schema.String,
+  causes: Schema.Array(WorkerStartError)
+}) {}
+
+/** A worker id or handle that names no live worker. */
+export class WorkerNotFound extends Schema.TaggedError<WorkerNotFound>()("WorkerNotFound", {
+  workerId: Schema.String
+}) {}
+
+/** What a single call on a worker can fail with. */
+export type WorkerCallError =
+  | ToolNotFound
+  | InvalidArguments
+  | PythonError
+  | WorkerCrashed
+  | CallTimeout
+  | TransportError
+
+/** What a call through the pool can fail with. */
+export type CallError = WorkerCallError | QueueFull | QueueTimeout | WorkerBusy | SessionWorkerUnavailable | PoolClosed

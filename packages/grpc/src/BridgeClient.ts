@@ -1,0 +1,152 @@
+/**
+ * The worker's bridge service as an Effect client. Interrupting a call cancels the RPC;
+ * the channel is a scoped resource closed with its scope.
+ *
+ * @since 0.1.0
+ */
+import { type CallOptions, type ClientUnaryCall, credentials, Metadata, type ServiceError } from "@grpc/grpc-js"
+import { Duration, Effect, type Scope, Stream } from "effect"
+import { fromServiceError, GrpcConnectTimeout, type GrpcError } from "./GrpcError.js"
+import {
+  BridgeServiceClient,
+  type CleanupSessionResponse,
+  type DescribeToolsResponse,
+  type ExecuteToolRequest,
+  type ExecuteToolResponse,
+  type HealthResponse,
+  type PingResponse,
+  type ToolChunk
+} from "./generated/snakepit_bridge.js"
+
+/** Default cap on a single message in either direction: 64 MiB. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+/** How to reach a worker's bridge. */
+export interface BridgeClientOptions {
+  /** `host:port` or `unix:/path`. */
+  readonly address: string
+  /** Largest message sent or received, in bytes. Default 64 MiB. */
+  readonly maxMessageBytes?: number
+  /** How long to wait for the channel to become ready. Default 5 seconds. */
+  readonly connectTimeout?: Duration.DurationInput
+}
+
+/** Per-call settings. */
+export interface RpcOptions {
+  /** A gRPC deadline sent to the peer. Prefer Effect timeouts for host-side limits. */
+  readonly deadline?: Duration.DurationInput
+  /** Metadata sent with the call. */
+  readonly metadata?: Readonly<Record<string, string>>
+}
+
+/** A connected client of one worker's BridgeService. */
+export interface BridgeClient {
+  readonly address: string
+  readonly ping: (message?: string, options?: RpcOptions) => Effect.Effect<PingResponse, GrpcError>
+  readonly health: (options?: RpcOptions) => Effect.Effect<HealthResponse, GrpcError>
+  readonly executeTool: (
+    request: ExecuteToolRequest,
+    options?: RpcOptions
+  ) => Effect.Effect<ExecuteToolResponse, GrpcError>
+  /** The tool's chunks, pulled on demand: grpc-js reads the next message only when asked. */
+  readonly executeStreamingTool: (
+    request: ExecuteToolRequest,
+    options?: RpcOptions
+  ) => Stream.Stream<ToolChunk, GrpcError>
+  readonly describeTools: (options?: RpcOptions) => Effect.Effect<DescribeToolsResponse, GrpcError>
+  readonly initializeSession: (sessionId: string, options?: RpcOptions) => Effect.Effect<void, GrpcError>
+  readonly cleanupSession: (sessionId: string, options?: RpcOptions) => Effect.Effect<boolean, GrpcError>
+  /** Asks the worker to stop serving and exit after `grace`. */
+  readonly stop: (grace: Duration.DurationInput, options?: RpcOptions) => Effect.Effect<void, GrpcError>
+}
+
+type Callback<A> = (error: ServiceError | null, response: A) => void
+
+const callOptions = (options: RpcOptions | undefined): Partial<CallOptions> =>
+  options?.deadline === undefined ? {} : { deadline: Date.now() + Duration.toMillis(options.deadline) }
+
+const metadataOf = (options: RpcOptions | undefined): Metadata => {
+  const metadata = new Metadata()
+  for (const [key, value] of Object.entries(options?.metadata ?? {})) metadata.set(key, value)
+  return metadata
+}
+
+const unary = <A>(
+  method: string,
+  options: RpcOptions | undefined,
+  invoke: (metadata: Metadata, callOptions: Partial<CallOptions>, callback: Callback<A>) => ClientUnaryCall
+): Effect.Effect<A, GrpcError> =>
+  Effect.async<A, GrpcError>((resume) => {
+    const call = invoke(metadataOf(options), callOptions(options), (error, response) =>
+      resume(error ? Effect.fail(fromServiceError(method, error)) : Effect.succeed(response))
+    )
+    // Interruption cancels the RPC on the wire, so the worker sees the cancellation.
+    return Effect.sync(() => call.cancel())
+  })
+
+const waitForReady = (client: BridgeServiceClient, address: string, timeout: Duration.DurationInput) =>
+  Effect.async<void, GrpcConnectTimeout>((resume) => {
+    const timeoutMs = Duration.toMillis(timeout)
+    client.waitForReady(Date.now() + timeoutMs, (error) =>
+      resume(error ? Effect.fail(new GrpcConnectTimeout({ address, timeoutMs, details: error.message })) : Effect.void)
+    )
+  })
+
+/**
+ * Opens a channel to `options.address` and waits until it is ready. The channel is closed
+ * when the scope closes.
+ */
+export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, GrpcConnectTimeout, Scope.Scope> =>
+  Effect.gen(function* () {
+    const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
+    const client = yield* Effect.acquireRelease(
+      Effect.sync(
+        () =>
+          new BridgeServiceClient(options.address, credentials.createInsecure(), {
+            "grpc.max_receive_message_length": maxBytes,
+            "grpc.max_send_message_length": maxBytes,
+            // Loopback only: a proxy from the environment must never be used.
+            "grpc.enable_http_proxy": 0
+          })
+      ),
+      (client) => Effect.sync(() => client.close())
+    )
+    yield* waitForReady(client, options.address, options.connectTimeout ?? Duration.seconds(5))
+
+    const executeStreamingTool = (request: ExecuteToolRequest, rpc?: RpcOptions): Stream.Stream<ToolChunk, GrpcError> =>
+      Stream.acquireRelease(
+        Effect.sync(() => client.executeStreamingTool(request, metadataOf(rpc), callOptions(rpc))),
+        // Cancelling an already-finished call is a no-op; an unfinished one is cancelled on the wire.
+        (call) => Effect.sync(() => call.cancel())
+      ).pipe(
+        Stream.flatMap((call) =>
+          Stream.fromAsyncIterable(call as AsyncIterable<ToolChunk>, (error) =>
+            fromServiceError("ExecuteStreamingTool", error as ServiceError)
+          )
+        )
+      )
+
+    return {
+      address: options.address,
+      ping: (message = "", rpc) => unary("Ping", rpc, (md, co, cb) => client.ping({ message }, md, co, cb)),
+      health: (rpc) => unary("Health", rpc, (md, co, cb) => client.health({}, md, co, cb)),
+      executeTool: (request, rpc) => unary("ExecuteTool", rpc, (md, co, cb) => client.executeTool(request, md, co, cb)),
+      executeStreamingTool,
+      describeTools: (rpc) => unary("DescribeTools", rpc, (md, co, cb) => client.describeTools({}, md, co, cb)),
+      initializeSession: (sessionId, rpc) =>
+        Effect.asVoid(
+          unary("InitializeSession", rpc, (md, co, cb) => client.initializeSession({ sessionId }, md, co, cb))
+        ),
+      cleanupSession: (sessionId, rpc) =>
+        Effect.map(
+          unary<CleanupSessionResponse>("CleanupSession", rpc, (md, co, cb) =>
+            client.cleanupSession({ sessionId }, md, co, cb)
+          ),
+          (res) => res.existed
+        ),
+      stop: (grace, rpc) =>
+        Effect.asVoid(
+          unary("Stop", rpc, (md, co, cb) => client.stop({ graceMs: Math.round(Duration.toMillis(grace)) }, md, co, cb))
+        )
+    } satisfies BridgeClient
+  })

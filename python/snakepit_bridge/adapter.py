@@ -1,0 +1,289 @@
+"""Adapters and tools: the Python side of what a Snakepit worker serves.
+
+An adapter is a subclass of :class:`BaseAdapter`; its tools are the methods
+decorated with :func:`tool`. The server discovers them once, at startup, and
+describes them to the host from their signatures and docstrings.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypeVar, overload
+
+__all__ = [
+    "BaseAdapter",
+    "HOST_TOOLS_UNAVAILABLE",
+    "HostBridge",
+    "ToolContext",
+    "ToolInfo",
+    "ToolParameterInfo",
+    "ToolResult",
+    "tool",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The name of the optional keyword parameter through which a tool receives
+# its ToolContext. It is never described to the host nor bound from JSON args.
+CONTEXT_PARAMETER = "ctx"
+
+# Attribute that @tool sets on a function to mark it as a tool.
+_TOOL_MARKER = "__snakepit_tool__"
+
+HOST_TOOLS_UNAVAILABLE = "host tools are not available: the host bridge is not configured"
+
+
+# --------------------------------------------------------------------------- #
+# The @tool decorator
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class _ToolMarker:
+    name: str | None
+    description: str | None
+
+
+@overload
+def tool(func: F) -> F: ...
+
+
+@overload
+def tool(*, name: str | None = None, description: str | None = None) -> Callable[[F], F]: ...
+
+
+def tool(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+) -> F | Callable[[F], F]:
+    """Mark an adapter method as a tool.
+
+    Usable bare (``@tool``) or with options (``@tool(name="x", description="...")``).
+    The function itself is returned unchanged apart from the marker attribute,
+    so it stays callable as an ordinary method.
+    """
+
+    def mark(f: F) -> F:
+        setattr(f, _TOOL_MARKER, _ToolMarker(name=name, description=description))
+        return f
+
+    if func is not None:
+        return mark(func)
+    return mark
+
+
+# --------------------------------------------------------------------------- #
+# Tool metadata
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class ToolParameterInfo:
+    """One parameter of a tool, as described to the host."""
+
+    name: str
+    type: str
+    required: bool
+    # JSON text of the default; "" when required or not JSON-serialisable.
+    default_json: str
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """A tool bound to an adapter instance, ready to be called."""
+
+    name: str
+    description: str
+    parameters: tuple[ToolParameterInfo, ...]
+    streaming: bool
+    is_async: bool
+    accepts_ctx: bool
+    # The signature used to bind JSON arguments (without ``self`` and ``ctx``).
+    signature: inspect.Signature
+    func: Callable[..., Any]
+
+
+def _annotation_text(annotation: Any) -> str:
+    """The annotation as written in Python, or "" when there is none."""
+    if annotation is inspect.Parameter.empty:
+        return ""
+    if isinstance(annotation, str):
+        # Postponed annotations (``from __future__ import annotations``) are
+        # already the source text.
+        return annotation
+    return inspect.formatannotation(annotation)
+
+
+def _default_json(default: Any) -> str:
+    try:
+        return json.dumps(default, allow_nan=False)
+    except (TypeError, ValueError):
+        # A default the host cannot represent: it is still optional, but we
+        # cannot tell the host its value.
+        return ""
+
+
+def _first_paragraph(doc: str | None) -> str:
+    if not doc:
+        return ""
+    paragraph = doc.strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split())
+
+
+def _build_tool_info(
+    method: Callable[..., Any], func: Callable[..., Any], marker: _ToolMarker
+) -> ToolInfo:
+    """Describe ``method`` (a bound method) whose underlying function is ``func``."""
+    full_signature = inspect.signature(method)
+    accepts_ctx = CONTEXT_PARAMETER in full_signature.parameters
+    bindable = [p for p in full_signature.parameters.values() if p.name != CONTEXT_PARAMETER]
+    signature = full_signature.replace(parameters=bindable)
+
+    parameters = tuple(
+        ToolParameterInfo(
+            name=p.name,
+            type=_annotation_text(p.annotation),
+            required=p.default is inspect.Parameter.empty,
+            default_json="" if p.default is inspect.Parameter.empty else _default_json(p.default),
+        )
+        for p in bindable
+        # *args / **kwargs have no single name the host could pass.
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    )
+
+    streaming = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
+    is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    description = (
+        marker.description if marker.description is not None else _first_paragraph(inspect.getdoc(func))
+    )
+    return ToolInfo(
+        name=marker.name or func.__name__,
+        description=description,
+        parameters=parameters,
+        streaming=streaming,
+        is_async=is_async,
+        accepts_ctx=accepts_ctx,
+        signature=signature,
+        func=method,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Context and results
+# --------------------------------------------------------------------------- #
+
+
+class HostBridge:
+    """How a worker reaches tools registered on the host.
+
+    Calling host tools is not available in this version of the worker: both
+    the unconfigured bridge and the one named by ``SNAKEPIT_HOST_BRIDGE`` raise
+    ``RuntimeError(HOST_TOOLS_UNAVAILABLE)``. A client of the proto's
+    ``HostToolService`` plugs in by overriding :meth:`call` and :meth:`acall`.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+
+    @classmethod
+    def from_env(cls) -> "HostBridge":
+        return cls(os.environ.get("SNAKEPIT_HOST_BRIDGE") or None)
+
+    def call(self, name: str, args: Mapping[str, Any], session_id: str) -> Any:
+        raise RuntimeError(HOST_TOOLS_UNAVAILABLE)
+
+    async def acall(self, name: str, args: Mapping[str, Any], session_id: str) -> Any:
+        raise RuntimeError(HOST_TOOLS_UNAVAILABLE)
+
+
+@dataclass
+class ToolContext:
+    """What a tool knows about the call it serves.
+
+    A tool receives it by declaring a keyword parameter named ``ctx``.
+    """
+
+    session_id: str = ""
+    worker_id: str = ""
+    run_id: str = ""
+    # Per-session state kept in this worker. For calls without a session id it
+    # is a fresh dict that lives only for the call.
+    session: dict[str, Any] = field(default_factory=dict)
+    # Raw binary values sent beside the JSON arguments.
+    attachments: dict[str, bytes] = field(default_factory=dict)
+    host_bridge: HostBridge = field(default_factory=HostBridge.from_env, repr=False)
+
+    def call_host(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Call a tool registered on the host (not available yet: raises RuntimeError)."""
+        return self.host_bridge.call(name, dict(args or {}), self.session_id)
+
+    async def acall_host(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        """Async form of :meth:`call_host`."""
+        return await self.host_bridge.acall(name, dict(args or {}), self.session_id)
+
+
+@dataclass
+class ToolResult:
+    """A tool result with binary attachments.
+
+    Return (or yield) one of these instead of a plain value to send raw bytes
+    beside the JSON-encoded ``value``; bytes are never JSON-encoded.
+    """
+
+    value: Any = None
+    attachments: dict[str, bytes] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- #
+# BaseAdapter
+# --------------------------------------------------------------------------- #
+
+
+class BaseAdapter:
+    """Base class for adapters.
+
+    Subclasses define tools with :func:`tool`, and may define the hooks
+    ``on_start`` (called before the worker reports readiness; raising aborts
+    startup) and ``on_stop`` (called on graceful shutdown). Both hooks may be
+    plain or ``async`` methods.
+    """
+
+    def on_start(self) -> Any:
+        """Called once before the worker reports readiness."""
+        return None
+
+    def on_stop(self) -> Any:
+        """Called once on graceful shutdown."""
+        return None
+
+    @classmethod
+    def adapter_name(cls) -> str:
+        """The name under which the host sees this adapter: ``module:Class``."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    def tools(self) -> dict[str, ToolInfo]:
+        """The adapter's tools by name, discovered from decorated methods."""
+        found: dict[str, ToolInfo] = {}
+        seen_attributes: set[str] = set()
+        # Walk the MRO from the most derived class so overrides win.
+        for klass in type(self).__mro__:
+            for attribute, value in vars(klass).items():
+                if attribute in seen_attributes:
+                    continue
+                seen_attributes.add(attribute)
+                func = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+                marker = getattr(func, _TOOL_MARKER, None)
+                if not isinstance(marker, _ToolMarker):
+                    continue
+                info = _build_tool_info(getattr(self, attribute), func, marker)
+                if info.name in found:
+                    raise ValueError(
+                        f"{type(self).__qualname__} defines two tools named {info.name!r}"
+                    )
+                found[info.name] = info
+        return found

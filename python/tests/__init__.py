@@ -1,0 +1,1 @@
+"""Tests for the snakepit_bridge worker runtime."""
