@@ -76,17 +76,17 @@ const ensurePython = () => {
     300_000
   )
   if (pip.status === 0 && pythonWithGrpc()) return pythonWithGrpc()
-  const apt = quiet("apt-get", ["--version"])
-  if (apt.status === 0) {
-    const sudo = process.getuid?.() === 0 ? [] : ["sudo", "-n"]
+  if (quiet("apt-get", ["--version"]).status === 0) {
+    // As root apt-get runs directly; otherwise only through a sudo that needs no password.
+    const [cmd, ...prefix] = process.getuid?.() === 0 ? ["apt-get"] : ["sudo", "-n", "apt-get"]
     const pkgs = ["python3-grpcio", "python3-protobuf"]
     log(`pip could not install them; installing ${pkgs.join(" ")} with apt-get`)
-    const [cmd, ...pre] = sudo.length ? sudo : ["apt-get"]
-    const argv = sudo.length ? [...pre, "apt-get"] : []
-    run(cmd, [...argv, "update", "-qq"])
-    run(cmd, [...argv, "install", "-y", "-qq", ...pkgs], { env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } })
-    const after = pythonWithGrpc()
-    if (after) return after
+    run(cmd, [...prefix, "update", "-qq"])
+    run(cmd, [...prefix, "install", "-y", "-qq", ...pkgs], {
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" }
+    })
+    const installed = pythonWithGrpc()
+    if (installed) return installed
   }
   throw new Error(
     "no Python interpreter can import grpc and protobuf, and neither pip nor apt-get could install them. Install grpcio and protobuf for python3, or set SNAKEPIT_PYTHON."
@@ -96,7 +96,7 @@ const ensurePython = () => {
 const setup = () => {
   const pnpm = ensurePnpm()
   log("installing JS dependencies")
-  run(pnpm, ["install", "--frozen-lockfile=false", "--reporter=append-only"])
+  run(pnpm, ["install", "--frozen-lockfile", "--reporter=append-only"])
   const python = ensurePython()
   log(`Python: ${python}`)
   log("building packages")

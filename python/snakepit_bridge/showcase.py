@@ -63,10 +63,11 @@ class ShowcaseAdapter(BaseAdapter):
         os._exit(code)
 
     @tool
-    def spawn_child(self, seconds: float = 600) -> dict[str, int]:
+    def spawn_child(self, ctx: ToolContext, seconds: float = 600) -> dict[str, int]:
         """Start a grandchild process (same process group) that sleeps; return its pid."""
+        # The run id on its command line lets a leak check find it like any worker.
         child = subprocess.Popen(
-            [sys.executable, "-c", f"import time; time.sleep({float(seconds)!r})"],
+            [sys.executable, "-c", f"import time; time.sleep({float(seconds)!r})", "--snakepit-run-id", ctx.run_id],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

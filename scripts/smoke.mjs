@@ -1,0 +1,341 @@
+#!/usr/bin/env node
+// Release smoke test: the packed packages must run from dist/ with production dependencies only.
+// The original project's release crashed at boot because it needed a build tool at runtime; this
+// packs @snakepit/{grpc,registry,core} as a user would receive them, installs them into an empty
+// project with `--omit=dev`, and starts a real Python worker from there.
+// Usage (after `npm run build`): node scripts/smoke.mjs
+import { spawnSync } from "node:child_process"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { dirname, join } from "node:path"
+import { fileURLToPath } from "node:url"
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..")
+const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core"]
+// Anything here at runtime means a dev tool leaked into the production dependency tree.
+const FORBIDDEN = ["typescript", "vitest", "tsx", "ts-node", "@biomejs", "ts-proto", "esbuild", "vite"]
+const MINUTE = 60_000
+
+const log = (msg) => console.log(`[smoke] ${msg}`)
+
+class SmokeFailure extends Error {}
+const fail = (msg) => {
+  throw new SmokeFailure(msg)
+}
+
+/** Runs a command with inherited stdio; any non-zero exit, signal or timeout fails the smoke. */
+const run = (cmd, args, { cwd = root, timeout = 2 * MINUTE, env = process.env } = {}) => {
+  const res = spawnSync(cmd, args, { cwd, env, stdio: "inherit", timeout })
+  if (res.error) fail(`${cmd} ${args.join(" ")} could not run: ${res.error.message}`)
+  if (res.status !== 0) fail(`${cmd} ${args.join(" ")} exited with ${res.status ?? res.signal}`)
+}
+
+/** Like `run`, but returns stdout (for `tar -tzf`). */
+const capture = (cmd, args, { cwd = root, timeout = MINUTE } = {}) => {
+  const res = spawnSync(cmd, args, { cwd, stdio: ["ignore", "pipe", "inherit"], timeout, encoding: "utf8" })
+  if (res.error) fail(`${cmd} ${args.join(" ")} could not run: ${res.error.message}`)
+  if (res.status !== 0) fail(`${cmd} ${args.join(" ")} exited with ${res.status ?? res.signal}`)
+  return res.stdout
+}
+
+/** The repo's pinned pnpm (installed into .tools/ by scripts/dev.mjs), else the one on PATH. */
+const pnpmBin = () => {
+  const local = join(root, ".tools", "node_modules", ".bin", "pnpm")
+  return existsSync(local) ? local : "pnpm"
+}
+
+const readJson = (file) => JSON.parse(readFileSync(file, "utf8"))
+
+// ---------------------------------------------------------------------------------------------
+// Step 1: pack
+// ---------------------------------------------------------------------------------------------
+
+/** Packs one workspace package into `dest`, returning the new tarball's path. */
+const pack = (name, dest) => {
+  const before = new Set(readdirSync(dest))
+  run(pnpmBin(), ["--filter", name, "pack", "--pack-destination", dest])
+  const added = readdirSync(dest).filter((f) => f.endsWith(".tgz") && !before.has(f))
+  if (added.length !== 1) fail(`pnpm pack ${name} produced ${added.length} tarballs in ${dest}, expected 1`)
+  return join(dest, added[0])
+}
+
+/** Checks a tarball ships its build output and nothing from source or tests. */
+const checkTarball = (name, tarball) => {
+  const entries = capture("tar", ["-tzf", tarball]).split("\n").filter(Boolean)
+  const required = ["package/package.json", "package/dist/index.js"]
+  if (name === "@snakepit/core") required.push("package/python/snakepit_bridge/server.py")
+  const missing = required.filter((f) => !entries.includes(f))
+  if (missing.length) fail(`${name} tarball is missing ${missing.join(", ")} (check "files" and the build)`)
+
+  const leaked = entries.filter(
+    (f) =>
+      f.startsWith("package/src/") ||
+      f.startsWith("package/test/") ||
+      /(^|\/)__tests__\//.test(f) ||
+      /\.(test|spec)\.[cm]?[jt]sx?$/.test(f) ||
+      (/\.[cm]?tsx?$/.test(f) && !/\.d\.[cm]?ts$/.test(f))
+  )
+  if (leaked.length) fail(`${name} tarball ships source or test files: ${leaked.join(", ")}`)
+
+  // Not fatal (it does not break users) but worth knowing: build state in the published package.
+  const buildState = entries.filter((f) => f.endsWith(".tsbuildinfo"))
+  if (buildState.length) log(`warning: ${name} tarball ships ${buildState.join(", ")}`)
+
+  // pnpm must have rewritten `workspace:` ranges, or npm cannot install the tarball at all.
+  const manifest = JSON.parse(capture("tar", ["-xOzf", tarball, "package/package.json"]))
+  const workspaceRanges = Object.entries(manifest.dependencies ?? {}).filter(([, v]) =>
+    String(v).startsWith("workspace:")
+  )
+  if (workspaceRanges.length) fail(`${name} tarball still has workspace: ranges: ${JSON.stringify(workspaceRanges)}`)
+  log(`${name}: ${entries.length} files, required files present, no src/ or tests`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 2: install with production dependencies only
+// ---------------------------------------------------------------------------------------------
+
+/** A project above the temp dir with its own node_modules would mask missing dependencies. */
+const checkNoAncestorNodeModules = (dir) => {
+  for (let d = dirname(dir); ; d = dirname(d)) {
+    if (existsSync(join(d, "node_modules")))
+      fail(`${join(d, "node_modules")} exists above the smoke project and would leak into resolution`)
+    if (dirname(d) === d) return
+  }
+}
+
+const installTarballs = (project, tarballs) => {
+  writeFileSync(
+    join(project, "package.json"),
+    `${JSON.stringify({ name: "snakepit-smoke", version: "0.0.0", private: true, type: "module" }, null, 2)}\n`
+  )
+  // One command for all tarballs, so npm satisfies core's @snakepit/grpc and @snakepit/registry
+  // ranges with the tarballs instead of looking them up on the registry (they are unpublished).
+  run("npm", ["install", "--omit=dev", "--no-audit", "--no-fund", ...tarballs], { cwd: project, timeout: 5 * MINUTE })
+}
+
+/** Each @snakepit package must be installed once, from its tarball. */
+const checkSnakepitFromTarballs = (project) => {
+  const lock = readJson(join(project, "package-lock.json"))
+  for (const name of PACKAGES) {
+    const entries = Object.entries(lock.packages ?? {}).filter(([path]) => path.endsWith(`node_modules/${name}`))
+    if (entries.length !== 1) fail(`${name} installed ${entries.length} times: ${entries.map(([p]) => p).join(", ")}`)
+    const [path, info] = entries[0]
+    if (path !== `node_modules/${name}`) fail(`${name} is nested at ${path}, not at the top level`)
+    const from = String(info.resolved ?? "")
+    if (!from.startsWith("file:")) fail(`${name} was resolved from ${from || "the registry"}, not from its tarball`)
+  }
+  log(`@snakepit/* resolved from the tarballs, once each`)
+}
+
+/** Lists every installed package name, at any depth (nested node_modules included). */
+const installedPackages = (nodeModules, found = []) => {
+  if (!existsSync(nodeModules)) return found
+  for (const entry of readdirSync(nodeModules)) {
+    if (entry.startsWith(".")) continue
+    const names = entry.startsWith("@")
+      ? readdirSync(join(nodeModules, entry)).map((sub) => `${entry}/${sub}`)
+      : [entry]
+    for (const name of names) {
+      found.push(name)
+      installedPackages(join(nodeModules, name, "node_modules"), found)
+    }
+  }
+  return found
+}
+
+const checkNoDevTools = (project) => {
+  const installed = installedPackages(join(project, "node_modules"))
+  const leaked = installed.filter((name) => FORBIDDEN.some((bad) => name === bad || name.startsWith(`${bad}/`)))
+  if (leaked.length) fail(`dev tools in the production install: ${[...new Set(leaked)].join(", ")}`)
+  log(`no ${FORBIDDEN.join(", ")} among ${installed.length} installed packages`)
+}
+
+/**
+ * The runtime script imports `effect` and `@effect/platform-node` without declaring them; they
+ * work only if npm hoists core's copies to the top level. A missing `effect` is what a real user
+ * fixes by installing it, so do that; a missing platform-node is reported (core would need to
+ * re-export what users need, or declare it as a peer dependency).
+ */
+const ensureUserImportsResolvable = (project) => {
+  const top = (name) => existsSync(join(project, "node_modules", name, "package.json"))
+  if (!top("effect")) {
+    log("effect is not hoisted to the top level; installing it as a user would")
+    run("npm", ["install", "--omit=dev", "--no-audit", "--no-fund", "effect@^3"], { cwd: project, timeout: 5 * MINUTE })
+  }
+  if (!top("@effect/platform-node")) {
+    fail("@effect/platform-node is not resolvable from the project root (not hoisted from @snakepit/core)")
+  }
+  log("effect and @effect/platform-node resolvable from the project root")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 3: run a worker from the installed packages
+// ---------------------------------------------------------------------------------------------
+
+// Plain ESM, no TypeScript: exactly what a user's app would run. It also checks (on Linux) that
+// the worker's PYTHONPATH is the installed package's python/, not some copy in the repository.
+const RUNTIME_SCRIPT = `import { readFileSync } from "node:fs"
+import { NodeContext } from "@effect/platform-node"
+import { Worker } from "@snakepit/core"
+import { Effect } from "effect"
+
+const expectedPythonPath = new URL("./node_modules/@snakepit/core/python", import.meta.url).pathname
+
+const pythonPathOf = (pid) => {
+  try {
+    const env = readFileSync("/proc/" + pid + "/environ", "utf8").split("\\0")
+    return env.find((kv) => kv.startsWith("PYTHONPATH="))?.slice("PYTHONPATH=".length)
+  } catch {
+    return undefined // not Linux: nothing to check
+  }
+}
+
+const result = await Effect.runPromise(
+  Worker.make({}).pipe(
+    Effect.flatMap((w) =>
+      Effect.map(w.execute("ping"), (r) => ({ ...r, workerPid: w.pid, pythonPath: pythonPathOf(w.pid) }))
+    ),
+    Effect.scoped,
+    Effect.provide(NodeContext.layer)
+  )
+)
+console.log(JSON.stringify(result))
+const first = result.pythonPath?.split(":")[0]
+if (result.pythonPath !== undefined && first !== expectedPythonPath) {
+  console.error("worker PYTHONPATH starts with " + first + ", expected " + expectedPythonPath)
+  process.exit(1)
+}
+process.exit(result.message === "pong" && typeof result.pid === "number" ? 0 : 1)
+`
+
+/** The environment minus anything that could preload a loader or widen module resolution. */
+const cleanEnv = () => {
+  const env = { ...process.env }
+  for (const key of ["NODE_PATH", "NODE_OPTIONS"]) delete env[key]
+  return env
+}
+
+const runWorker = (project) => {
+  const script = join(project, "smoke-run.mjs")
+  writeFileSync(script, RUNTIME_SCRIPT)
+  const res = spawnSync(process.execPath, [script], {
+    cwd: project,
+    env: cleanEnv(),
+    stdio: ["ignore", "pipe", "inherit"],
+    encoding: "utf8",
+    timeout: 2 * MINUTE
+  })
+  if (res.error) fail(`runtime script could not run: ${res.error.message}`)
+  const line = res.stdout.trim().split("\n").at(-1) ?? ""
+  log(`result: ${line || "(no output)"}`)
+  if (res.status !== 0) fail(`runtime script exited with ${res.status ?? res.signal}`)
+  const result = JSON.parse(line)
+  if (result.message !== "pong" || typeof result.pid !== "number") fail(`unexpected ping result: ${line}`)
+  return result
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 4: nothing left running
+// ---------------------------------------------------------------------------------------------
+
+const isAlive = (pid) => {
+  try {
+    process.kill(pid, 0)
+  } catch (error) {
+    if (error.code === "ESRCH") return false
+    throw error
+  }
+  // A zombie still answers kill(0); it is dead, only not yet reaped by its (new) parent.
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"))
+  } catch {
+    return true
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Other processes whose command line mentions `path` (Linux only; elsewhere nothing is found). */
+const processesMentioning = (path) => {
+  if (!existsSync("/proc")) return []
+  const hits = []
+  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    if (Number(pid) === process.pid) continue
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ").trim()
+      if (cmdline.includes(path)) hits.push(`${pid}: ${cmdline}`)
+    } catch {
+      // exited while we looked
+    }
+  }
+  return hits
+}
+
+const checkWorkerGone = async (pid, project) => {
+  const deadline = Date.now() + 5_000
+  while (isAlive(pid) && Date.now() < deadline) await sleep(100)
+  if (isAlive(pid)) fail(`worker pid ${pid} is still alive after the scope closed`)
+  // The worker leads its own process group; nothing in that group may survive it either.
+  try {
+    process.kill(-pid, 0)
+    fail(`processes of the worker's group ${pid} are still alive`)
+  } catch (error) {
+    if (error instanceof SmokeFailure) throw error
+    if (error.code !== "ESRCH") throw error
+  }
+  const leftovers = processesMentioning(project)
+  if (leftovers.length) fail(`processes still running from the smoke project:\n  ${leftovers.join("\n  ")}`)
+  log(`worker pid ${pid} and its process group are gone`)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const main = async () => {
+  const started = Date.now()
+  // realpath: on macOS tmpdir() is a symlink, and the worker reports resolved paths.
+  const packDir = mkdtempSync(join(realpathSync(tmpdir()), "snakepit-smoke-pack-"))
+  const project = mkdtempSync(join(realpathSync(tmpdir()), "snakepit-smoke-project-"))
+  const cleanup = () => {
+    rmSync(packDir, { recursive: true, force: true })
+    rmSync(project, { recursive: true, force: true })
+  }
+  process.once("SIGINT", () => {
+    cleanup()
+    process.exit(130)
+  })
+  try {
+    if (!existsSync(join(root, "packages", "core", "dist", "index.js"))) {
+      fail("packages/core/dist is missing: run `npm run build` first")
+    }
+
+    log(`1/4 packing ${PACKAGES.join(", ")} into ${packDir}`)
+    const tarballs = PACKAGES.map((name) => {
+      const tarball = pack(name, packDir)
+      checkTarball(name, tarball)
+      return tarball
+    })
+
+    log(`2/4 installing the tarballs with --omit=dev into ${project}`)
+    checkNoAncestorNodeModules(project)
+    installTarballs(project, tarballs)
+    checkSnakepitFromTarballs(project)
+    checkNoDevTools(project)
+    ensureUserImportsResolvable(project)
+
+    log("3/4 starting a worker from the installed packages and calling ping")
+    const result = runWorker(project)
+
+    log("4/4 checking that the worker is gone")
+    await checkWorkerGone(result.pid, project)
+
+    log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+  } catch (error) {
+    const message = error instanceof SmokeFailure ? error.message : (error?.stack ?? String(error))
+    console.error(`[smoke] FAIL: ${message}`)
+    process.exitCode = 1
+  } finally {
+    cleanup()
+  }
+}
+
+await main()
