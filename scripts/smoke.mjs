@@ -127,6 +127,18 @@ const checkSnakepitFromTarballs = (project) => {
   log(`@snakepit/* resolved from the tarballs, once each`)
 }
 
+/** Two copies of effect mean two sets of service tags and runtimes: subtle runtime breakage. */
+const checkSingleCopy = (project, names) => {
+  const lock = readJson(join(project, "package-lock.json"))
+  for (const name of names) {
+    const copies = Object.entries(lock.packages ?? {}).filter(([path]) => path.endsWith(`node_modules/${name}`))
+    if (copies.length > 1) {
+      fail(`${name} installed ${copies.length} times: ${copies.map(([p, i]) => `${p}@${i.version}`).join(", ")}`)
+    }
+  }
+  log(`one copy each of ${names.join(", ")}`)
+}
+
 /** Lists every installed package name, at any depth (nested node_modules included). */
 const installedPackages = (nodeModules, found = []) => {
   if (!existsSync(nodeModules)) return found
@@ -319,6 +331,7 @@ const main = async () => {
     checkNoAncestorNodeModules(project)
     installTarballs(project, tarballs)
     checkSnakepitFromTarballs(project)
+    checkSingleCopy(project, ["effect", "@effect/platform", "@effect/platform-node"])
     checkNoDevTools(project)
     ensureUserImportsResolvable(project)
 

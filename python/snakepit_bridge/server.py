@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import concurrent.futures
 import ctypes
 import errno
 import functools
@@ -295,12 +296,33 @@ class _CallError(Exception):
         self.error = error
 
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Frames from these files lead up to the tool and tell its author nothing.
+_RUNTIME_FILES = (
+    os.path.join(_HERE, "server.py"),
+    os.path.join(_HERE, "adapter.py"),
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)),
+    os.path.dirname(os.path.abspath(asyncio.__file__)),
+)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the leading frames of this runtime and the thread pool.
+
+    The caller wants to see their tool's frames; when every frame is ours, keep them all.
+    """
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_RUNTIME_FILES):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
 def _exception_error(kind: int, exc: BaseException, message: str | None = None) -> pb.ToolError:
     return pb.ToolError(
         kind=kind,
         type=type(exc).__name__,
         message=str(exc) if message is None else message,
-        traceback="".join(traceback.format_exception(exc)),
+        traceback=_user_traceback(exc),
     )
 
 

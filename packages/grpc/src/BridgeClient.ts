@@ -4,7 +4,14 @@
  *
  * @since 0.1.0
  */
-import { type CallOptions, type ClientUnaryCall, credentials, Metadata, type ServiceError } from "@grpc/grpc-js"
+import {
+  type CallOptions,
+  type ClientUnaryCall,
+  credentials,
+  Metadata,
+  type ServiceError,
+  status as Status
+} from "@grpc/grpc-js"
 import { Duration, Effect, type Scope, Stream } from "effect"
 import { fromServiceError, GrpcConnectTimeout, type GrpcError } from "./GrpcError.js"
 import {
@@ -62,6 +69,25 @@ export interface BridgeClient {
 
 type Callback<A> = (error: ServiceError | null, response: A) => void
 
+/**
+ * grpc-js throws synchronously when a call cannot even start (a closed channel, invalid
+ * metadata); that is a typed failure of the call, not a defect.
+ */
+const startFailure = (method: string, error: unknown): GrpcError =>
+  fromServiceError(method, {
+    code: /shut ?down|closed/i.test(String(error)) ? Status.UNAVAILABLE : Status.INTERNAL,
+    details: error instanceof Error ? error.message : String(error),
+    message: String(error)
+  })
+
+/** Errors from a stream are grpc-js status errors, but anything else must still map to a typed one. */
+const streamFailure =
+  (method: string) =>
+  (error: unknown): GrpcError =>
+    typeof (error as ServiceError).code === "number"
+      ? fromServiceError(method, error as ServiceError)
+      : fromServiceError(method, { code: Status.INTERNAL, details: String(error), message: String(error) })
+
 const callOptions = (options: RpcOptions | undefined): Partial<CallOptions> =>
   options?.deadline === undefined ? {} : { deadline: Date.now() + Duration.toMillis(options.deadline) }
 
@@ -77,9 +103,15 @@ const unary = <A>(
   invoke: (metadata: Metadata, callOptions: Partial<CallOptions>, callback: Callback<A>) => ClientUnaryCall
 ): Effect.Effect<A, GrpcError> =>
   Effect.async<A, GrpcError>((resume) => {
-    const call = invoke(metadataOf(options), callOptions(options), (error, response) =>
-      resume(error ? Effect.fail(fromServiceError(method, error)) : Effect.succeed(response))
-    )
+    let call: ClientUnaryCall
+    try {
+      call = invoke(metadataOf(options), callOptions(options), (error, response) =>
+        resume(error ? Effect.fail(fromServiceError(method, error)) : Effect.succeed(response))
+      )
+    } catch (error) {
+      resume(Effect.fail(startFailure(method, error)))
+      return
+    }
     // Interruption cancels the RPC on the wire, so the worker sees the cancellation.
     return Effect.sync(() => call.cancel())
   })
@@ -115,14 +147,15 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
 
     const executeStreamingTool = (request: ExecuteToolRequest, rpc?: RpcOptions): Stream.Stream<ToolChunk, GrpcError> =>
       Stream.acquireRelease(
-        Effect.sync(() => client.executeStreamingTool(request, metadataOf(rpc), callOptions(rpc))),
+        Effect.try({
+          try: () => client.executeStreamingTool(request, metadataOf(rpc), callOptions(rpc)),
+          catch: (error) => startFailure("ExecuteStreamingTool", error)
+        }),
         // Cancelling an already-finished call is a no-op; an unfinished one is cancelled on the wire.
         (call) => Effect.sync(() => call.cancel())
       ).pipe(
         Stream.flatMap((call) =>
-          Stream.fromAsyncIterable(call as AsyncIterable<ToolChunk>, (error) =>
-            fromServiceError("ExecuteStreamingTool", error as ServiceError)
-          )
+          Stream.fromAsyncIterable(call as AsyncIterable<ToolChunk>, streamFailure("ExecuteStreamingTool"))
         )
       )
 
