@@ -92,6 +92,12 @@ export interface Worker {
   readonly startedAt: Date
   /** Runs `tool` with `args` (an object of named parameters) and decodes its JSON result. */
   readonly execute: (tool: string, args?: unknown, options?: ExecuteOptions) => Effect.Effect<unknown, WorkerCallError>
+  /** Like `execute`, for arguments already encoded by {@link encodeArgs}. */
+  readonly executeEncoded: (
+    tool: string,
+    args: EncodedArgs,
+    options?: ExecuteOptions
+  ) => Effect.Effect<unknown, WorkerCallError>
   /** The adapter's tools with their parameters. */
   readonly describeTools: Effect.Effect<ReadonlyArray<Proto.ToolSpec>, WorkerCrashed | TransportError>
   /** One health probe. */
@@ -124,7 +130,14 @@ const signalGroup = (pid: number, signal: NodeJS.Signals) =>
     }
   })
 
-const toObjectArgs = (tool: string, args: unknown): Effect.Effect<Buffer, InvalidArguments> => {
+/** Tool arguments already checked and encoded as a JSON object. */
+export type EncodedArgs = Buffer
+
+/**
+ * Encodes `args` (an object of named parameters) as JSON, refusing anything JSON would not
+ * carry faithfully, with the path of the problem. Nothing is sent when this fails.
+ */
+export const encodeArgs = (tool: string, args: unknown): Effect.Effect<EncodedArgs, InvalidArguments> => {
   if (args === undefined || args === null) return Effect.succeed(Buffer.from("{}"))
   if (typeof args !== "object" || Array.isArray(args)) {
     return Effect.fail(
@@ -414,13 +427,12 @@ export const make = (
         Effect.orDieWith((e) => new Error(`worker ${id} sent a result for "${tool}" that is not JSON: ${String(e)}`))
       )
 
-    const execute = (
+    const executeEncoded = (
       tool: string,
-      args?: unknown,
+      argsJson: EncodedArgs,
       opts: ExecuteOptions = {}
     ): Effect.Effect<unknown, WorkerCallError> =>
       Effect.gen(function* () {
-        const argsJson = yield* toObjectArgs(tool, args)
         const attachments = Object.fromEntries(
           Object.entries(opts.attachments ?? {}).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
         )
@@ -450,7 +462,8 @@ export const make = (
       python,
       runId,
       startedAt: new Date(),
-      execute,
+      execute: (tool, args, opts) => Effect.flatMap(encodeArgs(tool, args), (json) => executeEncoded(tool, json, opts)),
+      executeEncoded,
       describeTools: onTransport(null, client.describeTools()).pipe(Effect.map((res) => res.tools)),
       health: (timeout = Duration.seconds(5)) =>
         onTransport(null, client.health()).pipe(

@@ -115,7 +115,11 @@ export class QueueTimeout extends Schema.TaggedError<QueueTimeout>()("QueueTimeo
 export class WorkerBusy extends Schema.TaggedError<WorkerBusy>()("WorkerBusy", {
   workerId: Schema.String,
   session: Schema.String
-}) {}
+}) {
+  override get message() {
+    return `session "${this.session}": its worker ${this.workerId} is busy`
+  }
+}
 
 /** Strict affinity: the session's worker died or was recycled. */
 export class SessionWorkerUnavailable extends Schema.TaggedError<SessionWorkerUnavailable>()(
@@ -162,7 +166,11 @@ export class WorkerStartError extends Schema.TaggedError<WorkerStartError>()("Wo
 /** The pool was closed; no more calls are accepted. */
 export class PoolClosed extends Schema.TaggedError<PoolClosed>()("PoolClosed", {
   pool: Schema.String
-}) {}
+}) {
+  override get message() {
+    return `pool "${this.pool}" is closed`
+  }
+}
 
 /** An option or environment variable has a bad value. */
 export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError", {
@@ -182,12 +190,31 @@ export class PoolStartError extends Schema.TaggedError<PoolStartError>()("PoolSt
   pool: Schema.String,
   detail: Schema.String,
   causes: Schema.Array(WorkerStartError)
-}) {}
+}) {
+  override get message() {
+    const first = this.causes[0]
+    return `pool "${this.pool}" failed to start: ${this.detail}${first ? `; first cause: ${first.message}` : ""}`
+  }
+}
 
 /** A worker id or handle that names no live worker. */
 export class WorkerNotFound extends Schema.TaggedError<WorkerNotFound>()("WorkerNotFound", {
   workerId: Schema.String
-}) {}
+}) {
+  override get message() {
+    return `no live worker "${this.workerId}"`
+  }
+}
+
+/** `opts.pool` names no pool of this layer. */
+export class PoolNotFound extends Schema.TaggedError<PoolNotFound>()("PoolNotFound", {
+  pool: Schema.String,
+  available: Schema.Array(Schema.String)
+}) {
+  override get message() {
+    return `no pool "${this.pool}"; pools: ${this.available.join(", ")}`
+  }
+}
 
 /** What a single call on a worker can fail with. */
 export type WorkerCallError =
@@ -199,4 +226,11 @@ export type WorkerCallError =
   | TransportError
 
 /** What a call through the pool can fail with. */
-export type CallError = WorkerCallError | QueueFull | QueueTimeout | WorkerBusy | SessionWorkerUnavailable | PoolClosed
+export type CallError =
+  | WorkerCallError
+  | QueueFull
+  | QueueTimeout
+  | WorkerBusy
+  | SessionWorkerUnavailable
+  | PoolClosed
+  | PoolNotFound

@@ -1,12 +1,22 @@
 /**
- * @snakepit/core: Python workers as Scope resources, typed errors, thread limits.
+ * @snakepit/core: run Python tools on pools of workers, from Effect or from Promises.
  *
  * @since 0.1.0
  */
 
+/** Promise facade: `createPool()`. */
+export * from "./createPool.js"
 /** Typed errors (`_tag`s callers match on). */
 export * from "./errors.js"
+/** Pool options. */
+export * from "./PoolOptions.js"
+/** The `Snakepit` service and its types. */
+export * from "./Snakepit.js"
+/** `SnakepitPool.layer(options)`. */
+export * as SnakepitPool from "./SnakepitPool.js"
 /** Thread limits for numeric libraries in workers. */
 export * as ThreadLimits from "./ThreadLimits.js"
 /** One Python worker as a Scope resource. */
 export * as Worker from "./Worker.js"
+/** The seam between the pool and its workers. */
+export * from "./WorkerFactory.js"

@@ -1,0 +1,137 @@
+/**
+ * Options of a pool: what a user writes, and the fully resolved form the pool runs with.
+ *
+ * @since 0.1.0
+ */
+import type { Duration } from "effect"
+import type * as ThreadLimits from "./ThreadLimits.js"
+
+/** How calls with a `session` are routed to the session's worker. */
+export type Affinity = "hint" | "strict_queue" | "strict_fail_fast"
+
+/** Options of one pool. Every field is optional; see {@link ResolvedPoolOptions} for the defaults. */
+export interface PoolOptions {
+  /** Number of workers. Default 2 (env `SNAKEPIT_SIZE`). */
+  readonly size?: number
+  /** Workers that must be ready for the layer to start. Default: `size`. */
+  readonly minReady?: number
+  /** Calls one worker serves at once. Default 1. */
+  readonly capacity?: number
+  /** `module` or `module:Class`. Default: the built-in showcase adapter (env `SNAKEPIT_ADAPTER`). */
+  readonly adapter?: string
+  /** Interpreter. Default: `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc. */
+  readonly python?: string
+  /** Extra PYTHONPATH entries, where your adapter lives (env `SNAKEPIT_PYTHON_PATH`, `:`-separated). */
+  readonly pythonPath?: ReadonlyArray<string>
+  /** Extra environment for the workers. */
+  readonly env?: Readonly<Record<string, string>>
+  /** Thread limits of numeric libraries; a partial override merges with the defaults (all 1). */
+  readonly threadLimits?: Partial<ThreadLimits.ThreadLimits>
+  /** Workers started at once during startup. Default 8 (env `SNAKEPIT_STARTUP_BATCH_SIZE`). */
+  readonly startupBatchSize?: number
+  /** Pause between startup batches. Default 0 (env `SNAKEPIT_STARTUP_BATCH_DELAY`). */
+  readonly startupBatchDelay?: Duration.DurationInput
+  /** Time for the pool to reach `minReady`, and for each worker to start. Default 30 s (env `SNAKEPIT_STARTUP_TIMEOUT`). */
+  readonly startupTimeout?: Duration.DurationInput
+  /** Default per-call timeout. Default 60 s (env `SNAKEPIT_CALL_TIMEOUT`). */
+  readonly callTimeout?: Duration.DurationInput
+  /** Time each shutdown step of a worker may take. Default 2 s. */
+  readonly gracefulTimeout?: Duration.DurationInput
+  /** The queue of callers waiting for a worker. */
+  readonly queue?: {
+    /** Callers allowed to wait; one more gets `QueueFull`. Default 1000 (env `SNAKEPIT_QUEUE_MAX`). */
+    readonly max?: number
+    /** Longest wait for a worker; then `QueueTimeout`. Default 30 s (env `SNAKEPIT_QUEUE_TIMEOUT`). */
+    readonly timeout?: Duration.DurationInput
+  }
+  /** Session routing. Default "hint" (env `SNAKEPIT_AFFINITY`). */
+  readonly affinity?: Affinity
+  /** Sessions: idle expiry and how many are kept. */
+  readonly sessions?: {
+    /** A session unused this long is dropped (and cleaned up in its worker). Default 30 min. */
+    readonly ttl?: Duration.DurationInput
+    /** Most sessions kept; the least recently used goes first. Default 10 000. */
+    readonly max?: number
+  }
+  /** Replace a worker after so many calls, so long, or so much memory. A busy worker is drained first. */
+  readonly recycle?: {
+    readonly maxCalls?: number
+    readonly ttl?: Duration.DurationInput
+    readonly maxRssMb?: number
+  }
+  /** Health checks on the Effect clock. */
+  readonly healthCheck?: {
+    /** Default 10 s. */
+    readonly interval?: Duration.DurationInput
+    /** Default 5 s. */
+    readonly timeout?: Duration.DurationInput
+    /** Consecutive misses before the worker is replaced. Default 3. */
+    readonly maxMisses?: number
+  }
+  /** Restarting crashed workers: exponential backoff with jitter, and an intensity limit. */
+  readonly restart?: {
+    /** First delay. Default 100 ms. */
+    readonly baseDelay?: Duration.DurationInput
+    /** Largest delay. Default 10 s. */
+    readonly maxDelay?: Duration.DurationInput
+    /** Restarts allowed within `window` before the slot cools down. Default 5. */
+    readonly maxRestarts?: number
+    /** Default 60 s. */
+    readonly window?: Duration.DurationInput
+    /** Pause after the limit is hit, before trying again. Default 30 s. */
+    readonly cooldown?: Duration.DurationInput
+  }
+  /** How long a retiring worker may finish its calls. Default 30 s. */
+  readonly drainTimeout?: Duration.DurationInput
+  /** Largest gRPC message. Default 64 MiB. */
+  readonly maxMessageBytes?: number
+  /** Where state lives (the process registry). Default `SNAKEPIT_DATA_DIR`, else a per-user directory. */
+  readonly dataDir?: string
+}
+
+/** Options of the pool layer: one pool, or named pools that each override these defaults. */
+export interface SnakepitOptions extends PoolOptions {
+  /** Named pools; calls choose one with `opts.pool`. The first is the default. */
+  readonly pools?: Readonly<Record<string, PoolOptions>>
+}
+
+/** Every option with its value decided. */
+export interface ResolvedPoolOptions {
+  readonly name: string
+  readonly size: number
+  readonly minReady: number
+  readonly capacity: number
+  readonly adapter: string
+  readonly python: string | undefined
+  readonly pythonPath: ReadonlyArray<string>
+  readonly env: Readonly<Record<string, string>>
+  readonly threadLimits: ThreadLimits.ThreadLimits
+  readonly startupBatchSize: number
+  readonly startupBatchDelay: Duration.Duration
+  readonly startupTimeout: Duration.Duration
+  readonly callTimeout: Duration.Duration
+  readonly gracefulTimeout: Duration.Duration
+  readonly queue: { readonly max: number; readonly timeout: Duration.Duration }
+  readonly affinity: Affinity
+  readonly sessions: { readonly ttl: Duration.Duration; readonly max: number }
+  readonly recycle: {
+    readonly maxCalls: number | undefined
+    readonly ttl: Duration.Duration | undefined
+    readonly maxRssMb: number | undefined
+  }
+  readonly healthCheck: {
+    readonly interval: Duration.Duration
+    readonly timeout: Duration.Duration
+    readonly maxMisses: number
+  }
+  readonly restart: {
+    readonly baseDelay: Duration.Duration
+    readonly maxDelay: Duration.Duration
+    readonly maxRestarts: number
+    readonly window: Duration.Duration
+    readonly cooldown: Duration.Duration
+  }
+  readonly drainTimeout: Duration.Duration
+  readonly maxMessageBytes: number
+  readonly dataDir: string | undefined
+}

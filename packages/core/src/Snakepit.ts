@@ -1,0 +1,83 @@
+/**
+ * The `Snakepit` service: run Python tools on a pool of workers.
+ *
+ * @since 0.1.0
+ */
+import { Context, type Duration, type Effect } from "effect"
+import type { CallError, CallTimeout, PoolNotFound, WorkerCrashed, WorkerNotFound, WorkerStartError } from "./errors.js"
+
+/** Per-call options. */
+export interface CallOptions {
+  /** Route to this session's worker (see the pool's `affinity`), and give the tool its state. */
+  readonly session?: string
+  /** Which named pool serves the call. Default: the first pool. */
+  readonly pool?: string
+  /** Overrides the pool's `callTimeout` for this call. */
+  readonly timeout?: Duration.DurationInput
+  /** Raw binary values passed beside the JSON arguments (`ctx.attachments` in Python). */
+  readonly attachments?: Readonly<Record<string, Uint8Array>>
+}
+
+/** A worker as the pool sees it. */
+export interface WorkerInfo {
+  readonly id: string
+  readonly pool: string
+  readonly pid: number
+  /** "ready": idle; "busy": serving a call; "stopping": retiring (draining or shutting down). */
+  readonly state: "starting" | "ready" | "busy" | "stopping"
+  /** Calls completed by this worker. */
+  readonly calls: number
+  readonly startedAt: Date
+}
+
+/** Counters and gauges of one pool. */
+export interface PoolStats {
+  readonly pool: string
+  /** Configured number of workers. */
+  readonly size: number
+  /** Workers able to serve (idle or busy). */
+  readonly ready: number
+  /** Workers serving at least one call. */
+  readonly busy: number
+  /** Callers waiting for a worker. */
+  readonly queued: number
+  /** Calls started. */
+  readonly requests: number
+  /** Calls that failed, for any reason. */
+  readonly errors: number
+  readonly queueTimeouts: number
+  /** Workers started again after a crash, failed health check, failed start or recycling. */
+  readonly restarts: number
+}
+
+/** A worker id, or a `WorkerInfo` obtained from `workers()`. */
+export type WorkerRef = string | Pick<WorkerInfo, "id">
+
+/** What the `Snakepit` service offers. */
+export interface SnakepitService {
+  /** Runs `tool` with `args` (an object of named parameters) on a worker and decodes its JSON result. */
+  readonly execute: (tool: string, args?: unknown, options?: CallOptions) => Effect.Effect<unknown, CallError>
+  /** Stats of one pool (default: the first). */
+  readonly stats: (pool?: string) => Effect.Effect<PoolStats, PoolNotFound>
+  /** The live workers of one pool (default: the first). */
+  readonly workers: (pool?: string) => Effect.Effect<ReadonlyArray<WorkerInfo>, PoolNotFound>
+  /** Every pool's name. */
+  readonly pools: ReadonlyArray<string>
+  /**
+   * Stops a worker (after its calls finish) and does not replace it; completes when the OS
+   * process is gone.
+   */
+  readonly stopWorker: (worker: WorkerRef) => Effect.Effect<void, WorkerNotFound>
+  /**
+   * Replaces a worker: drains it, waits until its process is gone, starts a new one, and
+   * returns the new worker once it is ready.
+   */
+  readonly restartWorker: (
+    worker: WorkerRef
+  ) => Effect.Effect<WorkerInfo, WorkerNotFound | WorkerStartError | CallTimeout | WorkerCrashed>
+  /** Completes when every slot of the pool has a ready worker. */
+  readonly awaitReady: (pool?: string) => Effect.Effect<void, PoolNotFound>
+}
+
+/** The Snakepit service. Provide it with `SnakepitPool.layer(options)`. */
+export class Snakepit extends Context.Tag("@snakepit/core/Snakepit")<Snakepit, SnakepitService>() {}

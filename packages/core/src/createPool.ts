@@ -1,0 +1,66 @@
+/**
+ * A Promise facade over the `Snakepit` service, for code that does not use Effect.
+ *
+ * @since 0.1.0
+ */
+import { Cause, Effect, Exit, ManagedRuntime } from "effect"
+import { PoolClosed } from "./errors.js"
+import type { SnakepitOptions } from "./PoolOptions.js"
+import { type CallOptions, type PoolStats, Snakepit, type WorkerInfo, type WorkerRef } from "./Snakepit.js"
+import * as SnakepitPool from "./SnakepitPool.js"
+
+/** A started pool. Every rejection is the tagged error itself (match on `error._tag`). */
+export interface PoolClient {
+  readonly execute: (tool: string, args?: unknown, options?: CallOptions) => Promise<unknown>
+  readonly stats: (pool?: string) => Promise<PoolStats>
+  readonly workers: (pool?: string) => Promise<ReadonlyArray<WorkerInfo>>
+  readonly stopWorker: (worker: WorkerRef) => Promise<void>
+  readonly restartWorker: (worker: WorkerRef) => Promise<WorkerInfo>
+  readonly awaitReady: (pool?: string) => Promise<void>
+  /** Stops every worker; resolves when their processes are gone. */
+  readonly close: () => Promise<void>
+}
+
+/** The typed failure when there is one; otherwise the defect or interruption as an Error. */
+const toRejection = <E>(cause: Cause.Cause<E>): unknown => {
+  const failure = Cause.failureOption(cause)
+  return failure._tag === "Some" ? failure.value : Cause.squash(cause)
+}
+
+/**
+ * Starts a pool (default: 2 workers of the built-in showcase adapter) and resolves once it
+ * is ready; rejects with `PoolStartError` or `ConfigError`.
+ */
+export const createPool = async (options: SnakepitOptions = {}): Promise<PoolClient> => {
+  const runtime = ManagedRuntime.make(SnakepitPool.layer(options))
+  let closed = false
+
+  const run = async <A, E>(effect: Effect.Effect<A, E, Snakepit>): Promise<A> => {
+    if (closed) throw new PoolClosed({ pool: "*" })
+    const exit = await runtime.runPromiseExit(effect)
+    if (Exit.isSuccess(exit)) return exit.value
+    throw toRejection(exit.cause)
+  }
+  const withService = <A, E>(f: (service: Snakepit["Type"]) => Effect.Effect<A, E>) => run(Effect.flatMap(Snakepit, f))
+
+  try {
+    await run(Snakepit)
+  } catch (error) {
+    await runtime.dispose()
+    throw error
+  }
+
+  return {
+    execute: (tool, args, options) => withService((s) => s.execute(tool, args, options)),
+    stats: (pool) => withService((s) => s.stats(pool)),
+    workers: (pool) => withService((s) => s.workers(pool)),
+    stopWorker: (worker) => withService((s) => s.stopWorker(worker)),
+    restartWorker: (worker) => withService((s) => s.restartWorker(worker)),
+    awaitReady: (pool) => withService((s) => s.awaitReady(pool)),
+    close: async () => {
+      if (closed) return
+      closed = true
+      await runtime.dispose()
+    }
+  }
+}

@@ -1,0 +1,604 @@
+/**
+ * One pool of workers: slots supervised as fibers, leases handed to callers FIFO, sessions
+ * routed by affinity. All mutable state is touched only inside `Effect.sync` blocks, which
+ * never interleave, so every transition below is atomic with respect to other fibers.
+ */
+import {
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  FiberSet,
+  Metric,
+  Schedule,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import {
+  type CallError,
+  type CallTimeout,
+  PoolClosed,
+  PoolStartError,
+  QueueFull,
+  QueueTimeout,
+  SessionWorkerUnavailable,
+  WorkerBusy,
+  type WorkerCrashed,
+  type WorkerStartError
+} from "../errors.js"
+import type { ResolvedPoolOptions } from "../PoolOptions.js"
+import type { CallOptions, PoolStats, WorkerInfo } from "../Snakepit.js"
+import * as Worker from "../Worker.js"
+import { type PoolWorker, WorkerFactory } from "../WorkerFactory.js"
+
+/** Why a worker leaves the pool. */
+type RetireReason =
+  | { readonly _tag: "Crashed"; readonly status: Worker.ExitStatus }
+  | { readonly _tag: "Unhealthy"; readonly detail: string }
+  | { readonly _tag: "Recycle"; readonly why: "maxCalls" | "ttl" | "rss" }
+  | { readonly _tag: "Restart" }
+  | { readonly _tag: "Stop" }
+
+const describeReason = (reason: RetireReason): string => {
+  switch (reason._tag) {
+    case "Crashed":
+      return reason.status.signal ? `crashed (${reason.status.signal})` : `crashed (exit ${reason.status.code})`
+    case "Unhealthy":
+      return `unhealthy: ${reason.detail}`
+    case "Recycle":
+      return `recycled (${reason.why})`
+    case "Restart":
+      return "restarted"
+    case "Stop":
+      return "stopped"
+  }
+}
+
+/** A live worker in the pool. */
+interface Entry {
+  readonly worker: PoolWorker
+  readonly slot: Slot
+  inUse: number
+  calls: number
+  /** Order of the last release: the idle worker released longest ago is served first. */
+  releasedAt: number
+  retiring: RetireReason | undefined
+  readonly retire: Deferred.Deferred<RetireReason>
+  readonly drained: Deferred.Deferred<void>
+  /** Completes once the worker's scope is closed: its process is gone. */
+  readonly gone: Deferred.Deferred<void>
+}
+
+interface Slot {
+  readonly index: number
+  generation: number
+  entry: Entry | undefined
+  stopped: boolean
+  readonly firstOutcome: Deferred.Deferred<void, WorkerStartError>
+  /** Set by restartWorker: completes with the replacement, or its start failure. */
+  replacement: Deferred.Deferred<Entry, WorkerStartError> | undefined
+}
+
+interface Waiter {
+  /** A specific worker (strict session affinity), or any. */
+  readonly target: Entry | undefined
+  readonly deferred: Deferred.Deferred<Entry, SessionWorkerUnavailable | PoolClosed>
+  handed: Entry | undefined
+}
+
+interface Binding {
+  entry: Entry
+  lastUsed: number
+  /** Why the bound worker left; the next call reports it (strict) or rebinds (hint). */
+  lost: string | undefined
+}
+
+const metrics = {
+  requests: Metric.counter("snakepit_requests_total", { description: "Calls started", incremental: true }),
+  errors: Metric.counter("snakepit_errors_total", { description: "Calls failed", incremental: true }),
+  queueTimeouts: Metric.counter("snakepit_queue_timeouts_total", { incremental: true }),
+  restarts: Metric.counter("snakepit_worker_restarts_total", { incremental: true }),
+  ready: Metric.gauge("snakepit_workers_ready"),
+  busy: Metric.gauge("snakepit_workers_busy"),
+  queued: Metric.gauge("snakepit_queue_length")
+}
+
+/** A running pool. */
+export interface Pool {
+  readonly name: string
+  readonly execute: (tool: string, args: unknown, options: CallOptions) => Effect.Effect<unknown, CallError>
+  readonly stats: Effect.Effect<PoolStats>
+  readonly workers: Effect.Effect<ReadonlyArray<WorkerInfo>>
+  readonly find: (workerId: string) => Entry | undefined
+  readonly stopWorker: (entry: Entry) => Effect.Effect<void>
+  readonly restartWorker: (entry: Entry) => Effect.Effect<WorkerInfo, WorkerStartError | CallTimeout | WorkerCrashed>
+  readonly awaitReady: Effect.Effect<void>
+}
+
+/** Starts a pool in the current scope; fails with `PoolStartError` when fewer than `minReady` workers start. */
+export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
+  Effect.gen(function* () {
+    const factory = yield* WorkerFactory
+    const name = options.name
+    const tag = <T extends Metric.Metric<any, any, any>>(metric: T) => Metric.tagged(metric, "pool", name) as T
+    const entries = new Map<string, Entry>()
+    const waiters: Array<Waiter> = []
+    const sessions = new Map<string, Binding>()
+    const counters = { requests: 0, errors: 0, queueTimeouts: 0, restarts: 0 }
+    let releaseSeq = 0
+    let closed = false
+    const slots: Array<Slot> = []
+    const readyCount = yield* SubscriptionRef.make(0)
+    const background = yield* FiberSet.make()
+
+    const workerOptions: Worker.WorkerOptions = {
+      adapter: options.adapter,
+      ...(options.python === undefined ? {} : { python: options.python }),
+      pythonPath: options.pythonPath,
+      env: options.env,
+      threadLimits: options.threadLimits,
+      startupTimeout: options.startupTimeout,
+      gracefulTimeout: options.gracefulTimeout,
+      maxMessageBytes: options.maxMessageBytes
+    }
+
+    const live = () => [...entries.values()].filter((e) => e.retiring === undefined)
+
+    const publish = Effect.suspend(() => {
+      const serving = live()
+      return Effect.all([
+        SubscriptionRef.set(readyCount, serving.length),
+        Metric.set(tag(metrics.ready), serving.length),
+        Metric.set(tag(metrics.busy), serving.filter((e) => e.inUse > 0).length),
+        Metric.set(tag(metrics.queued), waiters.length)
+      ])
+    })
+
+    // ---- leases -------------------------------------------------------------------------
+
+    /** Gives free capacity of `entry` to the first waiters that accept it, in arrival order. */
+    const handOff = (entry: Entry) => {
+      for (let i = 0; i < waiters.length && entry.inUse < options.capacity; ) {
+        const waiter = waiters[i]!
+        if (waiter.target !== undefined && waiter.target !== entry) {
+          i++
+          continue
+        }
+        waiters.splice(i, 1)
+        entry.inUse++
+        waiter.handed = entry
+        Deferred.unsafeDone(waiter.deferred, Exit.succeed(entry))
+      }
+    }
+
+    const tryTake = (entry: Entry): boolean => {
+      if (entry.retiring !== undefined || entry.inUse >= options.capacity) return false
+      entry.inUse++
+      return true
+    }
+
+    const pickIdle = (): Entry | undefined => {
+      let best: Entry | undefined
+      for (const entry of entries.values()) {
+        if (entry.retiring !== undefined || entry.inUse >= options.capacity) continue
+        if (best === undefined || entry.releasedAt < best.releasedAt) best = entry
+      }
+      if (best) best.inUse++
+      return best
+    }
+
+    /** Marks a worker as leaving: no new leases, targeted waiters fail, sessions learn it at once. */
+    const startRetire = (entry: Entry, reason: RetireReason) => {
+      if (entry.retiring !== undefined) return
+      entry.retiring = reason
+      const why = describeReason(reason)
+      for (let i = waiters.length - 1; i >= 0; i--) {
+        const waiter = waiters[i]!
+        if (waiter.target !== entry) continue
+        waiters.splice(i, 1)
+        Deferred.unsafeDone(
+          waiter.deferred,
+          Exit.fail(new SessionWorkerUnavailable({ session: "", workerId: entry.worker.id, reason: why }))
+        )
+      }
+      for (const binding of sessions.values()) if (binding.entry === entry) binding.lost = why
+      Deferred.unsafeDone(entry.retire, Exit.succeed(reason))
+      if (entry.inUse === 0) Deferred.unsafeDone(entry.drained, Exit.void)
+    }
+
+    const release = (entry: Entry) =>
+      Effect.suspend(() => {
+        entry.inUse--
+        entry.calls++
+        entry.releasedAt = ++releaseSeq
+        const maxCalls = options.recycle.maxCalls
+        if (maxCalls !== undefined && entry.calls >= maxCalls) startRetire(entry, { _tag: "Recycle", why: "maxCalls" })
+        if (entry.retiring === undefined) handOff(entry)
+        else if (entry.inUse === 0) Deferred.unsafeDone(entry.drained, Exit.void)
+        return publish
+      })
+
+    /** Waits in the queue for `target` (or any worker). Safe to call uninterruptibly: the wait itself is restored. */
+    const waitFor = (
+      target: Entry | undefined,
+      restore: <A, E, R>(e: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+    ) =>
+      Effect.gen(function* () {
+        if (waiters.length >= options.queue.max) return yield* new QueueFull({ pool: name, max: options.queue.max })
+        const waiter: Waiter = {
+          target,
+          deferred: yield* Deferred.make<Entry, SessionWorkerUnavailable | PoolClosed>(),
+          handed: undefined
+        }
+        waiters.push(waiter)
+        yield* publish
+        return yield* restore(
+          Deferred.await(waiter.deferred).pipe(
+            Effect.timeoutFail({
+              duration: options.queue.timeout,
+              onTimeout: () => new QueueTimeout({ pool: name, timeoutMs: Duration.toMillis(options.queue.timeout) })
+            })
+          )
+        ).pipe(
+          Effect.onExit((exit) =>
+            Effect.suspend(() => {
+              if (Exit.isSuccess(exit)) return Effect.void
+              const index = waiters.indexOf(waiter)
+              if (index >= 0) waiters.splice(index, 1)
+              if (exit.cause._tag === "Fail" && exit.cause.error._tag === "QueueTimeout") {
+                counters.queueTimeouts++
+                return Effect.zipRight(Metric.increment(tag(metrics.queueTimeouts)), publish)
+              }
+              // Handed a worker in the same instant we were interrupted: pass it on, never leak it.
+              return waiter.handed ? release(waiter.handed) : publish
+            })
+          )
+        )
+      })
+
+    const takeAny = (restore: Parameters<typeof waitFor>[1]) =>
+      Effect.suspend(() => {
+        const idle = pickIdle()
+        return idle ? Effect.succeed(idle) : waitFor(undefined, restore)
+      })
+
+    const bind = (session: string, entry: Entry) =>
+      Effect.gen(function* () {
+        sessions.set(session, { entry, lastUsed: yield* Clock.currentTimeMillis, lost: undefined })
+        while (sessions.size > options.sessions.max) {
+          const [oldest, binding] = sessions.entries().next().value as [string, Binding]
+          sessions.delete(oldest)
+          yield* cleanupInWorker(oldest, binding)
+        }
+      })
+
+    const checkout = (session: string | undefined, restore: Parameters<typeof waitFor>[1]) =>
+      Effect.gen(function* () {
+        if (closed) return yield* new PoolClosed({ pool: name })
+        if (session === undefined) return yield* takeAny(restore)
+        const binding = sessions.get(session)
+        if (binding === undefined || binding.lost !== undefined) {
+          if (binding !== undefined) {
+            // Invalidated the moment its worker left (LESSONS #14): never route to it again.
+            sessions.delete(session)
+            if (options.affinity !== "hint") {
+              return yield* new SessionWorkerUnavailable({
+                session,
+                workerId: binding.entry.worker.id,
+                reason: binding.lost!
+              })
+            }
+          }
+          const entry = yield* takeAny(restore)
+          yield* bind(session, entry)
+          return entry
+        }
+        // Most recently used last, so the first key is the one to evict.
+        sessions.delete(session)
+        sessions.set(session, binding)
+        binding.lastUsed = yield* Clock.currentTimeMillis
+        if (tryTake(binding.entry)) return binding.entry
+        switch (options.affinity) {
+          case "hint":
+            return yield* takeAny(restore)
+          case "strict_fail_fast":
+            return yield* new WorkerBusy({ workerId: binding.entry.worker.id, session })
+          case "strict_queue":
+            return yield* waitFor(binding.entry, restore).pipe(
+              Effect.mapError((e) =>
+                e._tag === "SessionWorkerUnavailable" ? new SessionWorkerUnavailable({ ...e, session }) : e
+              )
+            )
+        }
+      })
+
+    const runOn = (entry: Entry, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
+      const timeout = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
+      return entry.worker
+        .executeEncoded(tool, args, {
+          ...(call.session === undefined ? {} : { session: call.session }),
+          ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
+          ...(Duration.isFinite(timeout) ? { timeout } : {})
+        })
+        .pipe(
+          // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+          Effect.tapErrorTag("CallTimeout", () =>
+            entry.worker.health(options.healthCheck.timeout).pipe(
+              Effect.either,
+              Effect.flatMap((health) =>
+                Either.isLeft(health)
+                  ? Effect.sync(() =>
+                      startRetire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
+                    )
+                  : Effect.void
+              )
+            )
+          )
+        )
+    }
+
+    const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
+      Effect.gen(function* () {
+        counters.requests++
+        yield* Metric.increment(tag(metrics.requests))
+        const encoded = yield* Worker.encodeArgs(tool, args)
+        return yield* Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(checkout(call.session, restore), (entry) =>
+            Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(Effect.ensuring(release(entry)))
+          )
+        )
+      }).pipe(
+        Effect.tapError(() =>
+          Effect.zipRight(
+            Effect.sync(() => counters.errors++),
+            Metric.increment(tag(metrics.errors))
+          )
+        ),
+        Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool } })
+      )
+
+    // ---- sessions ----------------------------------------------------------------------
+
+    const cleanupInWorker = (session: string, binding: Binding) =>
+      binding.lost !== undefined || binding.entry.retiring !== undefined
+        ? Effect.void
+        : FiberSet.run(
+            background,
+            binding.entry.worker.cleanupSession(session).pipe(
+              Effect.tapError((e) => Effect.logDebug(`session ${session} cleanup failed: ${e.message}`)),
+              Effect.either
+            )
+          ).pipe(Effect.asVoid)
+
+    const expireSessions = Effect.gen(function* () {
+      const now = yield* Clock.currentTimeMillis
+      const ttl = Duration.toMillis(options.sessions.ttl)
+      for (const [session, binding] of [...sessions]) {
+        if (now - binding.lastUsed < ttl) continue
+        sessions.delete(session)
+        yield* cleanupInWorker(session, binding)
+      }
+    })
+
+    // ---- supervision -------------------------------------------------------------------
+
+    const healthLoop = (entry: Entry): Effect.Effect<RetireReason> =>
+      Effect.gen(function* () {
+        let misses = 0
+        while (true) {
+          yield* Effect.sleep(options.healthCheck.interval)
+          const health = yield* Effect.either(entry.worker.health(options.healthCheck.timeout))
+          if (Either.isLeft(health)) {
+            misses++
+            if (misses >= options.healthCheck.maxMisses) {
+              return { _tag: "Unhealthy", detail: `${misses} health checks missed: ${health.left.message}` } as const
+            }
+            continue
+          }
+          misses = 0
+          const maxRssMb = options.recycle.maxRssMb
+          if (maxRssMb !== undefined && health.right.rssBytes > maxRssMb * 1024 * 1024) {
+            return { _tag: "Recycle", why: "rss" } as const
+          }
+        }
+      })
+
+    const register = (slot: Slot, worker: PoolWorker) =>
+      Effect.gen(function* () {
+        const entry: Entry = {
+          worker,
+          slot,
+          inUse: 0,
+          calls: 0,
+          releasedAt: ++releaseSeq,
+          retiring: undefined,
+          retire: yield* Deferred.make<RetireReason>(),
+          drained: yield* Deferred.make<void>(),
+          gone: yield* Deferred.make<void>()
+        }
+        entries.set(worker.id, entry)
+        slot.entry = entry
+        handOff(entry)
+        yield* Deferred.succeed(slot.firstOutcome, undefined)
+        if (slot.replacement) yield* Deferred.succeed(slot.replacement, entry)
+        yield* publish
+        return entry
+      })
+
+    /** One generation of a slot: start a worker, serve until it must leave, drain it if graceful. */
+    const serveOnce = (slot: Slot) =>
+      Effect.gen(function* () {
+        slot.generation++
+        const id = `${name}-${slot.index + 1}.${slot.generation}`
+        const started = yield* Effect.either(factory.spawn({ ...workerOptions, id }))
+        if (Either.isLeft(started)) {
+          const error = started.left
+          if (error._tag === "ConfigError") return yield* Effect.die(error) // options were validated up front
+          yield* Effect.logWarning(`worker ${id} failed to start: ${error.message}`)
+          yield* Deferred.fail(slot.firstOutcome, error)
+          if (slot.replacement) yield* Deferred.fail(slot.replacement, error)
+          return { _tag: "StartFailed" } as const
+        }
+        const entry = yield* register(slot, started.right)
+        const ttl = options.recycle.ttl
+        const reason = yield* Effect.raceAll([
+          Effect.map(entry.worker.exited, (status): RetireReason => ({ _tag: "Crashed", status })),
+          Deferred.await(entry.retire),
+          healthLoop(entry),
+          ttl === undefined ? Effect.never : Effect.as(Effect.sleep(ttl), { _tag: "Recycle", why: "ttl" } as const)
+        ])
+        yield* Effect.sync(() => startRetire(entry, reason))
+        yield* publish
+        if (reason._tag !== "Crashed" && reason._tag !== "Unhealthy") {
+          // Graceful: let the calls in flight finish, unless the process dies meanwhile.
+          yield* Effect.raceFirst(
+            Deferred.await(entry.drained).pipe(Effect.timeout(options.drainTimeout), Effect.option),
+            entry.worker.exited
+          )
+        }
+        yield* Effect.logInfo(`worker ${id} ${describeReason(reason)}`)
+        return reason
+      })
+
+    const backoff = Schedule.exponential(options.restart.baseDelay).pipe(
+      Schedule.jittered,
+      Schedule.modifyDelay((delay) => Duration.min(delay, options.restart.maxDelay))
+    )
+
+    const runSlot = (slot: Slot) =>
+      Effect.gen(function* () {
+        const driver = yield* Schedule.driver(backoff)
+        let recentRestarts: Array<number> = []
+        while (!slot.stopped) {
+          const outcome = yield* Effect.scoped(serveOnce(slot))
+          const entry = slot.entry
+          if (entry && outcome._tag !== "StartFailed") {
+            entries.delete(entry.worker.id)
+            slot.entry = undefined
+            yield* Deferred.succeed(entry.gone, undefined)
+            yield* publish
+          }
+          if (slot.stopped || closed) return
+          counters.restarts++
+          yield* Metric.increment(tag(metrics.restarts))
+          if (outcome._tag === "Recycle" || outcome._tag === "Restart") {
+            yield* driver.reset
+            continue
+          }
+          const now = yield* Clock.currentTimeMillis
+          recentRestarts = [...recentRestarts.filter((t) => now - t < Duration.toMillis(options.restart.window)), now]
+          if (recentRestarts.length > options.restart.maxRestarts) {
+            yield* Effect.logError(
+              `pool ${name} slot ${slot.index + 1}: ${recentRestarts.length} restarts within ` +
+                `${Duration.format(options.restart.window)}; cooling down for ${Duration.format(options.restart.cooldown)}`
+            )
+            yield* Effect.sleep(options.restart.cooldown)
+            recentRestarts = []
+            yield* driver.reset
+            continue
+          }
+          if (outcome._tag !== "StartFailed") yield* driver.reset
+          yield* Effect.ignore(driver.next(undefined))
+        }
+      }).pipe(Effect.annotateLogs({ pool: name, slot: slot.index + 1 }))
+
+    // ---- startup -----------------------------------------------------------------------
+
+    const slotFibers = yield* FiberSet.make()
+    // Runs before the slot fibers are interrupted (finalizers run in reverse): no new leases, no restarts.
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        closed = true
+        for (const waiter of waiters.splice(0))
+          Deferred.unsafeDone(waiter.deferred, Exit.fail(new PoolClosed({ pool: name })))
+      })
+    )
+    yield* FiberSet.run(
+      background,
+      Effect.repeat(
+        expireSessions,
+        // Expiry is checked four times per TTL, so a session outlives its TTL by at most a quarter.
+        Schedule.spaced(Duration.max(Duration.millis(100), Duration.times(options.sessions.ttl, 0.25)))
+      )
+    )
+
+    const failures: Array<WorkerStartError> = []
+    for (let first = 0; first < options.size; first += options.startupBatchSize) {
+      if (first > 0) yield* Effect.sleep(options.startupBatchDelay)
+      const batch: Array<Slot> = []
+      for (let index = first; index < Math.min(options.size, first + options.startupBatchSize); index++) {
+        const slot: Slot = {
+          index,
+          generation: 0,
+          entry: undefined,
+          stopped: false,
+          firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
+          replacement: undefined
+        }
+        slots.push(slot)
+        batch.push(slot)
+        yield* FiberSet.run(slotFibers, runSlot(slot))
+      }
+      for (const slot of batch) {
+        const outcome = yield* Effect.either(Deferred.await(slot.firstOutcome))
+        if (Either.isLeft(outcome)) failures.push(outcome.left)
+      }
+      if (failures.length > options.size - options.minReady) {
+        return yield* new PoolStartError({
+          pool: name,
+          detail: `${failures.length} of ${options.size} workers failed to start; ${options.minReady} must be ready`,
+          causes: failures
+        })
+      }
+    }
+
+    const toInfo = (entry: Entry): WorkerInfo => ({
+      id: entry.worker.id,
+      pool: name,
+      pid: entry.worker.pid,
+      state: entry.retiring !== undefined ? "stopping" : entry.inUse > 0 ? "busy" : "ready",
+      calls: entry.calls,
+      startedAt: entry.worker.startedAt
+    })
+
+    return {
+      name,
+      execute,
+      stats: Effect.sync(() => {
+        const serving = live()
+        return {
+          pool: name,
+          size: slots.filter((s) => !s.stopped).length,
+          ready: serving.length,
+          busy: serving.filter((e) => e.inUse > 0).length,
+          queued: waiters.length,
+          ...counters
+        }
+      }),
+      workers: Effect.sync(() => [...entries.values()].map(toInfo)),
+      find: (workerId) => entries.get(workerId),
+      stopWorker: (entry) =>
+        Effect.suspend(() => {
+          entry.slot.stopped = true
+          startRetire(entry, { _tag: "Stop" })
+          return Deferred.await(entry.gone)
+        }),
+      restartWorker: (entry) =>
+        Effect.gen(function* () {
+          const replacement = yield* Deferred.make<Entry, WorkerStartError>()
+          entry.slot.replacement = replacement
+          startRetire(entry, { _tag: "Restart" })
+          // The old process must be gone before the restart counts as done (LESSONS #6).
+          yield* Deferred.await(entry.gone)
+          return toInfo(yield* Deferred.await(replacement))
+        }),
+      awaitReady: readyCount.changes.pipe(
+        Stream.filter((ready) => ready >= slots.filter((s) => !s.stopped).length),
+        Stream.take(1),
+        Stream.runDrain
+      )
+    } satisfies Pool
+  })
