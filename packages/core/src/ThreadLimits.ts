@@ -33,7 +33,7 @@ export const envNames: { readonly [K in keyof ThreadLimits]: string } = {
 export const resolve = (overrides: Partial<ThreadLimits> = {}): Effect.Effect<ThreadLimits, ConfigError> =>
   Effect.gen(function* () {
     for (const [key, value] of Object.entries(overrides)) {
-      if (!(key in envNames)) {
+      if (!Object.hasOwn(envNames, key)) {
         return yield* new ConfigError({
           key: `threadLimits.${key}`,
           value: String(value),

@@ -8,6 +8,8 @@
 export * from "./createPool.js"
 /** Typed errors (`_tag`s callers match on). */
 export * from "./errors.js"
+/** Effect Metrics of every pool, tagged with `pool`. */
+export * as SnakepitMetrics from "./Metrics.js"
 /** Pool options. */
 export * from "./PoolOptions.js"
 /** The `Snakepit` service and its types. */

@@ -4,6 +4,8 @@
  * @since 0.1.0
  */
 
+/** An in-memory WorkerFactory for deterministic pool tests on TestClock. */
+export * as FakeWorkers from "./FakeWorkers.js"
 /** Real-Python fixtures: a scoped worker and the no-survivors assertion. */
 export * as Fixtures from "./Fixtures.js"
 /** OS-level process checks: what is alive, and waiting until it is not. */

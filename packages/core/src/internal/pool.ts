@@ -29,6 +29,7 @@ import {
   type WorkerCrashed,
   type WorkerStartError
 } from "../errors.js"
+import * as metrics from "../Metrics.js"
 import type { ResolvedPoolOptions } from "../PoolOptions.js"
 import type { CallOptions, PoolStats, WorkerInfo } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
@@ -96,16 +97,6 @@ interface Binding {
   lost: string | undefined
 }
 
-const metrics = {
-  requests: Metric.counter("snakepit_requests_total", { description: "Calls started", incremental: true }),
-  errors: Metric.counter("snakepit_errors_total", { description: "Calls failed", incremental: true }),
-  queueTimeouts: Metric.counter("snakepit_queue_timeouts_total", { incremental: true }),
-  restarts: Metric.counter("snakepit_worker_restarts_total", { incremental: true }),
-  ready: Metric.gauge("snakepit_workers_ready"),
-  busy: Metric.gauge("snakepit_workers_busy"),
-  queued: Metric.gauge("snakepit_queue_length")
-}
-
 /** A running pool. */
 export interface Pool {
   readonly name: string
@@ -123,7 +114,15 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
   Effect.gen(function* () {
     const factory = yield* WorkerFactory
     const name = options.name
-    const tag = <T extends Metric.Metric<any, any, any>>(metric: T) => Metric.tagged(metric, "pool", name) as T
+    const metric = {
+      requests: Metric.tagged(metrics.requests, "pool", name),
+      errors: Metric.tagged(metrics.errors, "pool", name),
+      queueTimeouts: Metric.tagged(metrics.queueTimeouts, "pool", name),
+      restarts: Metric.tagged(metrics.restarts, "pool", name),
+      ready: Metric.tagged(metrics.ready, "pool", name),
+      busy: Metric.tagged(metrics.busy, "pool", name),
+      queued: Metric.tagged(metrics.queued, "pool", name)
+    }
     const entries = new Map<string, Entry>()
     const waiters: Array<Waiter> = []
     const sessions = new Map<string, Binding>()
@@ -151,9 +150,9 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       const serving = live()
       return Effect.all([
         SubscriptionRef.set(readyCount, serving.length),
-        Metric.set(tag(metrics.ready), serving.length),
-        Metric.set(tag(metrics.busy), serving.filter((e) => e.inUse > 0).length),
-        Metric.set(tag(metrics.queued), waiters.length)
+        Metric.set(metric.ready, serving.length),
+        Metric.set(metric.busy, serving.filter((e) => e.inUse > 0).length),
+        Metric.set(metric.queued, waiters.length)
       ])
     })
 
@@ -250,7 +249,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
               if (index >= 0) waiters.splice(index, 1)
               if (exit.cause._tag === "Fail" && exit.cause.error._tag === "QueueTimeout") {
                 counters.queueTimeouts++
-                return Effect.zipRight(Metric.increment(tag(metrics.queueTimeouts)), publish)
+                return Effect.zipRight(Metric.increment(metric.queueTimeouts), publish)
               }
               // Handed a worker in the same instant we were interrupted: pass it on, never leak it.
               return waiter.handed ? release(waiter.handed) : publish
@@ -343,7 +342,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
       Effect.gen(function* () {
         counters.requests++
-        yield* Metric.increment(tag(metrics.requests))
+        yield* Metric.increment(metric.requests)
         const encoded = yield* Worker.encodeArgs(tool, args)
         return yield* Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(checkout(call.session, restore), (entry) =>
@@ -354,7 +353,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         Effect.tapError(() =>
           Effect.zipRight(
             Effect.sync(() => counters.errors++),
-            Metric.increment(tag(metrics.errors))
+            Metric.increment(metric.errors)
           )
         ),
         Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool } })
@@ -483,7 +482,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
           }
           if (slot.stopped || closed) return
           counters.restarts++
-          yield* Metric.increment(tag(metrics.restarts))
+          yield* Metric.increment(metric.restarts)
           if (outcome._tag === "Recycle" || outcome._tag === "Restart") {
             yield* driver.reset
             continue

@@ -1,0 +1,185 @@
+/**
+ * An in-memory `WorkerFactory` for deterministic tests: scripted tools whose latency is
+ * `Effect.sleep` (so `TestClock` drives it), crashes on demand, health you can break.
+ * Provide `fake.layer` where `SnakepitPool.layerWithoutDependencies` needs a `WorkerFactory`.
+ *
+ * @since 0.1.0
+ */
+import {
+  CallTimeout,
+  InvalidArguments,
+  ToolNotFound,
+  TransportError,
+  type Worker,
+  type WorkerCallError,
+  WorkerCrashed,
+  WorkerFactory,
+  type WorkerStartError
+} from "@snakepit/core"
+import { Deferred, Duration, Effect, Layer, Option } from "effect"
+
+/** A scripted tool: gets the decoded arguments and the worker it runs on. */
+export type FakeTool = (args: Record<string, unknown>, worker: FakeWorker) => Effect.Effect<unknown, WorkerCallError>
+
+/** One fake worker, as the test sees it. */
+export interface FakeWorker {
+  readonly id: string
+  readonly pid: number
+  /** Every call it received, in order. */
+  readonly calls: Array<{
+    readonly tool: string
+    readonly args: Record<string, unknown>
+    readonly session: string | undefined
+  }>
+  /** Sessions the pool asked it to clean up. */
+  readonly cleanedSessions: Array<string>
+  /** Resident memory reported by health checks, in bytes. */
+  rssBytes: number
+  /** When false, health checks fail. */
+  healthy: boolean
+  /** Ends the "process": running and later calls fail with `WorkerCrashed`. */
+  readonly crash: (status?: Worker.ExitStatus) => Effect.Effect<void>
+  readonly isAlive: Effect.Effect<boolean>
+}
+
+/** How fake workers behave. */
+export interface FakeWorkersOptions {
+  /** Tools by name. Default: `echo` (returns `value`) and `sleep` (sleeps `ms` on the clock). */
+  readonly tools?: Readonly<Record<string, FakeTool>>
+  /** Time each worker takes to start, on the Effect clock. Default 0. */
+  readonly startDelay?: Duration.DurationInput
+  /** Decides, per start attempt (1-based), whether the start fails. */
+  readonly failStart?: (attempt: number, workerId: string) => WorkerStartError | undefined
+}
+
+/** The default tools. */
+export const defaultTools: Readonly<Record<string, FakeTool>> = {
+  echo: (args) => Effect.succeed(args.value ?? null),
+  sleep: (args) => Effect.as(Effect.sleep(Duration.millis(Number(args.ms ?? 0))), { slept_ms: args.ms })
+}
+
+/** A fake factory and the workers it has started, newest last. */
+export interface FakeWorkers {
+  readonly layer: Layer.Layer<WorkerFactory>
+  readonly started: ReadonlyArray<FakeWorker>
+  /** Workers not yet crashed or stopped. */
+  readonly alive: Effect.Effect<ReadonlyArray<FakeWorker>>
+}
+
+/** Creates a fake worker factory. */
+export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
+  const tools = options.tools ?? defaultTools
+  const started: Array<FakeWorker> = []
+  const exits = new Map<FakeWorker, Deferred.Deferred<Worker.ExitStatus>>()
+  let attempts = 0
+  let nextPid = 10_000
+
+  const spawn = (spawnOptions: Worker.WorkerOptions) =>
+    Effect.gen(function* () {
+      const id = spawnOptions.id ?? `fake-${attempts + 1}`
+      attempts++
+      if (options.startDelay !== undefined) yield* Effect.sleep(options.startDelay)
+      const failure = options.failStart?.(attempts, id)
+      if (failure) return yield* Effect.fail(failure)
+      const exit = yield* Deferred.make<Worker.ExitStatus>()
+      const fake: FakeWorker = {
+        id,
+        pid: nextPid++,
+        calls: [],
+        cleanedSessions: [],
+        rssBytes: 50 * 1024 * 1024,
+        healthy: true,
+        crash: (status = { code: null, signal: "SIGKILL" }) => Effect.asVoid(Deferred.succeed(exit, status)),
+        isAlive: Effect.map(Deferred.isDone(exit), (done) => !done)
+      }
+      started.push(fake)
+      exits.set(fake, exit)
+      // The scope owns the "process": closing it ends the worker like a stop would.
+      yield* Effect.addFinalizer(() => Deferred.succeed(exit, { code: 0, signal: null }))
+
+      const crashed = (tool: string | null) =>
+        Effect.flatMap(Deferred.await(exit), (status) =>
+          Effect.fail(
+            new WorkerCrashed({
+              workerId: id,
+              pid: fake.pid,
+              exitCode: status.code,
+              signal: status.signal,
+              stderrTail: "",
+              tool,
+              detail: "fake worker crashed"
+            })
+          )
+        )
+
+      const executeEncoded: Worker.Worker["executeEncoded"] = (tool, argsJson, callOptions = {}) =>
+        Effect.gen(function* () {
+          if (yield* Deferred.isDone(exit)) return yield* crashed(tool)
+          const args = JSON.parse(Buffer.from(argsJson).toString("utf8")) as Record<string, unknown>
+          fake.calls.push({ tool, args, session: callOptions.session })
+          const handler = tools[tool]
+          if (!handler) return yield* new ToolNotFound({ tool, available: Object.keys(tools).sort(), workerId: id })
+          const run = Effect.raceFirst(handler(args, fake), crashed(tool))
+          const timeout = callOptions.timeout
+          return yield* timeout === undefined
+            ? run
+            : run.pipe(
+                Effect.timeoutFail({
+                  duration: timeout,
+                  onTimeout: () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout), workerId: id })
+                })
+              )
+        })
+
+      const health: Worker.Worker["health"] = (timeout = Duration.seconds(5)) =>
+        Effect.gen(function* () {
+          if (yield* Deferred.isDone(exit)) return yield* crashed(null)
+          if (!fake.healthy) {
+            // An unresponsive worker: the probe hangs until its timeout.
+            return yield* Effect.never.pipe(
+              Effect.timeoutFail({
+                duration: timeout,
+                onTimeout: () =>
+                  new CallTimeout({ tool: "health", timeoutMs: Duration.toMillis(timeout), workerId: id })
+              })
+            )
+          }
+          return { ok: true, pid: fake.pid, rssBytes: fake.rssBytes, activeCalls: 0, uptimeMs: 0 }
+        })
+
+      return {
+        id,
+        pid: fake.pid,
+        startedAt: new Date(0),
+        executeEncoded,
+        health,
+        cleanupSession: (session: string) =>
+          Effect.gen(function* () {
+            if (yield* Deferred.isDone(exit)) {
+              return yield* new TransportError({
+                workerId: id,
+                tool: null,
+                grpcCode: "GrpcUnavailable",
+                details: "gone"
+              })
+            }
+            fake.cleanedSessions.push(session)
+            return true
+          }),
+        exited: Deferred.await(exit)
+      }
+    })
+
+  return {
+    layer: Layer.succeed(WorkerFactory, WorkerFactory.of({ spawn })),
+    started,
+    alive: Effect.filter(started, (w) => w.isAlive)
+  }
+}
+
+/** Fails a fake call with `InvalidArguments`, as a Python signature mismatch would. */
+export const invalidArguments = (tool: string, reason: string) =>
+  Effect.fail(new InvalidArguments({ tool, reason, path: null }))
+
+/** The last started worker, if any. */
+export const latest = (fake: FakeWorkers): Option.Option<FakeWorker> => Option.fromNullable(fake.started.at(-1))
