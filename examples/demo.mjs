@@ -1,62 +1,84 @@
-// The Snakepit demo: two Python workers, a few calls, a Python exception as a typed error,
-// and a clean shutdown. Run it with `npm run demo` (which installs and builds first).
-import { NodeContext } from "@effect/platform-node"
-import { Worker } from "@snakepit/core"
+// The Snakepit demo: a pool of Python workers driven from Effect, typed errors, sessions,
+// crash recovery, stats, a clean shutdown, and the Promise facade. Run it with
+// `npm run demo` (which installs and builds first).
+import { createPool, Snakepit, SnakepitPool } from "@snakepit/core"
 import { Console, Effect } from "effect"
 
 const heading = (text) => Console.log(`\n\x1b[1m${text}\x1b[0m`)
+const indent = (text) =>
+  text
+    .trimEnd()
+    .split("\n")
+    .map((line) => `    ${line}`)
+    .join("\n")
 
 const program = Effect.gen(function* () {
-  yield* heading("Starting two Python workers")
-  const workers = yield* Effect.all([Worker.make({ id: "demo-1" }), Worker.make({ id: "demo-2" })], {
-    concurrency: "unbounded"
-  })
-  for (const w of workers) yield* Console.log(`  ${w.id}: pid ${w.pid}, ${w.python}, bridge on ${w.address}`)
+  const snakepit = yield* Snakepit
+
+  yield* heading("A pool of two Python workers")
+  const workers = yield* snakepit.workers()
+  for (const w of workers) yield* Console.log(`  ${w.id}: pid ${w.pid}, ${w.state}`)
 
   yield* heading("Calling tools")
-  for (const w of workers) {
-    const pong = yield* w.execute("ping")
-    yield* Console.log(`  ${w.id} ping -> ${JSON.stringify(pong)}`)
-  }
-  const [first, second] = workers
-  const echoed = yield* first.execute("echo", { value: { model: "resnet50", scores: [0.91, 0.07] } })
+  yield* Console.log(`  ping -> ${JSON.stringify(yield* snakepit.execute("ping"))}`)
+  const echoed = yield* snakepit.execute("echo", { value: { model: "resnet50", scores: [0.91, 0.07] } })
   yield* Console.log(`  echo -> ${JSON.stringify(echoed)}`)
-  yield* Console.log(`  add(2, 40) -> ${yield* second.execute("add", { a: 2, b: 40 })}`)
+  yield* Console.log(`  add(2, 40) -> ${yield* snakepit.execute("add", { a: 2, b: 40 })}`)
 
   yield* heading("A Python exception arrives as a typed error")
-  yield* first.execute("fail", { type: "ValueError", message: "learning rate must be positive" }).pipe(
-    Effect.catchTag("PythonError", (error) =>
-      Console.log(
-        `  _tag: ${error._tag}\n  type: ${error.type}\n  message: ${error.message}\n  traceback:\n` +
-          error.traceback
-            .trimEnd()
-            .split("\n")
-            .map((line) => `    ${line}`)
-            .join("\n")
-      )
+  yield* snakepit.execute("fail", { type: "ValueError", message: "learning rate must be positive" }).pipe(
+    Effect.catchTag("PythonError", (e) =>
+      Console.log(`  _tag: ${e._tag}\n  type: ${e.type}\n  message: ${e.message}\n  traceback:\n${indent(e.traceback)}`)
     )
   )
-  yield* first
+  yield* snakepit
     .execute("no_such_tool")
-    .pipe(Effect.catchTag("ToolNotFound", (error) => Console.log(`\n  _tag: ${error._tag}: ${error.message}`)))
-  yield* first
+    .pipe(Effect.catchTag("ToolNotFound", (e) => Console.log(`\n  _tag: ${e._tag}: ${e.message}`)))
+  yield* snakepit
     .execute("echo", { value: 10n })
-    .pipe(Effect.catchTag("InvalidArguments", (error) => Console.log(`  _tag: ${error._tag}: ${error.message}`)))
+    .pipe(Effect.catchTag("InvalidArguments", (e) => Console.log(`  _tag: ${e._tag}: ${e.message}`)))
 
-  yield* heading("Shutting down")
-  return workers.map((w) => w.pid)
+  yield* heading("Sessions stick to their worker")
+  yield* snakepit.execute("session_put", { key: "user", value: "alice" }, { session: "alice" })
+  const pids = []
+  for (let i = 0; i < 3; i++) pids.push((yield* snakepit.execute("ping", {}, { session: "alice" })).pid)
+  const stored = yield* snakepit.execute("session_get", { key: "user" }, { session: "alice" })
+  yield* Console.log(`  session "alice": pids ${pids.join(", ")}; session_get("user") -> ${JSON.stringify(stored)}`)
+
+  yield* heading("A worker crashes; the pool recovers")
+  yield* snakepit
+    .execute("crash", { code: 13 })
+    .pipe(Effect.catchTag("WorkerCrashed", (e) => Console.log(`  _tag: ${e._tag}: ${e.message}`)))
+  yield* Console.log(`  meanwhile another caller: add(1, 1) -> ${yield* snakepit.execute("add", { a: 1, b: 1 })}`)
+  yield* snakepit.awaitReady()
+  for (const w of yield* snakepit.workers()) yield* Console.log(`  ${w.id}: pid ${w.pid}, ${w.state}`)
+
+  yield* heading("Stats")
+  yield* Console.log(`  ${JSON.stringify(yield* snakepit.stats())}`)
+  return (yield* snakepit.workers()).map((w) => w.pid)
 })
 
-const pids = await Effect.runPromise(program.pipe(Effect.scoped, Effect.provide(NodeContext.layer)))
-const alive = pids.filter((pid) => {
+const isAlive = (pid) => {
   try {
     process.kill(pid, 0)
     return true
   } catch {
     return false
   }
+}
+
+const pids = await Effect.runPromise(program.pipe(Effect.provide(SnakepitPool.layer({ size: 2 }))))
+await Effect.runPromise(heading("Shutting down"))
+const survivors = pids.filter(isAlive)
+console.log(survivors.length === 0 ? `  every worker stopped (pids ${pids.join(", ")} are gone)` : `  ALIVE: ${survivors}`)
+
+await Effect.runPromise(heading("The same from plain Promises: createPool()"))
+const pool = await createPool({ size: 1 })
+console.log(`  add(20, 22) -> ${await pool.execute("add", { a: 20, b: 22 })}`)
+await pool.execute("fail", { type: "KeyError", message: "no such column" }).catch((e) => {
+  console.log(`  rejected with ${e._tag} (${e.type}: ${e.message})`)
 })
-console.log(
-  alive.length === 0 ? `  both workers stopped (pids ${pids.join(", ")} are gone)` : `  STILL ALIVE: ${alive}`
-)
-process.exitCode = alive.length === 0 ? 0 : 1
+const [worker] = await pool.workers()
+await pool.close()
+console.log(`  closed; worker pid ${worker.pid} ${isAlive(worker.pid) ? "STILL ALIVE" : "is gone"}`)
+process.exitCode = survivors.length === 0 && !isAlive(worker.pid) ? 0 : 1
