@@ -26,11 +26,15 @@ const program = Effect.gen(function* () {
   yield* Console.log(`  add(2, 40) -> ${yield* snakepit.execute("add", { a: 2, b: 40 })}`)
 
   yield* heading("A Python exception arrives as a typed error")
-  yield* snakepit.execute("fail", { type: "ValueError", message: "learning rate must be positive" }).pipe(
-    Effect.catchTag("PythonError", (e) =>
-      Console.log(`  _tag: ${e._tag}\n  type: ${e.type}\n  message: ${e.message}\n  traceback:\n${indent(e.traceback)}`)
+  yield* snakepit
+    .execute("fail", { type: "ValueError", message: "learning rate must be positive" })
+    .pipe(
+      Effect.catchTag("PythonError", (e) =>
+        Console.log(
+          `  _tag: ${e._tag}\n  type: ${e.type}\n  message: ${e.message}\n  traceback:\n${indent(e.traceback)}`
+        )
+      )
     )
-  )
   yield* snakepit
     .execute("no_such_tool")
     .pipe(Effect.catchTag("ToolNotFound", (e) => Console.log(`\n  _tag: ${e._tag}: ${e.message}`)))
@@ -70,7 +74,9 @@ const isAlive = (pid) => {
 const pids = await Effect.runPromise(program.pipe(Effect.provide(SnakepitPool.layer({ size: 2 }))))
 await Effect.runPromise(heading("Shutting down"))
 const survivors = pids.filter(isAlive)
-console.log(survivors.length === 0 ? `  every worker stopped (pids ${pids.join(", ")} are gone)` : `  ALIVE: ${survivors}`)
+console.log(
+  survivors.length === 0 ? `  every worker stopped (pids ${pids.join(", ")} are gone)` : `  ALIVE: ${survivors}`
+)
 
 await Effect.runPromise(heading("The same from plain Promises: createPool()"))
 const pool = await createPool({ size: 1 })

@@ -31,7 +31,7 @@ export interface PoolOptions {
   readonly startupBatchSize?: number
   /** Pause between startup batches. Default 0 (env `SNAKEPIT_STARTUP_BATCH_DELAY`). */
   readonly startupBatchDelay?: Duration.DurationInput
-  /** Time for the pool to reach `minReady`, and for each worker to start. Default 30 s (env `SNAKEPIT_STARTUP_TIMEOUT`). */
+  /** Time for each worker to become ready (startup in batches takes up to one of these per batch). Default 30 s (env `SNAKEPIT_STARTUP_TIMEOUT`). */
   readonly startupTimeout?: Duration.DurationInput
   /** Default per-call timeout. Default 60 s (env `SNAKEPIT_CALL_TIMEOUT`). */
   readonly callTimeout?: Duration.DurationInput

@@ -4,7 +4,7 @@
  * @since 0.1.0
  */
 import { Context, type Duration, type Effect } from "effect"
-import type { CallError, CallTimeout, PoolNotFound, WorkerCrashed, WorkerNotFound, WorkerStartError } from "./errors.js"
+import type { CallError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
 
 /** Per-call options. */
 export interface CallOptions {
@@ -74,7 +74,7 @@ export interface SnakepitService {
    */
   readonly restartWorker: (
     worker: WorkerRef
-  ) => Effect.Effect<WorkerInfo, WorkerNotFound | WorkerStartError | CallTimeout | WorkerCrashed>
+  ) => Effect.Effect<WorkerInfo, WorkerNotFound | WorkerStartError | PoolClosed>
   /** Completes when every slot of the pool has a ready worker. */
   readonly awaitReady: (pool?: string) => Effect.Effect<void, PoolNotFound>
 }

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { RunId } from "@snakepit/registry"
 import { Processes } from "@snakepit/testkit"
-import { ConfigProvider, Context, Duration, Effect, Exit, Fiber, Layer, Schedule, type Scope } from "effect"
+import { Cause, ConfigProvider, Context, Duration, Effect, Exit, Fiber, Layer, Option, Schedule, Scope } from "effect"
 import {
   createPool,
   PoolClosed,
@@ -147,6 +147,32 @@ describe("SnakepitPool", () => {
       )
     )
 
+    it.live("one named pool failing to start stops the others", () =>
+      withRun((runId) =>
+        Effect.gen(function* () {
+          const error = yield* Effect.flip(
+            startPool({
+              pools: {
+                ok: { size: 1 },
+                bad: { size: 1, adapter: "failing_start", pythonPath: [fixtures], restart: { baseDelay: "2 seconds" } }
+              }
+            }).pipe(
+              // Hold the failure until the healthy pool's worker is up, so its stop is what is checked.
+              Effect.tapError(() =>
+                Processes.awaitCondition(
+                  "the healthy worker spawned",
+                  () => Processes.processesOfRun(runId).length >= 1
+                ).pipe(Effect.orDie)
+              )
+            )
+          )
+          expect(error._tag).toBe("PoolStartError")
+          if (error._tag === "PoolStartError") expect(error.pool).toBe("bad")
+          // withRun proves the healthy pool's worker did not outlive the failed start.
+        })
+      )
+    )
+
     it.live("minReady: the pool starts with fewer workers and keeps retrying the others", () =>
       withRun(() =>
         Effect.gen(function* () {
@@ -176,6 +202,20 @@ describe("SnakepitPool", () => {
             "the failed slot retried",
             Effect.map(pool.stats(), (s) => s.restarts >= 2)
           )
+        })
+      )
+    )
+
+    it.live("a worker not ready within startupTimeout fails the pool; its grandchild is stopped too", () =>
+      withRun(() =>
+        Effect.gen(function* () {
+          const started = Date.now()
+          const error = yield* Effect.flip(
+            startPool({ size: 1, adapter: "slow_start", pythonPath: [fixtures], startupTimeout: "1 second" })
+          )
+          expect(error._tag).toBe("PoolStartError")
+          if (error._tag === "PoolStartError") expect(error.causes.map((c) => c.reason)).toEqual(["startup_timeout"])
+          expect(Date.now() - started).toBeLessThan(5000)
         })
       )
     )
@@ -253,6 +293,44 @@ describe("SnakepitPool", () => {
       )
     )
 
+    it.live("an interrupted queued caller leaves the queue and leaks no capacity", () =>
+      withPool({ size: 1 }, (pool) =>
+        Effect.gen(function* () {
+          const first = yield* Effect.fork(pool.execute("sleep", { ms: 600 }))
+          yield* awaitBusy(pool, 1)
+          const queued = yield* Effect.fork(pool.execute("add", { a: 1, b: 1 }))
+          yield* eventually(
+            "one caller queued",
+            Effect.map(pool.stats(), (s) => s.queued === 1)
+          )
+          yield* Fiber.interrupt(queued)
+          expect((yield* pool.stats()).queued).toBe(0)
+          yield* Fiber.join(first)
+          expect(yield* pool.execute("add", { a: 2, b: 2 }).pipe(Effect.timeout("5 seconds"))).toBe(4)
+          expect(yield* pool.stats()).toMatchObject({ busy: 0, queued: 0 })
+        })
+      )
+    )
+
+    it.live("a queued caller is served by the replacement when the only worker crashes", () =>
+      withPool({ size: 1 }, (pool) =>
+        Effect.gen(function* () {
+          const [pid] = yield* pids(pool)
+          const crashing = yield* Effect.fork(pool.execute("crash", { code: 5 }))
+          yield* eventually(
+            "the crash call holds the worker",
+            Effect.map(pool.stats(), (s) => s.busy === 1 || crashing.unsafePoll() !== null)
+          )
+          const queued = yield* Effect.fork(ping(pool))
+          const error = yield* Effect.flip(Fiber.join(crashing))
+          expect(error._tag).toBe("WorkerCrashed")
+          const served = yield* Fiber.join(queued)
+          expect(served).not.toBe(pid)
+          expect(yield* pids(pool)).toEqual([served])
+        })
+      )
+    )
+
     it.live("queue.timeout: a caller that waits too long gets QueueTimeout", () =>
       withPool({ size: 1, queue: { timeout: "300 millis" } }, (pool) =>
         Effect.gen(function* () {
@@ -272,17 +350,46 @@ describe("SnakepitPool", () => {
       )
     )
 
-    it.live("a per-call timeout is CallTimeout and the pool keeps serving", () =>
-      withPool({ size: 1 }, (pool) =>
+    it.live("callTimeout and a per-call timeout give CallTimeout; the pool keeps serving", () =>
+      withPool({ size: 1, callTimeout: "400 millis" }, (pool) =>
         Effect.gen(function* () {
           const [pid] = yield* pids(pool)
-          const error = yield* Effect.flip(pool.execute("sleep", { ms: 3000 }, { timeout: "300 millis" }))
-          expect(error._tag).toBe("CallTimeout")
-          if (error._tag === "CallTimeout") expect(error.timeoutMs).toBe(300)
+          const byPool = yield* Effect.flip(pool.execute("sleep", { ms: 3000 }))
+          expect(byPool._tag).toBe("CallTimeout")
+          if (byPool._tag === "CallTimeout") expect(byPool.timeoutMs).toBe(400)
+          const byCall = yield* Effect.flip(pool.execute("sleep", { ms: 3000 }, { timeout: "300 millis" }))
+          expect(byCall._tag).toBe("CallTimeout")
+          if (byCall._tag === "CallTimeout") expect(byCall.timeoutMs).toBe(300)
+          // A longer per-call timeout overrides the pool's.
+          expect(yield* pool.execute("sleep", { ms: 600 }, { timeout: "5 seconds" })).toEqual({ slept_ms: 600 })
           expect(yield* pool.execute("add", { a: 20, b: 22 })).toBe(42)
-          // The worker answered its health probe: it was kept.
+          // The worker answered its health probes: it was kept.
           expect(yield* pids(pool)).toEqual([pid])
-          expect(yield* pool.stats()).toMatchObject({ errors: 1, restarts: 0 })
+          expect(yield* pool.stats()).toMatchObject({ requests: 4, errors: 2, restarts: 0 })
+        })
+      )
+    )
+
+    it.live("capacity: one worker serves two calls at once, a third waits", () =>
+      withPool({ size: 1, capacity: 2 }, (pool) =>
+        Effect.gen(function* () {
+          const started = Date.now()
+          const two = yield* Effect.fork(
+            Effect.all([pool.execute("sleep", { ms: 700 }), pool.execute("sleep", { ms: 700 })], { concurrency: 2 })
+          )
+          yield* eventually(
+            "two calls on the one worker",
+            Effect.map(pool.workers(), (ws) => ws[0]?.state === "busy")
+          )
+          const third = yield* Effect.fork(pool.execute("add", { a: 1, b: 1 }))
+          yield* eventually(
+            "the third caller queued",
+            Effect.map(pool.stats(), (s) => s.queued === 1)
+          )
+          expect(yield* Fiber.join(two)).toEqual([{ slept_ms: 700 }, { slept_ms: 700 }])
+          // Both ran at once: one after the other would take at least 1400 ms.
+          expect(Date.now() - started).toBeLessThan(1300)
+          expect(yield* Fiber.join(third)).toBe(2)
         })
       )
     )
@@ -360,6 +467,21 @@ describe("SnakepitPool", () => {
           expect(moved).not.toBe(pid)
           expect(yield* pids(pool)).toContain(moved)
           expect(yield* ping(pool, { session: "s" })).toBe(moved)
+        })
+      )
+    )
+
+    it.live("sessions.max: the least recently used session is evicted and its state dropped", () =>
+      withPool({ size: 1, sessions: { max: 1 } }, (pool) =>
+        Effect.gen(function* () {
+          yield* pool.execute("session_put", { key: "k", value: "a's" }, { session: "a" })
+          expect(yield* pool.execute("session_get", { key: "k" }, { session: "a" })).toBe("a's")
+          // A second session evicts the first; its state is cleaned up in the worker.
+          yield* pool.execute("session_put", { key: "k", value: "b's" }, { session: "b" })
+          yield* eventually(
+            "session a's state dropped",
+            Effect.map(pool.execute("session_get", { key: "k" }, { session: "a" }), (v) => v === null)
+          )
         })
       )
     )
@@ -447,7 +569,8 @@ describe("SnakepitPool", () => {
           expect(Processes.isAlive(first!.pid)).toBe(false)
           const workers = yield* pool.workers()
           expect(workers.map((w) => w.id)).toEqual([second!.id])
-          expect(yield* pool.stats()).toMatchObject({ size: 1, ready: 1 })
+          // A stop is not a restart.
+          expect(yield* pool.stats()).toMatchObject({ size: 1, ready: 1, restarts: 0 })
           yield* pool.awaitReady().pipe(Effect.timeout("5 seconds"))
           // It stays stopped: not replaced.
           expect(yield* pool.execute("add", { a: 1, b: 1 })).toBe(2)
@@ -459,6 +582,109 @@ describe("SnakepitPool", () => {
           if (nope._tag === "WorkerNotFound") expect(nope.workerId).toBe("nope")
           const nopeRestart = yield* Effect.flip(pool.restartWorker({ id: "nope" }))
           expect(nopeRestart._tag).toBe("WorkerNotFound")
+        })
+      )
+    )
+
+    it.live("stopWorker waits for the call in flight, then the process is gone", () =>
+      withPool({ size: 2 }, (pool) =>
+        Effect.gen(function* () {
+          const call = yield* Effect.fork(pool.execute("sleep", { ms: 800 }))
+          yield* awaitBusy(pool, 1)
+          const busy = (yield* pool.workers()).find((w) => w.state === "busy")!
+          yield* pool.stopWorker(busy)
+          expect(call.unsafePoll()).not.toBeNull()
+          expect(yield* Fiber.join(call)).toEqual({ slept_ms: 800 })
+          expect(Processes.isAlive(busy.pid)).toBe(false)
+          expect(yield* pool.stats()).toMatchObject({ size: 1, ready: 1 })
+        })
+      )
+    )
+
+    it.live("restartWorker fails with the replacement's WorkerStartError; the slot keeps retrying", () =>
+      withPool(
+        {
+          size: 1,
+          adapter: "one_ready_start",
+          pythonPath: [fixtures],
+          env: { SNAKEPIT_TEST_LOCK: join(mkdtempSync(join(tmpdir(), "snakepit-pool-")), "lock") },
+          restart: { baseDelay: "100 millis", maxDelay: "300 millis" }
+        },
+        (pool) =>
+          Effect.gen(function* () {
+            const [old] = yield* pool.workers()
+            // The first worker holds the lock: its replacement cannot start.
+            const error = yield* Effect.flip(pool.restartWorker(old!.id))
+            expect(error._tag).toBe("WorkerStartError")
+            if (error._tag === "WorkerStartError") expect(error.reason).toBe("adapter_start_failed")
+            expect(Processes.isAlive(old!.pid)).toBe(false)
+            expect(yield* pool.stats()).toMatchObject({ size: 1, ready: 0 })
+            yield* eventually(
+              "the slot retried after the failed start",
+              Effect.map(pool.stats(), (s) => s.restarts >= 2)
+            )
+          })
+      )
+    )
+
+    // Both wait for the real release; when the pool closes meanwhile they must still complete.
+    it.live("a stopWorker or restartWorker pending when the pool closes completes", () =>
+      withRun(() =>
+        Effect.gen(function* () {
+          const scope = yield* Scope.make()
+          const pool = yield* startPool({ size: 2, gracefulTimeout: "300 millis" }).pipe(Scope.extend(scope))
+          const [a, b] = yield* pool.workers()
+          // Both workers busy, so both retirements wait for a drain.
+          const calls = yield* Effect.fork(
+            Effect.all([pool.execute("sleep", { ms: 5000 }), pool.execute("sleep", { ms: 5000 })], {
+              concurrency: 2,
+              mode: "either"
+            })
+          )
+          yield* awaitBusy(pool, 2)
+          const stopping = yield* Effect.fork(pool.stopWorker(a!.id))
+          const restarting = yield* Effect.fork(pool.restartWorker(b!))
+          yield* eventually(
+            "both workers are retiring",
+            Effect.map(pool.workers(), (ws) => ws.length === 2 && ws.every((w) => w.state === "stopping"))
+          )
+          yield* Scope.close(scope, Exit.void)
+          expect([a!.pid, b!.pid].filter(Processes.isAlive)).toEqual([])
+          yield* Fiber.join(calls)
+          // The processes are gone: neither may wait forever (any outcome will do).
+          const stopped = yield* Fiber.await(stopping).pipe(Effect.timeout("2 seconds"), Effect.option)
+          const restarted = yield* Fiber.await(restarting).pipe(Effect.timeout("1 second"), Effect.option)
+          yield* Fiber.interrupt(stopping)
+          yield* Fiber.interrupt(restarting)
+          expect(Option.isSome(stopped), "stopWorker still pending after the pool closed").toBe(true)
+          expect(Option.isSome(restarted), "restartWorker still pending after the pool closed").toBe(true)
+          if (Option.isSome(restarted)) {
+            expect(Exit.isFailure(restarted.value) && Cause.failureOption(restarted.value.cause)).toEqual(
+              Option.some(expect.objectContaining({ _tag: "PoolClosed" }))
+            )
+          }
+        })
+      )
+    )
+
+    it.live("closing the pool fails queued callers with PoolClosed and later calls too", () =>
+      withRun(() =>
+        Effect.gen(function* () {
+          const scope = yield* Scope.make()
+          const pool = yield* startPool({ size: 1, gracefulTimeout: "300 millis" }).pipe(Scope.extend(scope))
+          const [worker] = yield* pool.workers()
+          yield* Effect.fork(pool.execute("sleep", { ms: 5000 }))
+          yield* awaitBusy(pool, 1)
+          const queued = yield* Effect.fork(pool.execute("add", { a: 1, b: 1 }))
+          yield* eventually(
+            "one caller queued",
+            Effect.map(pool.stats(), (s) => s.queued === 1)
+          )
+          yield* Scope.close(scope, Exit.void)
+          expect(Processes.isAlive(worker!.pid)).toBe(false)
+          const closed = yield* Effect.flip(Fiber.join(queued))
+          expect(closed._tag).toBe("PoolClosed")
+          expect((yield* Effect.flip(pool.execute("add", { a: 1, b: 1 })))._tag).toBe("PoolClosed")
         })
       )
     )
@@ -481,6 +707,44 @@ describe("SnakepitPool", () => {
           expect(yield* ping(pool)).toBe(fresh.pid)
           expect((yield* pool.stats()).restarts).toBe(1)
         })
+      )
+    )
+  })
+
+  describe("health", () => {
+    it.live("a frozen worker (SIGSTOP) misses its health checks and is replaced", () =>
+      withPool(
+        {
+          size: 1,
+          gracefulTimeout: "300 millis",
+          healthCheck: { interval: "200 millis", timeout: "200 millis", maxMisses: 2 }
+        },
+        (pool) =>
+          Effect.gen(function* () {
+            const [pid] = yield* pids(pool)
+            process.kill(pid!, "SIGSTOP")
+            yield* awaitReplaced(pool, pid!, 1)
+            expect(Processes.isAlive(pid!)).toBe(false)
+            expect((yield* pool.stats()).restarts).toBe(1)
+            expect(yield* pool.execute("add", { a: 1, b: 1 })).toBe(2)
+          })
+      )
+    )
+
+    it.live("a call timeout on a worker that then fails its probe retires the worker", () =>
+      withPool(
+        { size: 1, gracefulTimeout: "300 millis", healthCheck: { interval: "30 seconds", timeout: "200 millis" } },
+        (pool) =>
+          Effect.gen(function* () {
+            const [pid] = yield* pids(pool)
+            process.kill(pid!, "SIGSTOP")
+            const error = yield* Effect.flip(pool.execute("add", { a: 1, b: 1 }, { timeout: "300 millis" }))
+            expect(error._tag).toBe("CallTimeout")
+            // Retired at once, without waiting for the (30 s) periodic health check.
+            yield* awaitReplaced(pool, pid!, 1)
+            expect(Processes.isAlive(pid!)).toBe(false)
+            expect(yield* ping(pool)).not.toBe(pid)
+          })
       )
     )
   })
@@ -583,6 +847,9 @@ describe("SnakepitPool", () => {
         expect(workers).toHaveLength(2)
         const workerPids = workers.map((w) => w.pid)
         expect(workerPids.every(Processes.isAlive)).toBe(true)
+        // Without a RunId service the workers carry this process's run id.
+        const ofRun = Processes.processesOfRun(RunId.forProcess()).map(([pid]) => pid)
+        expect(ofRun).toEqual(expect.arrayContaining(workerPids))
         expect(yield* Effect.promise(() => pool.execute("add", { a: 2, b: 3 }))).toBe(5)
         const failure = yield* rejection(pool.execute("fail", { type: "ValueError", message: "bad" }))
         expect(failure).toBeInstanceOf(PythonError)

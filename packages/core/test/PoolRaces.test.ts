@@ -3,8 +3,8 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { FakeWorkers } from "@snakepit/testkit"
-import { Deferred, Duration, Effect, Either, Fiber, TestClock } from "effect"
-import { type SnakepitOptions, SnakepitPool, WorkerStartError } from "../src/index.js"
+import { Deferred, Duration, Effect, Either, Fiber, Metric, TestClock } from "effect"
+import { SnakepitMetrics, type SnakepitOptions, SnakepitPool, WorkerStartError } from "../src/index.js"
 
 const start = (options: SnakepitOptions, fake = FakeWorkers.make()) =>
   Effect.map(SnakepitPool.make(options).pipe(Effect.provide(fake.layer)), (pool) => ({ pool, fake }))
@@ -323,6 +323,21 @@ describe("pool on TestClock", () => {
       expect(fake.started).toHaveLength(2)
       yield* Fiber.interrupt(started)
       expect(yield* fake.alive).toEqual([])
+    })
+  )
+
+  it.scoped("stats are also Effect metrics, tagged with the pool", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* start({ pools: { metered: { size: 2 } } })
+      const requests = Metric.tagged(SnakepitMetrics.requests, "pool", "metered")
+      const errors = Metric.tagged(SnakepitMetrics.errors, "pool", "metered")
+      const before = (yield* Metric.value(requests)).count
+      yield* pool.execute("echo", { value: 1 })
+      yield* Effect.either(pool.execute("no_such_tool"))
+      expect((yield* Metric.value(requests)).count - before).toBe(2)
+      expect((yield* Metric.value(errors)).count).toBeGreaterThanOrEqual(1)
+      expect((yield* Metric.value(Metric.tagged(SnakepitMetrics.ready, "pool", "metered"))).value).toBe(2)
+      expect(yield* pool.stats("metered")).toMatchObject({ requests: 2, errors: 1, ready: 2 })
     })
   )
 })

@@ -19,14 +19,12 @@ import {
 } from "effect"
 import {
   type CallError,
-  type CallTimeout,
   PoolClosed,
   PoolStartError,
   QueueFull,
   QueueTimeout,
   SessionWorkerUnavailable,
   WorkerBusy,
-  type WorkerCrashed,
   type WorkerStartError
 } from "../errors.js"
 import * as metrics from "../Metrics.js"
@@ -80,7 +78,7 @@ interface Slot {
   stopped: boolean
   readonly firstOutcome: Deferred.Deferred<void, WorkerStartError>
   /** Set by restartWorker: completes with the replacement, or its start failure. */
-  replacement: Deferred.Deferred<Entry, WorkerStartError> | undefined
+  replacement: Deferred.Deferred<Entry, WorkerStartError | PoolClosed> | undefined
 }
 
 interface Waiter {
@@ -105,7 +103,7 @@ export interface Pool {
   readonly workers: Effect.Effect<ReadonlyArray<WorkerInfo>>
   readonly find: (workerId: string) => Entry | undefined
   readonly stopWorker: (entry: Entry) => Effect.Effect<void>
-  readonly restartWorker: (entry: Entry) => Effect.Effect<WorkerInfo, WorkerStartError | CallTimeout | WorkerCrashed>
+  readonly restartWorker: (entry: Entry) => Effect.Effect<WorkerInfo, WorkerStartError | PoolClosed>
   readonly awaitReady: Effect.Effect<void>
 }
 
@@ -462,6 +460,16 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         return reason
       })
 
+    /** Removes the slot's worker once its scope is closed, i.e. once its process is gone. */
+    const forget = (slot: Slot) =>
+      Effect.suspend(() => {
+        const entry = slot.entry
+        if (entry === undefined) return Effect.void
+        entries.delete(entry.worker.id)
+        slot.entry = undefined
+        return Effect.zipRight(Deferred.succeed(entry.gone, undefined), publish)
+      })
+
     const backoff = Schedule.exponential(options.restart.baseDelay).pipe(
       Schedule.jittered,
       Schedule.modifyDelay((delay) => Duration.min(delay, options.restart.maxDelay))
@@ -472,14 +480,8 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         const driver = yield* Schedule.driver(backoff)
         let recentRestarts: Array<number> = []
         while (!slot.stopped) {
-          const outcome = yield* Effect.scoped(serveOnce(slot))
-          const entry = slot.entry
-          if (entry && outcome._tag !== "StartFailed") {
-            entries.delete(entry.worker.id)
-            slot.entry = undefined
-            yield* Deferred.succeed(entry.gone, undefined)
-            yield* publish
-          }
+          // `gone` completes however the generation ends, interruption by pool close included.
+          const outcome = yield* Effect.scoped(serveOnce(slot)).pipe(Effect.ensuring(forget(slot)))
           if (slot.stopped || closed) return
           counters.restarts++
           yield* Metric.increment(metric.restarts)
@@ -511,8 +513,9 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         closed = true
-        for (const waiter of waiters.splice(0))
-          Deferred.unsafeDone(waiter.deferred, Exit.fail(new PoolClosed({ pool: name })))
+        const poolClosed = Exit.fail(new PoolClosed({ pool: name }))
+        for (const waiter of waiters.splice(0)) Deferred.unsafeDone(waiter.deferred, poolClosed)
+        for (const slot of slots) if (slot.replacement) Deferred.unsafeDone(slot.replacement, poolClosed)
       })
     )
     yield* FiberSet.run(
@@ -587,7 +590,8 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         }),
       restartWorker: (entry) =>
         Effect.gen(function* () {
-          const replacement = yield* Deferred.make<Entry, WorkerStartError>()
+          if (closed) return yield* new PoolClosed({ pool: name })
+          const replacement = yield* Deferred.make<Entry, WorkerStartError | PoolClosed>()
           entry.slot.replacement = replacement
           startRetire(entry, { _tag: "Restart" })
           // The old process must be gone before the restart counts as done (LESSONS #6).
