@@ -340,4 +340,45 @@ describe("pool on TestClock", () => {
       expect(yield* pool.stats("metered")).toMatchObject({ requests: 2, errors: 1, ready: 2 })
     })
   )
+
+  it.scoped("a worker that crashes in the instant it is handed to a queued caller leaks nothing", () =>
+    Effect.gen(function* () {
+      const { pool, fake } = yield* start({ size: 1, restart: { baseDelay: "1 second", maxDelay: "1 second" } })
+      const first = yield* Effect.fork(Effect.either(pool.execute("sleep", { ms: 100 })))
+      yield* settle
+      const handed = yield* Effect.fork(Effect.either(pool.execute("echo", { value: "handed" })))
+      yield* settle
+      // At t = 100 ms the first call ends, handing the worker over, and the worker dies.
+      yield* Effect.fork(Effect.zipRight(Effect.sleep("100 millis"), fake.started[0]!.crash()))
+      yield* TestClock.adjust("100 millis")
+      const outcomes = [yield* Fiber.join(first)]
+      // Whoever lost the race gets WorkerCrashed; a queued caller may instead wait for the replacement.
+      yield* TestClock.adjust("1200 millis")
+      outcomes.push(yield* Fiber.join(handed))
+      for (const outcome of outcomes) {
+        if (Either.isLeft(outcome)) expect(outcome.left._tag).toBe("WorkerCrashed")
+      }
+      expect(outcomes.some(Either.isLeft)).toBe(true)
+      expect(yield* pool.stats()).toMatchObject({ busy: 0, queued: 0, ready: 1 })
+      expect(yield* pool.execute("echo", { value: "recovered" })).toBe("recovered")
+    })
+  )
+
+  it.scoped("a caller interrupted in the instant it is handed a worker passes the worker on", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* start({ size: 1 })
+      const first = yield* Effect.fork(pool.execute("sleep", { ms: 100 }))
+      yield* settle
+      const handed = yield* Effect.fork(pool.execute("echo", { value: "never" }))
+      yield* settle
+      const next = yield* Effect.fork(pool.execute("echo", { value: "next" }))
+      yield* settle
+      // Registered after the call's sleep, so it fires in the same instant, right after the hand-off.
+      yield* Effect.fork(Effect.zipRight(Effect.sleep("100 millis"), Fiber.interrupt(handed)))
+      yield* TestClock.adjust("100 millis")
+      yield* Fiber.join(first)
+      expect(yield* Fiber.join(next)).toBe("next")
+      expect(yield* pool.stats()).toMatchObject({ busy: 0, queued: 0 })
+    })
+  )
 })

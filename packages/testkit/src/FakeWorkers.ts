@@ -14,7 +14,7 @@ import {
   type WorkerCallError,
   WorkerCrashed,
   WorkerFactory,
-  type WorkerStartError
+  WorkerStartError
 } from "@snakepit/core"
 import { Deferred, Duration, Effect, Layer, Option } from "effect"
 
@@ -46,7 +46,10 @@ export interface FakeWorker {
 export interface FakeWorkersOptions {
   /** Tools by name. Default: `echo` (returns `value`) and `sleep` (sleeps `ms` on the clock). */
   readonly tools?: Readonly<Record<string, FakeTool>>
-  /** Time each worker takes to start, on the Effect clock. Default 0. */
+  /**
+   * Time each worker takes to start, on the Effect clock. Default 0. Longer than the pool's
+   * `startupTimeout` (`Duration.infinity` for "never ready") fails the start with `startup_timeout`.
+   */
   readonly startDelay?: Duration.DurationInput
   /** Decides, per start attempt (1-based), whether the start fails. */
   readonly failStart?: (attempt: number, workerId: string) => WorkerStartError | undefined
@@ -58,10 +61,20 @@ export const defaultTools: Readonly<Record<string, FakeTool>> = {
   sleep: (args) => Effect.as(Effect.sleep(Duration.millis(Number(args.ms ?? 0))), { slept_ms: args.ms })
 }
 
+/** One call a fake worker received. */
+export interface FakeCall {
+  readonly workerId: string
+  readonly tool: string
+  readonly args: Record<string, unknown>
+  readonly session: string | undefined
+}
+
 /** A fake factory and the workers it has started, newest last. */
 export interface FakeWorkers {
   readonly layer: Layer.Layer<WorkerFactory>
   readonly started: ReadonlyArray<FakeWorker>
+  /** Every call any worker received, in order. */
+  readonly calls: ReadonlyArray<FakeCall>
   /** Workers not yet crashed or stopped. */
   readonly alive: Effect.Effect<ReadonlyArray<FakeWorker>>
 }
@@ -70,6 +83,7 @@ export interface FakeWorkers {
 export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
   const tools = options.tools ?? defaultTools
   const started: Array<FakeWorker> = []
+  const calls: Array<FakeCall> = []
   const exits = new Map<FakeWorker, Deferred.Deferred<Worker.ExitStatus>>()
   let attempts = 0
   let nextPid = 10_000
@@ -78,7 +92,26 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
     Effect.gen(function* () {
       const id = spawnOptions.id ?? `fake-${attempts + 1}`
       attempts++
-      if (options.startDelay !== undefined) yield* Effect.sleep(options.startDelay)
+      if (options.startDelay !== undefined) {
+        // Like a real worker: not ready within its startup timeout is a start failure.
+        const timeout = Duration.decode(spawnOptions.startupTimeout ?? Duration.seconds(30))
+        if (Duration.greaterThan(Duration.decode(options.startDelay), timeout)) {
+          yield* Effect.sleep(timeout)
+          return yield* Effect.fail(
+            new WorkerStartError({
+              workerId: id,
+              reason: "startup_timeout",
+              detail: `not ready within ${Duration.format(timeout)}`,
+              tried: [],
+              exitCode: null,
+              signal: null,
+              stderrTail: "",
+              traceback: null
+            })
+          )
+        }
+        yield* Effect.sleep(options.startDelay)
+      }
       const failure = options.failStart?.(attempts, id)
       if (failure) return yield* Effect.fail(failure)
       const exit = yield* Deferred.make<Worker.ExitStatus>()
@@ -117,6 +150,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
           if (yield* Deferred.isDone(exit)) return yield* crashed(tool)
           const args = JSON.parse(Buffer.from(argsJson).toString("utf8")) as Record<string, unknown>
           fake.calls.push({ tool, args, session: callOptions.session })
+          calls.push({ workerId: id, tool, args, session: callOptions.session })
           const handler = tools[tool]
           if (!handler) return yield* new ToolNotFound({ tool, available: Object.keys(tools).sort(), workerId: id })
           const run = Effect.raceFirst(handler(args, fake), crashed(tool))
@@ -173,8 +207,33 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
   return {
     layer: Layer.succeed(WorkerFactory, WorkerFactory.of({ spawn })),
     started,
+    calls,
     alive: Effect.filter(started, (w) => w.isAlive)
   }
+}
+
+/** Building blocks for scripted tools. */
+export const tool = {
+  /** Answers `value`. */
+  succeed:
+    (value: unknown): FakeTool =>
+    () =>
+      Effect.succeed(value),
+  /** Answers `value` after `latency` on the Effect clock. */
+  delay:
+    (latency: Duration.DurationInput, value: unknown): FakeTool =>
+    () =>
+      Effect.as(Effect.sleep(latency), value),
+  /** Fails with `error` (a `PythonError`, `InvalidArguments`, ...). */
+  fail:
+    (error: WorkerCallError): FakeTool =>
+    () =>
+      Effect.fail(error),
+  /** Crashes the worker running it after `after` (default: at once); the call gets `WorkerCrashed`. */
+  crash:
+    (after: Duration.DurationInput = Duration.zero, status?: Worker.ExitStatus): FakeTool =>
+    (_, worker) =>
+      Effect.zipRight(Effect.sleep(after), Effect.zipRight(worker.crash(status), Effect.never))
 }
 
 /** Fails a fake call with `InvalidArguments`, as a Python signature mismatch would. */

@@ -1,12 +1,15 @@
 /**
- * @snakepit/testkit: helpers for tests of code that uses Snakepit.
+ * @snakepit/testkit: test code that uses Snakepit, deterministically, without Python; and
+ * prove with the OS that real-Python tests leave nothing behind.
  *
  * @since 0.1.0
  */
 
 /** An in-memory WorkerFactory for deterministic pool tests on TestClock. */
 export * as FakeWorkers from "./FakeWorkers.js"
-/** Real-Python fixtures: a scoped worker and the no-survivors assertion. */
+/** Real-Python fixtures: a scoped worker or pool, and the no-survivors assertion. */
 export * as Fixtures from "./Fixtures.js"
 /** OS-level process checks: what is alive, and waiting until it is not. */
 export * as Processes from "./Processes.js"
+/** `SnakepitTest.layer(...)`: the Snakepit service backed by fake workers. */
+export * from "./SnakepitTest.js"
