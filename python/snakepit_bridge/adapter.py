@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar, overload
+
+from .host_bridge import (
+    DEFAULT_TIMEOUT_S,
+    HOST_TOOLS_UNAVAILABLE,
+    HostBridge,
+    HostToolError,
+    HostToolsUnavailable,
+)
 
 __all__ = [
     "BaseAdapter",
     "HOST_TOOLS_UNAVAILABLE",
     "HostBridge",
+    "HostToolError",
+    "HostToolsUnavailable",
     "ToolContext",
     "ToolInfo",
     "ToolParameterInfo",
@@ -32,9 +41,6 @@ CONTEXT_PARAMETER = "ctx"
 
 # Attribute that @tool sets on a function to mark it as a tool.
 _TOOL_MARKER = "__snakepit_tool__"
-
-HOST_TOOLS_UNAVAILABLE = "host tools are not available: the host bridge is not configured"
-
 
 # --------------------------------------------------------------------------- #
 # The @tool decorator
@@ -178,29 +184,6 @@ def _build_tool_info(
 # --------------------------------------------------------------------------- #
 
 
-class HostBridge:
-    """How a worker reaches tools registered on the host.
-
-    Calling host tools is not available in this version of the worker: both
-    the unconfigured bridge and the one named by ``SNAKEPIT_HOST_BRIDGE`` raise
-    ``RuntimeError(HOST_TOOLS_UNAVAILABLE)``. A client of the proto's
-    ``HostToolService`` plugs in by overriding :meth:`call` and :meth:`acall`.
-    """
-
-    def __init__(self, address: str | None) -> None:
-        self.address = address
-
-    @classmethod
-    def from_env(cls) -> "HostBridge":
-        return cls(os.environ.get("SNAKEPIT_HOST_BRIDGE") or None)
-
-    def call(self, name: str, args: Mapping[str, Any], session_id: str) -> Any:
-        raise RuntimeError(HOST_TOOLS_UNAVAILABLE)
-
-    async def acall(self, name: str, args: Mapping[str, Any], session_id: str) -> Any:
-        raise RuntimeError(HOST_TOOLS_UNAVAILABLE)
-
-
 @dataclass
 class ToolContext:
     """What a tool knows about the call it serves.
@@ -216,15 +199,48 @@ class ToolContext:
     session: dict[str, Any] = field(default_factory=dict)
     # Raw binary values sent beside the JSON arguments.
     attachments: dict[str, bytes] = field(default_factory=dict)
+    # The worker's one bridge to the host's tools. A context made outside a
+    # worker (e.g. in a unit test) gets its own bridge from the environment.
     host_bridge: HostBridge = field(default_factory=HostBridge.from_env, repr=False)
 
-    def call_host(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
-        """Call a tool registered on the host (not available yet: raises RuntimeError)."""
-        return self.host_bridge.call(name, dict(args or {}), self.session_id)
+    def call_host(
+        self,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        attachments: Mapping[str, bytes] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> Any:
+        """Call a tool registered on the host and return its result.
 
-    async def acall_host(self, name: str, args: Mapping[str, Any] | None = None) -> Any:
+        Raises :class:`HostToolError` when the host tool fails and
+        :class:`HostToolsUnavailable` when there is no host bridge.
+        Blocking: from async tools use :meth:`acall_host`.
+        """
+        return self.host_bridge.call(
+            name, args, self.session_id, attachments, worker_id=self.worker_id, timeout=timeout
+        )
+
+    async def acall_host(
+        self,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        attachments: Mapping[str, bytes] | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+    ) -> Any:
         """Async form of :meth:`call_host`."""
-        return await self.host_bridge.acall(name, dict(args or {}), self.session_id)
+        return await self.host_bridge.acall(
+            name, args, self.session_id, attachments, worker_id=self.worker_id, timeout=timeout
+        )
+
+    def list_host_tools(self) -> list[dict[str, Any]]:
+        """The host's tools: ``[{name, description, parameters: [...]}]``."""
+        return self.host_bridge.list_tools()
+
+    async def alist_host_tools(self) -> list[dict[str, Any]]:
+        """Async form of :meth:`list_host_tools`."""
+        return await self.host_bridge.alist_tools()
 
 
 @dataclass

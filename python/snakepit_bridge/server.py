@@ -43,6 +43,7 @@ from typing import IO, Any, AsyncIterator, Callable, Iterator, NoReturn
 from grpc import aio
 
 from .adapter import BaseAdapter, ToolContext, ToolInfo, ToolResult
+from .host_bridge import HostBridge
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 
@@ -371,6 +372,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         run_id: str,
         executor: ThreadPoolExecutor,
         request_stop: Callable[[float], None],
+        host_bridge: HostBridge | None = None,
     ) -> None:
         self._adapter = adapter
         self._adapter_name = type(adapter).adapter_name()
@@ -379,6 +381,8 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         self._run_id = run_id
         self._executor = executor
         self._request_stop = request_stop
+        # One bridge for every call, so its channels are shared.
+        self._host_bridge = host_bridge if host_bridge is not None else HostBridge.from_env(worker_id=worker_id)
         self._sessions: dict[str, dict[str, Any]] = {}
         self._active_calls = 0
         self._started = time.monotonic()
@@ -500,6 +504,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
             run_id=self._run_id,
             session=session,
             attachments=dict(request.attachments),
+            host_bridge=self._host_bridge,
         )
 
     async def _call(self, info: ToolInfo, args: dict[str, Any]) -> Any:
@@ -666,6 +671,7 @@ async def serve(args: argparse.Namespace, adapter_class: type[BaseAdapter], read
         request_stop(SIGTERM_GRACE_S)
 
     executor = ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
+    host_bridge = HostBridge.from_env(worker_id=args.worker_id, max_message_bytes=args.max_message_bytes)
 
     adapter_name = adapter_class.adapter_name()
     try:
@@ -677,6 +683,7 @@ async def serve(args: argparse.Namespace, adapter_class: type[BaseAdapter], read
             run_id=args.snakepit_run_id,
             executor=executor,
             request_stop=request_stop,
+            host_bridge=host_bridge,
         )
     except BaseException:
         log.error("adapter %s failed to start:\n%s", adapter_name, traceback.format_exc())
@@ -714,6 +721,8 @@ async def serve(args: argparse.Namespace, adapter_class: type[BaseAdapter], read
     ready_out.write(f"{READY_PREFIX} {json.dumps(ready)}\n")
     ready_out.flush()
     log.info("serving %s on %s:%d (%d tools)", adapter_name, args.host, port, len(servicer.tools))
+    if host_bridge.configured:
+        log.info("host tools via %s", host_bridge.address)
 
     grace = await stop_grace
     await server.stop(grace)
@@ -721,6 +730,7 @@ async def serve(args: argparse.Namespace, adapter_class: type[BaseAdapter], read
         await _maybe_await(adapter.on_stop())
     except BaseException:
         log.exception("adapter on_stop raised")
+    await host_bridge.aclose()
     executor.shutdown(wait=False, cancel_futures=True)
     log.info("stopped")
     return EXIT_OK

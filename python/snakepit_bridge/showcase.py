@@ -130,6 +130,10 @@ class ShowcaseAdapter(BaseAdapter):
         return {"held_mb": sum(len(b) for b in self._hoard) // (1024 * 1024)}
 
     @tool
-    def call_host(self, tool: str, args: dict[str, Any], ctx: ToolContext) -> Any:
-        """Call a tool registered on the host (not available yet)."""
+    def call_host(self, tool: str, ctx: ToolContext, args: dict[str, Any] | None = None) -> Any:
+        """Call the host tool named tool with args and return its result.
+
+        A failing host tool raises HostToolError, which reaches the host as a
+        PYTHON_EXCEPTION whose message is "<host error type>: <message>".
+        """
         return ctx.call_host(tool, args)

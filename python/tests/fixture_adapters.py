@@ -68,6 +68,11 @@ class OddAdapter(BaseAdapter):
         return ctx.call_host("anything", {})
 
     @tool
+    async def acall_host_tool(self, tool: str, ctx: ToolContext, args: dict[str, Any] | None = None) -> Any:
+        """Call a host tool from an async tool, i.e. on the worker's event loop."""
+        return await ctx.acall_host(tool, args)
+
+    @tool
     def sleep_then(self, ms: int, value: Any = None) -> Any:
         """Sleep, then return value."""
         time.sleep(ms / 1000)

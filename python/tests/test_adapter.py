@@ -7,8 +7,9 @@ import io
 import os
 import unittest
 from typing import Any, AsyncIterator, Iterator
+from unittest import mock
 
-from snakepit_bridge import HOST_TOOLS_UNAVAILABLE, BaseAdapter, ToolContext, tool
+from snakepit_bridge import HOST_TOOLS_UNAVAILABLE, BaseAdapter, HostToolsUnavailable, ToolContext, tool
 from snakepit_bridge.server import load_adapter_class, parse_args
 from snakepit_bridge.showcase import ShowcaseAdapter
 
@@ -164,22 +165,24 @@ class ShowcaseToolsTest(unittest.TestCase):
 
 
 class ToolContextTest(unittest.IsolatedAsyncioTestCase):
-    async def test_host_calls_are_not_available(self) -> None:
-        ctx = ToolContext(session_id="s")
-        with self.assertRaisesRegex(RuntimeError, HOST_TOOLS_UNAVAILABLE):
+    async def test_host_calls_are_not_available_without_a_bridge(self) -> None:
+        with mock.patch.dict(os.environ, clear=False) as env:
+            env.pop("SNAKEPIT_HOST_BRIDGE", None)
+            ctx = ToolContext(session_id="s")
+        with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
             ctx.call_host("x", {})
         with self.assertRaisesRegex(RuntimeError, HOST_TOOLS_UNAVAILABLE):
             await ctx.acall_host("x", {})
 
-    async def test_host_calls_are_not_available_even_when_configured(self) -> None:
-        os.environ["SNAKEPIT_HOST_BRIDGE"] = "127.0.0.1:1"
-        try:
+    async def test_unreachable_host_bridge(self) -> None:
+        with mock.patch.dict(os.environ, {"SNAKEPIT_HOST_BRIDGE": "127.0.0.1:1"}):
             ctx = ToolContext()
-        finally:
-            del os.environ["SNAKEPIT_HOST_BRIDGE"]
         self.assertEqual(ctx.host_bridge.address, "127.0.0.1:1")
-        with self.assertRaisesRegex(RuntimeError, HOST_TOOLS_UNAVAILABLE):
-            await ctx.acall_host("x")
+        try:
+            with self.assertRaisesRegex(HostToolsUnavailable, "^host bridge unreachable: "):
+                await ctx.acall_host("x")
+        finally:
+            await ctx.host_bridge.aclose()
 
 
 class LoadAdapterTest(unittest.TestCase):

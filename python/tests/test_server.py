@@ -223,7 +223,7 @@ class ShowcaseWorkerTest(unittest.TestCase):
 
     def test_call_host_is_not_available(self) -> None:
         error = self.worker.call("call_host", {"tool": "t", "args": {}}).error
-        self.assertEqual((error.kind, error.type), (Kind.PYTHON_EXCEPTION, "RuntimeError"))
+        self.assertEqual((error.kind, error.type), (Kind.PYTHON_EXCEPTION, "HostToolsUnavailable"))
         self.assertEqual(error.message, "host tools are not available: the host bridge is not configured")
 
 
@@ -279,9 +279,10 @@ class FixtureWorkerTest(unittest.TestCase):
         self.assertEqual((error.kind, error.type), (Kind.PYTHON_EXCEPTION, "SystemExit"))
         self.assertEqual(self.worker.result("async_add", {"a": 1, "b": 1}), 2)
 
-    def test_host_bridge_configured_is_still_unavailable(self) -> None:
+    def test_unreachable_host_bridge(self) -> None:
         error = self.worker.call("call_host_tool", {}).error
-        self.assertEqual(error.message, "host tools are not available: the host bridge is not configured")
+        self.assertEqual((error.kind, error.type), (Kind.PYTHON_EXCEPTION, "HostToolsUnavailable"))
+        self.assertRegex(error.message, "^host bridge unreachable: ")
 
     def test_prints_do_not_reach_stdout(self) -> None:
         self.assertEqual(self.worker.result("noisy"), "printed")

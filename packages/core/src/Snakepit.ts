@@ -3,7 +3,7 @@
  *
  * @since 0.1.0
  */
-import { Context, type Duration, type Effect } from "effect"
+import { Context, type Duration, type Effect, type Stream } from "effect"
 import type { CallError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
 
 /** Per-call options. */
@@ -12,8 +12,13 @@ export interface CallOptions {
   readonly session?: string
   /** Which named pool serves the call. Default: the first pool. */
   readonly pool?: string
-  /** Overrides the pool's `callTimeout` for this call. */
+  /**
+   * Overrides the pool's `callTimeout` for this call. For a stream it bounds the wait for each
+   * next chunk (idle time), not the whole stream.
+   */
   readonly timeout?: Duration.DurationInput
+  /** Streams: chunks read ahead of the consumer. Default 16. Beyond it the Python producer is paused. */
+  readonly buffer?: number
   /** Raw binary values passed beside the JSON arguments (`ctx.attachments` in Python). */
   readonly attachments?: Readonly<Record<string, Uint8Array>>
 }
@@ -57,6 +62,11 @@ export type WorkerRef = string | Pick<WorkerInfo, "id">
 export interface SnakepitService {
   /** Runs `tool` with `args` (an object of named parameters) on a worker and decodes its JSON result. */
   readonly execute: (tool: string, args?: unknown, options?: CallOptions) => Effect.Effect<unknown, CallError>
+  /**
+   * Runs a streaming (generator) tool as a `Stream` with back-pressure end to end. A worker is
+   * held only while the stream runs; ending it early cancels the RPC and closes the generator.
+   */
+  readonly executeStream: (tool: string, args?: unknown, options?: CallOptions) => Stream.Stream<unknown, CallError>
   /** Stats of one pool (default: the first). */
   readonly stats: (pool?: string) => Effect.Effect<PoolStats, PoolNotFound>
   /** The live workers of one pool (default: the first). */

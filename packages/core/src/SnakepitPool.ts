@@ -3,7 +3,7 @@
  *
  * @since 0.1.0
  */
-import { Effect, Layer, type Scope } from "effect"
+import { Effect, Layer, type Scope, Stream } from "effect"
 import { type ConfigError, PoolNotFound, type PoolStartError, WorkerNotFound } from "./errors.js"
 import { resolveSnakepitOptions } from "./internal/config.js"
 import * as Pool from "./internal/pool.js"
@@ -43,6 +43,8 @@ export const make = (
       pools: names,
       execute: (tool, args, callOptions = {}) =>
         Effect.flatMap(poolOf(callOptions.pool), (pool) => pool.execute(tool, args, callOptions)),
+      executeStream: (tool, args, callOptions = {}) =>
+        Stream.unwrap(Effect.map(poolOf(callOptions.pool), (pool) => pool.executeStream(tool, args, callOptions))),
       stats: (pool) => Effect.flatMap(poolOf(pool), (p) => p.stats),
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),

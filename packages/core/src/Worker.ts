@@ -74,6 +74,14 @@ export interface ExecuteOptions {
   readonly attachments?: Readonly<Record<string, Uint8Array>>
 }
 
+/** Per-stream options on a worker. */
+export interface StreamOptions {
+  readonly session?: string
+  /** Longest wait for the next chunk; then the stream fails with `CallTimeout`. */
+  readonly idleTimeout?: Duration.DurationInput
+  readonly attachments?: Readonly<Record<string, Uint8Array>>
+}
+
 /** How the process ended. */
 export interface ExitStatus {
   readonly code: number | null
@@ -98,6 +106,15 @@ export interface Worker {
     args: EncodedArgs,
     options?: ExecuteOptions
   ) => Effect.Effect<unknown, WorkerCallError>
+  /**
+   * Runs a streaming tool: its chunks, pulled on demand so gRPC flow control throttles the
+   * Python producer. Ending the stream early cancels the RPC and closes the Python generator.
+   */
+  readonly executeStream: (
+    tool: string,
+    args: EncodedArgs,
+    options?: StreamOptions
+  ) => Stream.Stream<unknown, WorkerCallError>
   /** The adapter's tools with their parameters. */
   readonly describeTools: Effect.Effect<ReadonlyArray<Proto.ToolSpec>, WorkerCrashed | TransportError>
   /** One health probe. */
@@ -427,18 +444,26 @@ export const make = (
         Effect.orDieWith((e) => new Error(`worker ${id} sent a result for "${tool}" that is not JSON: ${String(e)}`))
       )
 
+    const toBuffers = (attachments: Readonly<Record<string, Uint8Array>> | undefined) =>
+      Object.fromEntries(
+        Object.entries(attachments ?? {}).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
+      )
+
     const executeEncoded = (
       tool: string,
       argsJson: EncodedArgs,
       opts: ExecuteOptions = {}
     ): Effect.Effect<unknown, WorkerCallError> =>
       Effect.gen(function* () {
-        const attachments = Object.fromEntries(
-          Object.entries(opts.attachments ?? {}).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
-        )
         const call = onTransport(
           tool,
-          client.executeTool({ tool, argsJson, attachments, sessionId: opts.session ?? "", requestId: "" })
+          client.executeTool({
+            tool,
+            argsJson,
+            attachments: toBuffers(opts.attachments),
+            sessionId: opts.session ?? "",
+            requestId: ""
+          })
         )
         const response = yield* opts.timeout === undefined
           ? call
@@ -454,6 +479,42 @@ export const make = (
         return yield* Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
       }).pipe(Effect.withSpan("snakepit.worker.execute", { attributes: { tool, worker: id } }))
 
+    const executeStream = (
+      tool: string,
+      argsJson: EncodedArgs,
+      opts: StreamOptions = {}
+    ): Stream.Stream<unknown, WorkerCallError> => {
+      const request = {
+        tool,
+        argsJson,
+        attachments: toBuffers(opts.attachments),
+        sessionId: opts.session ?? "",
+        requestId: ""
+      }
+      const chunks = client.executeStreamingTool(request).pipe(
+        Stream.catchTags({
+          GrpcUnavailable: (e) => Stream.fromEffect(transportFailure(tool)(e)),
+          GrpcDeadlineExceeded: (e) => Stream.fromEffect(transportFailure(tool)(e)),
+          GrpcMessageTooLarge: (e) => Stream.fromEffect(transportFailure(tool)(e)),
+          GrpcFailure: (e) => Stream.fromEffect(transportFailure(tool)(e))
+        }),
+        Stream.mapEffect((chunk): Effect.Effect<unknown, WorkerCallError> => {
+          const outcome = chunk.outcome
+          if (outcome?.$case === "dataJson") return decode(tool, outcome.value)
+          if (outcome?.$case === "error") return Effect.fail(toolFailure(tool, outcome.value))
+          return Effect.dieMessage(`worker ${id} sent an empty chunk for "${tool}"`)
+        })
+      )
+      const idle = opts.idleTimeout
+      return idle === undefined
+        ? chunks
+        : Stream.timeoutFail(
+            chunks,
+            () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle), workerId: id }),
+            idle
+          )
+    }
+
     return {
       id,
       pid,
@@ -464,6 +525,7 @@ export const make = (
       startedAt: new Date(),
       execute: (tool, args, opts) => Effect.flatMap(encodeArgs(tool, args), (json) => executeEncoded(tool, json, opts)),
       executeEncoded,
+      executeStream,
       describeTools: onTransport(null, client.describeTools()).pipe(Effect.map((res) => res.tools)),
       health: (timeout = Duration.seconds(5)) =>
         onTransport(null, client.health()).pipe(

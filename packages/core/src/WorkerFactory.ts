@@ -16,6 +16,7 @@ export interface PoolWorker {
   readonly pid: number
   readonly startedAt: Date
   readonly executeEncoded: Worker.Worker["executeEncoded"]
+  readonly executeStream: Worker.Worker["executeStream"]
   readonly health: Worker.Worker["health"]
   readonly cleanupSession: Worker.Worker["cleanupSession"]
   /** Completes when the worker's process exits. */

@@ -3,7 +3,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Effect, Exit, ManagedRuntime } from "effect"
+import { Cause, Effect, Exit, ManagedRuntime, Stream } from "effect"
 import { PoolClosed } from "./errors.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
 import { type CallOptions, type PoolStats, Snakepit, type WorkerInfo, type WorkerRef } from "./Snakepit.js"
@@ -12,6 +12,11 @@ import * as SnakepitPool from "./SnakepitPool.js"
 /** A started pool. Every rejection is the tagged error itself (match on `error._tag`). */
 export interface PoolClient {
   readonly execute: (tool: string, args?: unknown, options?: CallOptions) => Promise<unknown>
+  /**
+   * The chunks of a streaming tool, pulled with back-pressure. Leaving the loop (`break`,
+   * `return`, an exception) cancels the call and frees the worker.
+   */
+  readonly stream: (tool: string, args?: unknown, options?: CallOptions) => AsyncIterable<unknown>
   readonly stats: (pool?: string) => Promise<PoolStats>
   readonly workers: (pool?: string) => Promise<ReadonlyArray<WorkerInfo>>
   readonly stopWorker: (worker: WorkerRef) => Promise<void>
@@ -49,9 +54,18 @@ export const createPool = async (options: SnakepitOptions = {}): Promise<PoolCli
     await runtime.dispose()
     throw error
   }
+  const rt = await runtime.runtime()
 
   return {
     execute: (tool, args, options) => withService((s) => s.execute(tool, args, options)),
+    stream: (tool, args, options) => ({
+      [Symbol.asyncIterator]: () => {
+        if (closed) throw new PoolClosed({ pool: "*" })
+        const chunks = Stream.unwrap(Effect.map(Snakepit, (s) => s.executeStream(tool, args, options)))
+        // Failures surface as the tagged error itself (Cause.squash of a failure is the error).
+        return Stream.toAsyncIterableRuntime(chunks, rt)[Symbol.asyncIterator]()
+      }
+    }),
     stats: (pool) => withService((s) => s.stats(pool)),
     workers: (pool) => withService((s) => s.workers(pool)),
     stopWorker: (worker) => withService((s) => s.stopWorker(worker)),

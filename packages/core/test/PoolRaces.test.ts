@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { FakeWorkers } from "@snakepit/testkit"
-import { Deferred, Duration, Effect, Either, Fiber, Metric, TestClock } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Fiber, Metric, Stream, TestClock } from "effect"
 import { SnakepitMetrics, type SnakepitOptions, SnakepitPool, WorkerStartError } from "../src/index.js"
 
 const start = (options: SnakepitOptions, fake = FakeWorkers.make()) =>
@@ -379,6 +379,59 @@ describe("pool on TestClock", () => {
       yield* Fiber.join(first)
       expect(yield* Fiber.join(next)).toBe("next")
       expect(yield* pool.stats()).toMatchObject({ busy: 0, queued: 0 })
+    })
+  )
+
+  it.scoped("a stream paces its chunks on the clock and holds its worker only while it runs", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* start({ size: 1 })
+      const running = yield* Effect.fork(
+        Stream.runCollect(pool.executeStream("stream_numbers", { count: 3, delay_ms: 100 }))
+      )
+      yield* TestClock.adjust("250 millis")
+      expect(yield* pool.stats()).toMatchObject({ busy: 1 })
+      expect(running.unsafePoll()).toBeNull()
+      yield* TestClock.adjust("50 millis")
+      expect(Chunk.toReadonlyArray(yield* Fiber.join(running))).toEqual([{ i: 0 }, { i: 1 }, { i: 2 }])
+      expect(yield* pool.stats()).toMatchObject({ busy: 0 })
+    })
+  )
+
+  it.scoped("ending a stream early, or interrupting it, returns the worker", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* start({ size: 1 })
+      const taken = yield* Effect.fork(
+        Stream.runCollect(Stream.take(pool.executeStream("stream_numbers", { count: 1000, delay_ms: 10 }), 2))
+      )
+      yield* TestClock.adjust("100 millis")
+      expect(Chunk.size(yield* Fiber.join(taken))).toBe(2)
+      expect((yield* pool.stats()).busy).toBe(0)
+      const interrupted = yield* Effect.fork(
+        Stream.runDrain(pool.executeStream("stream_numbers", { count: 1000, delay_ms: 10 }))
+      )
+      yield* TestClock.adjust("55 millis")
+      yield* Fiber.interrupt(interrupted)
+      expect((yield* pool.stats()).busy).toBe(0)
+      expect(yield* pool.execute("echo", { value: "free" })).toBe("free")
+    })
+  )
+
+  it.scoped("a crash mid-stream ends it with WorkerCrashed after the chunks already sent", () =>
+    Effect.gen(function* () {
+      const { pool, fake } = yield* start({ size: 1 })
+      const seen: Array<unknown> = []
+      const running = yield* Effect.fork(
+        Effect.either(
+          Stream.runForEach(pool.executeStream("stream_numbers", { count: 10, delay_ms: 100 }), (chunk) =>
+            Effect.sync(() => seen.push(chunk))
+          )
+        )
+      )
+      yield* TestClock.adjust("250 millis")
+      yield* fake.started[0]!.crash()
+      const outcome = yield* Fiber.join(running)
+      expect(seen).toEqual([{ i: 0 }, { i: 1 }])
+      expect(Either.isLeft(outcome) && outcome.left._tag).toBe("WorkerCrashed")
     })
   )
 })

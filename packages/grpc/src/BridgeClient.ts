@@ -6,6 +6,7 @@
  */
 import {
   type CallOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
   credentials,
   Metadata,
@@ -79,6 +80,23 @@ const startFailure = (method: string, error: unknown): GrpcError =>
     details: error instanceof Error ? error.message : String(error),
     message: String(error)
   })
+
+/**
+ * The call's chunks as an AsyncIterable whose `return` cancels the call first: a Readable's own
+ * `return` waits for the pending message, which an idle stream may never send.
+ */
+const cancelFirst = (call: ClientReadableStream<ToolChunk>): AsyncIterable<ToolChunk> => ({
+  [Symbol.asyncIterator]: () => {
+    const iterator = (call as AsyncIterable<ToolChunk>)[Symbol.asyncIterator]()
+    return {
+      next: () => iterator.next(),
+      return: (value?: unknown) => {
+        call.cancel()
+        return iterator.return ? iterator.return(value) : Promise.resolve({ done: true as const, value: undefined })
+      }
+    }
+  }
+})
 
 /** Errors from a stream are grpc-js status errors, but anything else must still map to a typed one. */
 const streamFailure =
@@ -154,9 +172,7 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
         // Cancelling an already-finished call is a no-op; an unfinished one is cancelled on the wire.
         (call) => Effect.sync(() => call.cancel())
       ).pipe(
-        Stream.flatMap((call) =>
-          Stream.fromAsyncIterable(call as AsyncIterable<ToolChunk>, streamFailure("ExecuteStreamingTool"))
-        )
+        Stream.flatMap((call) => Stream.fromAsyncIterable(cancelFirst(call), streamFailure("ExecuteStreamingTool")))
       )
 
     return {

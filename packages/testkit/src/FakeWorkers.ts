@@ -16,10 +16,16 @@ import {
   WorkerFactory,
   WorkerStartError
 } from "@snakepit/core"
-import { Deferred, Duration, Effect, Layer, Option } from "effect"
+import { Deferred, Duration, Effect, Layer, Option, Stream } from "effect"
 
 /** A scripted tool: gets the decoded arguments and the worker it runs on. */
 export type FakeTool = (args: Record<string, unknown>, worker: FakeWorker) => Effect.Effect<unknown, WorkerCallError>
+
+/** A scripted streaming tool: the chunks it yields, with whatever delays it sleeps between them. */
+export type FakeStreamTool = (
+  args: Record<string, unknown>,
+  worker: FakeWorker
+) => Stream.Stream<unknown, WorkerCallError>
 
 /** One fake worker, as the test sees it. */
 export interface FakeWorker {
@@ -46,6 +52,8 @@ export interface FakeWorker {
 export interface FakeWorkersOptions {
   /** Tools by name. Default: `echo` (returns `value`) and `sleep` (sleeps `ms` on the clock). */
   readonly tools?: Readonly<Record<string, FakeTool>>
+  /** Streaming tools by name. Default: `stream_numbers` (`count` chunks `{ i }`, `delay_ms` apart). */
+  readonly streams?: Readonly<Record<string, FakeStreamTool>>
   /**
    * Time each worker takes to start, on the Effect clock. Default 0. Longer than the pool's
    * `startupTimeout` (`Duration.infinity` for "never ready") fails the start with `startup_timeout`.
@@ -69,6 +77,14 @@ export interface FakeCall {
   readonly session: string | undefined
 }
 
+/** The default streaming tools. */
+export const defaultStreams: Readonly<Record<string, FakeStreamTool>> = {
+  stream_numbers: (args) =>
+    Stream.range(0, Number(args.count ?? 0) - 1).pipe(
+      Stream.mapEffect((i) => Effect.as(Effect.sleep(Duration.millis(Number(args.delay_ms ?? 0))), { i }))
+    )
+}
+
 /** A fake factory and the workers it has started, newest last. */
 export interface FakeWorkers {
   readonly layer: Layer.Layer<WorkerFactory>
@@ -82,6 +98,7 @@ export interface FakeWorkers {
 /** Creates a fake worker factory. */
 export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
   const tools = options.tools ?? defaultTools
+  const streams = options.streams ?? defaultStreams
   const started: Array<FakeWorker> = []
   const calls: Array<FakeCall> = []
   const exits = new Map<FakeWorker, Deferred.Deferred<Worker.ExitStatus>>()
@@ -165,6 +182,31 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
               )
         })
 
+      const executeStream: Worker.Worker["executeStream"] = (tool, argsJson, streamOptions = {}) =>
+        Stream.unwrap(
+          Effect.map(Deferred.isDone(exit), (done): Stream.Stream<unknown, WorkerCallError> => {
+            if (done) return Stream.fromEffect(crashed(tool))
+            const args = JSON.parse(Buffer.from(argsJson).toString("utf8")) as Record<string, unknown>
+            fake.calls.push({ tool, args, session: streamOptions.session })
+            calls.push({ workerId: id, tool, args, session: streamOptions.session })
+            const handler = streams[tool]
+            if (!handler) {
+              const available = [...Object.keys(tools), ...Object.keys(streams)].sort()
+              return Stream.fail(new ToolNotFound({ tool, available, workerId: id }))
+            }
+            // A crash ends the stream with WorkerCrashed after the chunks already sent.
+            const chunks = Stream.interruptWhen(handler(args, fake), crashed(tool))
+            const idle = streamOptions.idleTimeout
+            return idle === undefined
+              ? chunks
+              : Stream.timeoutFail(
+                  chunks,
+                  () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle), workerId: id }),
+                  idle
+                )
+          })
+        )
+
       const health: Worker.Worker["health"] = (timeout = Duration.seconds(5)) =>
         Effect.gen(function* () {
           if (yield* Deferred.isDone(exit)) return yield* crashed(null)
@@ -186,6 +228,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
         pid: fake.pid,
         startedAt: new Date(0),
         executeEncoded,
+        executeStream,
         health,
         cleanupSession: (session: string) =>
           Effect.gen(function* () {

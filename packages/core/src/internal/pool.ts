@@ -13,7 +13,7 @@ import {
   FiberSet,
   Metric,
   Schedule,
-  type Scope,
+  Scope,
   Stream,
   SubscriptionRef
 } from "effect"
@@ -99,6 +99,7 @@ interface Binding {
 export interface Pool {
   readonly name: string
   readonly execute: (tool: string, args: unknown, options: CallOptions) => Effect.Effect<unknown, CallError>
+  readonly executeStream: (tool: string, args: unknown, options: CallOptions) => Stream.Stream<unknown, CallError>
   readonly stats: Effect.Effect<PoolStats>
   readonly workers: Effect.Effect<ReadonlyArray<WorkerInfo>>
   readonly find: (workerId: string) => Entry | undefined
@@ -337,6 +338,11 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         )
     }
 
+    const countError = Effect.zipRight(
+      Effect.sync(() => counters.errors++),
+      Metric.increment(metric.errors)
+    )
+
     const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
       Effect.gen(function* () {
         counters.requests++
@@ -348,13 +354,33 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
           )
         )
       }).pipe(
-        Effect.tapError(() =>
-          Effect.zipRight(
-            Effect.sync(() => counters.errors++),
-            Metric.increment(metric.errors)
-          )
-        ),
+        Effect.tapError(() => countError),
         Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool } })
+      )
+
+    const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
+      Stream.unwrapScoped(
+        Effect.gen(function* () {
+          counters.requests++
+          yield* Metric.increment(metric.requests)
+          const encoded = yield* Worker.encodeArgs(tool, args)
+          const scope = yield* Effect.scope
+          // The lease is tied to the stream's scope: held while the stream runs, returned however it ends.
+          const entry = yield* Effect.uninterruptibleMask((restore) =>
+            Effect.tap(checkout(call.session, restore), (entry) => Scope.addFinalizer(scope, release(entry)))
+          )
+          yield* publish
+          const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
+          return entry.worker.executeStream(tool, encoded, {
+            ...(call.session === undefined ? {} : { session: call.session }),
+            ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
+            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
+          })
+        })
+      ).pipe(
+        Stream.tapError(() => countError),
+        Stream.buffer({ capacity: call.buffer ?? 16 }),
+        Stream.withSpan("snakepit.pool.executeStream", { attributes: { pool: name, tool } })
       )
 
     // ---- sessions ----------------------------------------------------------------------
@@ -569,6 +595,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     return {
       name,
       execute,
+      executeStream,
       stats: Effect.sync(() => {
         const serving = live()
         return {
