@@ -2,7 +2,7 @@
 // crash recovery, stats, a clean shutdown, and the Promise facade. Run it with
 // `npm run demo` (which installs and builds first).
 import { createPool, Snakepit, SnakepitPool } from "@snakepit/core"
-import { Console, Effect } from "effect"
+import { Console, Effect, Stream } from "effect"
 
 const heading = (text) => Console.log(`\n\x1b[1m${text}\x1b[0m`)
 const indent = (text) =>
@@ -56,6 +56,33 @@ const program = Effect.gen(function* () {
   yield* Console.log(`  meanwhile another caller: add(1, 1) -> ${yield* snakepit.execute("add", { a: 1, b: 1 })}`)
   yield* snakepit.awaitReady()
   for (const w of yield* snakepit.workers()) yield* Console.log(`  ${w.id}: pid ${w.pid}, ${w.state}`)
+
+  yield* heading("Streaming with back-pressure: a long-running tool drives a progress bar")
+  const total = 40
+  const tty = process.stdout.isTTY
+  yield* snakepit.executeStream("stream_numbers", { count: total, delay_ms: 50 }).pipe(
+    Stream.runForEach(({ i }) =>
+      Effect.sync(() => {
+        const done = i + 1
+        const bar = `  [${"#".repeat(done).padEnd(total, ".")}] ${String(Math.round((100 * done) / total)).padStart(3)}%`
+        if (tty) process.stdout.write(`\r${bar}`)
+        else if (done % 10 === 0) console.log(bar)
+      })
+    )
+  )
+  if (tty) process.stdout.write("\n")
+  // A session keeps the flood and its report on the same worker.
+  const early = yield* snakepit
+    .executeStream("flood", { count: 200_000, size: 1024 }, { session: "flood" })
+    .pipe(Stream.take(1_000), Stream.runCount)
+  // Cancellation reaches Python asynchronously: ask until the generator's finally has run.
+  const report = yield* snakepit
+    .execute("flood_report", {}, { session: "flood" })
+    .pipe(Effect.repeat({ until: (r) => r.closed, times: 50 }))
+  yield* Console.log(
+    `  took ${early} chunks of a 200 000-chunk flood, then stopped: Python produced ${report.produced}, ` +
+      `its generator closed: ${report.closed}`
+  )
 
   yield* heading("Stats")
   yield* Console.log(`  ${JSON.stringify(yield* snakepit.stats())}`)
