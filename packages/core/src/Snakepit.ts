@@ -23,6 +23,22 @@ export interface CallOptions {
   readonly attachments?: Readonly<Record<string, Uint8Array>>
 }
 
+/** A tool a pool's adapter offers, as discovered from its workers. */
+export interface ToolDescription {
+  readonly name: string
+  readonly description: string
+  /** A generator tool: call it with `executeStream`. */
+  readonly streaming: boolean
+  readonly parameters: ReadonlyArray<{
+    readonly name: string
+    /** The Python annotation as written, or "" when there is none. */
+    readonly type: string
+    readonly required: boolean
+    /** The default value, when the parameter has one. */
+    readonly default?: unknown
+  }>
+}
+
 /** A worker as the pool sees it. */
 export interface WorkerInfo {
   readonly id: string
@@ -67,6 +83,8 @@ export interface SnakepitService {
    * held only while the stream runs; ending it early cancels the RPC and closes the generator.
    */
   readonly executeStream: (tool: string, args?: unknown, options?: CallOptions) => Stream.Stream<unknown, CallError>
+  /** The tools of one pool's adapter (default: the first pool), with parameters and descriptions. */
+  readonly describeTools: (pool?: string) => Effect.Effect<ReadonlyArray<ToolDescription>, CallError>
   /** Stats of one pool (default: the first). */
   readonly stats: (pool?: string) => Effect.Effect<PoolStats, PoolNotFound>
   /** The live workers of one pool (default: the first). */

@@ -3,13 +3,47 @@
  *
  * @since 0.1.0
  */
-import { Effect, Layer, type Scope, Stream } from "effect"
-import { type ConfigError, PoolNotFound, type PoolStartError, WorkerNotFound } from "./errors.js"
+import { HostBridgeServer } from "@snakepit/grpc"
+import { Registry, type RegistryError, RunId } from "@snakepit/registry"
+import { Effect, Layer, Option, type Scope, Stream } from "effect"
+import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
+import { HostTools } from "./HostTool.js"
 import { resolveSnakepitOptions } from "./internal/config.js"
 import * as Pool from "./internal/pool.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
+
+/**
+ * With a process registry: records this run, then sweeps what dead runs left behind (workers
+ * whose host died without cleaning up), before any worker of ours starts.
+ */
+const startRun = Effect.gen(function* () {
+  const registry = yield* Effect.serviceOption(Registry)
+  if (Option.isNone(registry)) return
+  const runId = yield* RunId.current
+  const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
+    effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
+  yield* logged(registry.value.startRun(runId))
+  yield* Effect.addFinalizer(() => logged(registry.value.endRun(runId)))
+  yield* logged(registry.value.sweep())
+})
+
+/**
+ * When `HostTools` are provided, serves them on a loopback bridge for the pools' lifetime and
+ * returns the environment that tells workers where it is and the per-run secret.
+ */
+const startHostBridge = Effect.gen(function* () {
+  const hostTools = yield* Effect.serviceOption(HostTools)
+  if (Option.isNone(hostTools)) return {}
+  const tools = hostTools.value
+  const server = yield* HostBridgeServer.make({ handler: tools.call, listTools: () => tools.tools }).pipe(
+    Effect.mapError(
+      (e) => new PoolStartError({ pool: "*", detail: `the host-tool bridge could not start: ${e.message}`, causes: [] })
+    )
+  )
+  return server.env
+})
 
 /**
  * Starts every pool in `options` in the current scope and returns the service. Closing the
@@ -20,7 +54,11 @@ export const make = (
 ): Effect.Effect<SnakepitService, PoolStartError | ConfigError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const resolved = yield* resolveSnakepitOptions(options)
-    const pools = yield* Effect.forEach(resolved, Pool.make, { concurrency: "unbounded" })
+    yield* startRun
+    const hostEnv = yield* startHostBridge
+    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }), {
+      concurrency: "unbounded"
+    })
     const names = pools.map((pool) => pool.name)
 
     const poolOf = (name: string | undefined): Effect.Effect<Pool.Pool, PoolNotFound> => {
@@ -45,6 +83,7 @@ export const make = (
         Effect.flatMap(poolOf(callOptions.pool), (pool) => pool.execute(tool, args, callOptions)),
       executeStream: (tool, args, callOptions = {}) =>
         Stream.unwrap(Effect.map(poolOf(callOptions.pool), (pool) => pool.executeStream(tool, args, callOptions))),
+      describeTools: (pool) => Effect.flatMap(poolOf(pool), (p) => p.describeTools),
       stats: (pool) => Effect.flatMap(poolOf(pool), (p) => p.stats),
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),
@@ -58,6 +97,15 @@ export const layerWithoutDependencies = (
   options: SnakepitOptions = {}
 ): Layer.Layer<Snakepit, PoolStartError | ConfigError, WorkerFactory> => Layer.scoped(Snakepit, make(options))
 
-/** The `Snakepit` service with real Python workers. */
+/**
+ * The process registry at `options.dataDir` (else `SNAKEPIT_DATA_DIR`, else a per-user
+ * directory); a data dir that cannot be used is a `ConfigError` naming it.
+ */
+const registryLayer = (options: SnakepitOptions) =>
+  Registry.layer(options.dataDir === undefined ? {} : { dataDir: options.dataDir }).pipe(
+    Layer.mapError((e) => new ConfigError({ key: "dataDir", value: e.dataDir, reason: e.message }))
+  )
+
+/** The `Snakepit` service with real Python workers, recorded in the process registry. */
 export const layer = (options: SnakepitOptions = {}): Layer.Layer<Snakepit, PoolStartError | ConfigError> =>
-  layerWithoutDependencies(options).pipe(Layer.provide(WorkerFactory.node))
+  layerWithoutDependencies(options).pipe(Layer.provide(WorkerFactory.node), Layer.provide(registryLayer(options)))

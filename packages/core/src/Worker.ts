@@ -14,7 +14,7 @@ import { Command } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import type { PlatformError } from "@effect/platform/Error"
 import { BridgeClient, type GrpcError, type Proto } from "@snakepit/grpc"
-import { RunId } from "@snakepit/registry"
+import { Registry, type RegistryError, type WorkerNotFound as RegistryNotFound, RunId } from "@snakepit/registry"
 import { Deferred, Duration, Effect, Fiber, Option, Ref, type Scope, Stream } from "effect"
 import {
   CallTimeout,
@@ -245,9 +245,38 @@ export const make = (
     )
     if (options.cwd) command = Command.workingDirectory(command, options.cwd)
 
+    // The registry row exists before the process does, and goes only after the process is
+    // confirmed gone: this finalizer is registered first, so it runs after the kill below.
+    const registry = yield* Effect.serviceOption(Registry)
+    const recordInRegistry = <A>(
+      operation: (r: Registry["Type"]) => Effect.Effect<A, RegistryError | RegistryNotFound>
+    ) =>
+      Option.match(registry, {
+        onNone: () => Effect.void,
+        onSome: (r) =>
+          operation(r).pipe(
+            Effect.asVoid,
+            Effect.catchTags({
+              RegistryError: (e) => Effect.logWarning(`registry: ${e.message}`),
+              WorkerNotFound: (e) => Effect.logWarning(`registry: ${e.message}`)
+            })
+          )
+      })
+    if (Option.isSome(registry)) {
+      yield* registry.value
+        .reserveWorker({ workerId: id, runId })
+        .pipe(
+          Effect.mapError((e) =>
+            startError("spawn_failed", `could not record the worker in the registry: ${e.message}`)
+          )
+        )
+      yield* Effect.addFinalizer(() => recordInRegistry((r) => r.removeWorker({ workerId: id, runId })))
+    }
+
     // Spawned detached by the executor: the worker leads its own process group.
     const proc = yield* Command.start(command).pipe(Effect.mapError((e) => startError("spawn_failed", e.message)))
     const pid = proc.pid as number
+    yield* recordInRegistry((r) => r.attachProcess({ workerId: id, runId, pid, pgid: pid }))
     const isRunning = Effect.orDie(proc.isRunning)
 
     const exited: Effect.Effect<ExitStatus> = proc.exitCode.pipe(
@@ -365,6 +394,8 @@ export const make = (
           })
       })
     )
+
+    yield* recordInRegistry((r) => r.activateWorker({ workerId: id, runId, pid, pgid: pid }))
 
     // Runs before the client closes and before the signals: a polite stop first.
     yield* Effect.addFinalizer(() =>

@@ -18,6 +18,7 @@ export interface PoolWorker {
   readonly executeEncoded: Worker.Worker["executeEncoded"]
   readonly executeStream: Worker.Worker["executeStream"]
   readonly health: Worker.Worker["health"]
+  readonly describeTools: Worker.Worker["describeTools"]
   readonly cleanupSession: Worker.Worker["cleanupSession"]
   /** Completes when the worker's process exits. */
   readonly exited: Effect.Effect<Worker.ExitStatus>

@@ -26,6 +26,32 @@ export interface PoolClient {
   readonly close: () => Promise<void>
 }
 
+/** Pools made by `createPool` and not yet closed: SIGINT/SIGTERM close them before the process exits. */
+const openPools = new Set<PoolClient>()
+
+const onSignal = (signal: NodeJS.Signals) => {
+  process.removeListener("SIGINT", onSignal)
+  process.removeListener("SIGTERM", onSignal)
+  // Graceful: the finalizers stop every worker; then the signal takes its usual course.
+  void Promise.allSettled([...openPools].map((pool) => pool.close())).then(() => process.kill(process.pid, signal))
+}
+
+const track = (pool: PoolClient) => {
+  if (openPools.size === 0) {
+    process.once("SIGINT", onSignal)
+    process.once("SIGTERM", onSignal)
+  }
+  openPools.add(pool)
+}
+
+const untrack = (pool: PoolClient) => {
+  openPools.delete(pool)
+  if (openPools.size === 0) {
+    process.removeListener("SIGINT", onSignal)
+    process.removeListener("SIGTERM", onSignal)
+  }
+}
+
 /** The typed failure when there is one; otherwise the defect or interruption as an Error. */
 const toRejection = <E>(cause: Cause.Cause<E>): unknown => {
   const failure = Cause.failureOption(cause)
@@ -34,7 +60,8 @@ const toRejection = <E>(cause: Cause.Cause<E>): unknown => {
 
 /**
  * Starts a pool (default: 2 workers of the built-in showcase adapter) and resolves once it
- * is ready; rejects with `PoolStartError` or `ConfigError`.
+ * is ready; rejects with `PoolStartError` or `ConfigError`. While it is open, SIGINT and
+ * SIGTERM close it (stopping every worker) before the signal ends the process.
  */
 export const createPool = async (options: SnakepitOptions = {}): Promise<PoolClient> => {
   const runtime = ManagedRuntime.make(SnakepitPool.layer(options))
@@ -56,7 +83,7 @@ export const createPool = async (options: SnakepitOptions = {}): Promise<PoolCli
   }
   const rt = await runtime.runtime()
 
-  return {
+  const client: PoolClient = {
     execute: (tool, args, options) => withService((s) => s.execute(tool, args, options)),
     stream: (tool, args, options) => ({
       [Symbol.asyncIterator]: () => {
@@ -74,7 +101,10 @@ export const createPool = async (options: SnakepitOptions = {}): Promise<PoolCli
     close: async () => {
       if (closed) return
       closed = true
+      untrack(client)
       await runtime.dispose()
     }
   }
+  track(client)
+  return client
 }

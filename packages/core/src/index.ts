@@ -8,6 +8,8 @@
 export * from "./createPool.js"
 /** Typed errors (`_tag`s callers match on). */
 export * from "./errors.js"
+/** Host tools: TypeScript tools Python workers call back into (`HostTool.make`, `HostTools.layer`). */
+export * from "./HostTool.js"
 /** Effect Metrics of every pool, tagged with `pool`. */
 export * as SnakepitMetrics from "./Metrics.js"
 /** Pool options. */

@@ -10,3 +10,5 @@ export * as BridgeClient from "./BridgeClient.js"
 export * from "./GrpcError.js"
 /** Generated wire types (ts-proto) from proto/snakepit_bridge.proto. */
 export * as Proto from "./generated/snakepit_bridge.js"
+/** The host side of host tools: a gRPC server Python workers call back into (`HostBridgeServer.make`). */
+export * as HostBridgeServer from "./HostBridgeServer.js"

@@ -230,6 +230,11 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
         executeEncoded,
         executeStream,
         health,
+        // The scripted tools, described as a Python adapter would describe them.
+        describeTools: Effect.succeed([
+          ...Object.keys(tools).map((name) => ({ name, description: "", parameters: [], streaming: false })),
+          ...Object.keys(streams).map((name) => ({ name, description: "", parameters: [], streaming: true }))
+        ]),
         cleanupSession: (session: string) =>
           Effect.gen(function* () {
             if (yield* Deferred.isDone(exit)) {

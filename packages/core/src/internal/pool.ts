@@ -29,7 +29,7 @@ import {
 } from "../errors.js"
 import * as metrics from "../Metrics.js"
 import type { ResolvedPoolOptions } from "../PoolOptions.js"
-import type { CallOptions, PoolStats, WorkerInfo } from "../Snakepit.js"
+import type { CallOptions, PoolStats, ToolDescription, WorkerInfo } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
 import { type PoolWorker, WorkerFactory } from "../WorkerFactory.js"
 
@@ -100,6 +100,7 @@ export interface Pool {
   readonly name: string
   readonly execute: (tool: string, args: unknown, options: CallOptions) => Effect.Effect<unknown, CallError>
   readonly executeStream: (tool: string, args: unknown, options: CallOptions) => Stream.Stream<unknown, CallError>
+  readonly describeTools: Effect.Effect<ReadonlyArray<ToolDescription>, CallError>
   readonly stats: Effect.Effect<PoolStats>
   readonly workers: Effect.Effect<ReadonlyArray<WorkerInfo>>
   readonly find: (workerId: string) => Entry | undefined
@@ -383,6 +384,29 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         Stream.withSpan("snakepit.pool.executeStream", { attributes: { pool: name, tool } })
       )
 
+    /** Asks one worker (through the queue, like any call) for the adapter's tools. */
+    const describeTools = Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(checkout(undefined, restore), (entry) =>
+        restore(entry.worker.describeTools).pipe(Effect.ensuring(release(entry)))
+      )
+    ).pipe(
+      Effect.map((specs) =>
+        specs.map(
+          (spec): ToolDescription => ({
+            name: spec.name,
+            description: spec.description,
+            streaming: spec.streaming,
+            parameters: spec.parameters.map((p) => ({
+              name: p.name,
+              type: p.type,
+              required: p.required,
+              ...(p.defaultJson.length > 0 ? { default: JSON.parse(p.defaultJson.toString("utf8")) as unknown } : {})
+            }))
+          })
+        )
+      )
+    )
+
     // ---- sessions ----------------------------------------------------------------------
 
     const cleanupInWorker = (session: string, binding: Binding) =>
@@ -596,6 +620,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       name,
       execute,
       executeStream,
+      describeTools,
       stats: Effect.sync(() => {
         const serving = live()
         return {
