@@ -1,8 +1,8 @@
 // The Snakepit demo: a pool of Python workers driven from Effect, typed errors, sessions,
 // crash recovery, stats, a clean shutdown, and the Promise facade. Run it with
 // `npm run demo` (which installs and builds first).
-import { createPool, Snakepit, SnakepitPool } from "@snakepit/core"
-import { Console, Effect, Stream } from "effect"
+import { createPool, HostTool, HostTools, Snakepit, SnakepitPool } from "@snakepit/core"
+import { Console, Effect, Layer, Schema, Stream } from "effect"
 
 const heading = (text) => Console.log(`\n\x1b[1m${text}\x1b[0m`)
 const indent = (text) =>
@@ -84,6 +84,17 @@ const program = Effect.gen(function* () {
       `its generator closed: ${report.closed}`
   )
 
+  yield* heading("Python calls back into TypeScript (host tools)")
+  const greeting = yield* snakepit.execute("call_host", { tool: "greet", args: { name: "Ada" } })
+  yield* Console.log(`  Python's call_host("greet", {name: "Ada"}) -> ${JSON.stringify(greeting)}`)
+  yield* snakepit
+    .execute("call_host", { tool: "greet", args: { name: 42 } })
+    .pipe(
+      Effect.catchTag("PythonError", (e) =>
+        Console.log(`  bad arguments are refused before the handler runs: ${e.message.replace(/\s+/g, " ")}`)
+      )
+    )
+
   yield* heading("Stats")
   yield* Console.log(`  ${JSON.stringify(yield* snakepit.stats())}`)
   return (yield* snakepit.workers()).map((w) => w.pid)
@@ -98,7 +109,17 @@ const isAlive = (pid) => {
   }
 }
 
-const pids = await Effect.runPromise(program.pipe(Effect.provide(SnakepitPool.layer({ size: 2 }))))
+// A TypeScript tool that Python workers may call, with a Schema for its arguments.
+const greet = HostTool.make({
+  name: "greet",
+  description: "Greets someone, from TypeScript.",
+  parameters: Schema.Struct({ name: Schema.String }),
+  handler: ({ name }) => Effect.succeed(`hello ${name}, from Node ${process.version}`)
+})
+
+const pids = await Effect.runPromise(
+  program.pipe(Effect.provide(SnakepitPool.layer({ size: 2 }).pipe(Layer.provide(HostTools.layer(greet)))))
+)
 await Effect.runPromise(heading("Shutting down"))
 const survivors = pids.filter(isAlive)
 console.log(

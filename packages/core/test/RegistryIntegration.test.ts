@@ -1,0 +1,55 @@
+/**
+ * The pool and its process registry: rows follow the workers, bad registry state is handled.
+ */
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+import { Registry, RunId } from "@snakepit/registry"
+import { Context, Effect, Layer } from "effect"
+import { createPool, Snakepit, SnakepitPool } from "../src/index.js"
+
+const freshDir = () => mkdtempSync(join(tmpdir(), "snakepit-data-"))
+
+describe("pool ↔ registry", () => {
+  it.scopedLive("worker rows are active while the pool runs and gone once it is closed", () =>
+    Effect.gen(function* () {
+      const dataDir = freshDir()
+      const runId = RunId.generate()
+      const registry = Context.get(yield* Layer.build(Registry.layer({ dataDir, exitHook: false })), Registry)
+      const pids = yield* Effect.scoped(
+        Effect.gen(function* () {
+          const pool = yield* Snakepit
+          const pids = (yield* pool.workers()).map((w) => w.pid).sort()
+          const rows = yield* registry.workers(runId)
+          expect(rows.map((r) => [r.pid, r.state])).toEqual(pids.map((pid) => [pid, "active"]))
+          return pids
+        }).pipe(Effect.provide(Layer.provide(SnakepitPool.layer({ size: 2, dataDir }), RunId.RunId.fixed(runId))))
+      )
+      expect(pids).toHaveLength(2)
+      expect(yield* registry.workers(runId)).toEqual([])
+    })
+  )
+
+  it.live("a corrupt registry file is moved aside and the pool still starts", () =>
+    Effect.promise(async () => {
+      const dataDir = freshDir()
+      writeFileSync(join(dataDir, "registry.db"), "this is not a SQLite database".repeat(100))
+      const pool = await createPool({ size: 1, dataDir })
+      expect(await pool.execute("add", { a: 1, b: 1 })).toBe(2)
+      await pool.close()
+      expect(readdirSync(dataDir).some((f) => f.startsWith("registry.db.corrupt-"))).toBe(true)
+      expect(existsSync(join(dataDir, "registry.db"))).toBe(true)
+    })
+  )
+
+  it.live("a data dir that cannot be used is a ConfigError naming it", () =>
+    Effect.promise(async () => {
+      const file = join(freshDir(), "a-file")
+      writeFileSync(file, "")
+      const error = await createPool({ size: 1, dataDir: join(file, "sub") }).catch((e: unknown) => e)
+      expect(error).toMatchObject({ _tag: "ConfigError", key: "dataDir" })
+      expect((error as Error).message).toContain("SNAKEPIT_DATA_DIR")
+    })
+  )
+})
