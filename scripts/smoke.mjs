@@ -188,7 +188,7 @@ const ensureUserImportsResolvable = (project) => {
 // the worker's PYTHONPATH is the installed package's python/, not some copy in the repository.
 const RUNTIME_SCRIPT = `import { readFileSync } from "node:fs"
 import { NodeContext } from "@effect/platform-node"
-import { Worker } from "@snakepit/core"
+import { createPool, Worker } from "@snakepit/core"
 import { Effect } from "effect"
 
 const expectedPythonPath = new URL("./node_modules/@snakepit/core/python", import.meta.url).pathname
@@ -211,13 +211,18 @@ const result = await Effect.runPromise(
     Effect.provide(NodeContext.layer)
   )
 )
+// The whole product: a pool with its SQLite process registry (a native module) from dist.
+const pool = await createPool({ size: 1, dataDir: new URL("./data", import.meta.url).pathname })
+result.poolAdd = await pool.execute("add", { a: 40, b: 2 })
+result.poolWorkerPid = (await pool.workers())[0].pid
+await pool.close()
 console.log(JSON.stringify(result))
 const first = result.pythonPath?.split(":")[0]
 if (result.pythonPath !== undefined && first !== expectedPythonPath) {
   console.error("worker PYTHONPATH starts with " + first + ", expected " + expectedPythonPath)
   process.exit(1)
 }
-process.exit(result.message === "pong" && typeof result.pid === "number" ? 0 : 1)
+process.exit(result.message === "pong" && typeof result.pid === "number" && result.poolAdd === 42 ? 0 : 1)
 `
 
 /** The environment minus anything that could preload a loader or widen module resolution. */
@@ -335,11 +340,12 @@ const main = async () => {
     checkNoDevTools(project)
     ensureUserImportsResolvable(project)
 
-    log("3/4 starting a worker from the installed packages and calling ping")
+    log("3/4 starting a worker, then a pool with its registry, from the installed packages")
     const result = runWorker(project)
 
-    log("4/4 checking that the worker is gone")
+    log("4/4 checking that the workers are gone")
     await checkWorkerGone(result.pid, project)
+    await checkWorkerGone(result.poolWorkerPid, project)
 
     log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   } catch (error) {
