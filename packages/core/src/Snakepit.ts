@@ -17,7 +17,10 @@ export interface CallOptions {
    * next chunk (idle time), not the whole stream.
    */
   readonly timeout?: Duration.DurationInput
-  /** Streams: chunks read ahead of the consumer. Default 16. Beyond it the Python producer is paused. */
+  /**
+   * Streams: extra chunks to read ahead of the consumer, on top of grpc-js's own read-ahead
+   * (16 messages, then HTTP/2 flow control pauses the Python producer). Default: none.
+   */
   readonly buffer?: number
   /** Raw binary values passed beside the JSON arguments (`ctx.attachments` in Python). */
   readonly attachments?: Readonly<Record<string, Uint8Array>>

@@ -486,29 +486,27 @@ export const make = (
       opts: ExecuteOptions = {}
     ): Effect.Effect<unknown, WorkerCallError> =>
       Effect.gen(function* () {
-        const call = onTransport(
-          tool,
-          client.executeTool({
-            tool,
-            argsJson,
-            attachments: toBuffers(opts.attachments),
-            sessionId: opts.session ?? "",
-            requestId: ""
-          })
-        )
-        const response = yield* opts.timeout === undefined
-          ? call
-          : call.pipe(
-              Effect.timeoutFail({
-                duration: opts.timeout,
-                onTimeout: () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(opts.timeout!), workerId: id })
-              })
-            )
+        // The timeout travels as the gRPC deadline: one native timer, and Python sees it too.
+        const timeout = opts.timeout
+        const response = yield* client
+          .executeTool(
+            { tool, argsJson, attachments: toBuffers(opts.attachments), sessionId: opts.session ?? "", requestId: "" },
+            timeout === undefined ? undefined : { deadline: timeout }
+          )
+          .pipe(
+            Effect.catchTags({
+              GrpcDeadlineExceeded: () =>
+                Effect.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout ?? 0), workerId: id })),
+              GrpcUnavailable: transportFailure(tool),
+              GrpcMessageTooLarge: transportFailure(tool),
+              GrpcFailure: transportFailure(tool)
+            })
+          )
         const outcome = response.outcome
         if (outcome?.$case === "resultJson") return yield* decode(tool, outcome.value)
         if (outcome?.$case === "error") return yield* Effect.fail(toolFailure(tool, outcome.value))
         return yield* Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
-      }).pipe(Effect.withSpan("snakepit.worker.execute", { attributes: { tool, worker: id } }))
+      })
 
     const executeStream = (
       tool: string,
@@ -522,10 +520,12 @@ export const make = (
         sessionId: opts.session ?? "",
         requestId: ""
       }
-      const chunks = client.executeStreamingTool(request).pipe(
+      const idle = opts.idleTimeout
+      return client.executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle }).pipe(
         Stream.catchTags({
+          GrpcDeadlineExceeded: () =>
+            Stream.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle ?? 0), workerId: id })),
           GrpcUnavailable: (e) => Stream.fromEffect(transportFailure(tool)(e)),
-          GrpcDeadlineExceeded: (e) => Stream.fromEffect(transportFailure(tool)(e)),
           GrpcMessageTooLarge: (e) => Stream.fromEffect(transportFailure(tool)(e)),
           GrpcFailure: (e) => Stream.fromEffect(transportFailure(tool)(e))
         }),
@@ -536,14 +536,6 @@ export const make = (
           return Effect.dieMessage(`worker ${id} sent an empty chunk for "${tool}"`)
         })
       )
-      const idle = opts.idleTimeout
-      return idle === undefined
-        ? chunks
-        : Stream.timeoutFail(
-            chunks,
-            () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle), workerId: id }),
-            idle
-          )
     }
 
     return {

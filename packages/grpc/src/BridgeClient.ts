@@ -43,6 +43,8 @@ export interface BridgeClientOptions {
 export interface RpcOptions {
   /** A gRPC deadline sent to the peer. Prefer Effect timeouts for host-side limits. */
   readonly deadline?: Duration.DurationInput
+  /** Streams: the longest wait for each next message; then `GrpcDeadlineExceeded` and the call is cancelled. */
+  readonly idleTimeout?: Duration.DurationInput
   /** Metadata sent with the call. */
   readonly metadata?: Readonly<Record<string, string>>
 }
@@ -81,15 +83,35 @@ const startFailure = (method: string, error: unknown): GrpcError =>
     message: String(error)
   })
 
+/** What an idle stream fails with: mapped like a deadline, since it is one per message. */
+const idleTimeoutError = (idleMs: number) => ({
+  code: Status.DEADLINE_EXCEEDED,
+  details: `no message within the idle timeout of ${idleMs} ms`,
+  message: `idle timeout ${idleMs} ms`
+})
+
 /**
- * The call's chunks as an AsyncIterable whose `return` cancels the call first: a Readable's own
- * `return` waits for the pending message, which an idle stream may never send.
+ * The call's chunks as an AsyncIterable whose `return` cancels the call first (a Readable's own
+ * `return` waits for the pending message, which an idle stream may never send), and whose
+ * `next` gives up after `idleMs`. One native timer per message: an Effect timeout per chunk
+ * cost more than the rest of the stream's work together (see bench/).
  */
-const cancelFirst = (call: ClientReadableStream<ToolChunk>): AsyncIterable<ToolChunk> => ({
+const cancelFirst = (call: ClientReadableStream<ToolChunk>, idleMs: number | undefined): AsyncIterable<ToolChunk> => ({
   [Symbol.asyncIterator]: () => {
     const iterator = (call as AsyncIterable<ToolChunk>)[Symbol.asyncIterator]()
+    const next = (): Promise<IteratorResult<ToolChunk>> => {
+      if (idleMs === undefined) return iterator.next()
+      let timer: NodeJS.Timeout | undefined
+      const idle = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          call.cancel()
+          reject(idleTimeoutError(idleMs))
+        }, idleMs)
+      })
+      return Promise.race([iterator.next(), idle]).finally(() => clearTimeout(timer))
+    }
     return {
-      next: () => iterator.next(),
+      next,
       return: (value?: unknown) => {
         call.cancel()
         return iterator.return ? iterator.return(value) : Promise.resolve({ done: true as const, value: undefined })
@@ -172,7 +194,12 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
         // Cancelling an already-finished call is a no-op; an unfinished one is cancelled on the wire.
         (call) => Effect.sync(() => call.cancel())
       ).pipe(
-        Stream.flatMap((call) => Stream.fromAsyncIterable(cancelFirst(call), streamFailure("ExecuteStreamingTool")))
+        Stream.flatMap((call) =>
+          Stream.fromAsyncIterable(
+            cancelFirst(call, rpc?.idleTimeout === undefined ? undefined : Duration.toMillis(rpc.idleTimeout)),
+            streamFailure("ExecuteStreamingTool")
+          )
+        )
       )
 
     return {

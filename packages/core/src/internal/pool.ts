@@ -17,6 +17,7 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
+import { identity } from "effect/Function"
 import {
   type CallError,
   PoolClosed,
@@ -146,14 +147,26 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
 
     const live = () => [...entries.values()].filter((e) => e.retiring === undefined)
 
+    // Gauges and the ready count are published only when they change: this runs twice per call.
+    const published = { ready: -1, busy: -1, queued: -1 }
     const publish = Effect.suspend(() => {
-      const serving = live()
-      return Effect.all([
-        SubscriptionRef.set(readyCount, serving.length),
-        Metric.set(metric.ready, serving.length),
-        Metric.set(metric.busy, serving.filter((e) => e.inUse > 0).length),
-        Metric.set(metric.queued, waiters.length)
-      ])
+      let ready = 0
+      let busy = 0
+      for (const entry of entries.values()) {
+        if (entry.retiring !== undefined) continue
+        ready++
+        if (entry.inUse > 0) busy++
+      }
+      const updates: Array<Effect.Effect<void>> = []
+      if (ready !== published.ready) {
+        updates.push(SubscriptionRef.set(readyCount, ready), Metric.set(metric.ready, ready))
+      }
+      if (busy !== published.busy) updates.push(Metric.set(metric.busy, busy))
+      if (waiters.length !== published.queued) updates.push(Metric.set(metric.queued, waiters.length))
+      published.ready = ready
+      published.busy = busy
+      published.queued = waiters.length
+      return updates.length === 0 ? Effect.void : Effect.all(updates, { discard: true })
     })
 
     // ---- leases -------------------------------------------------------------------------
@@ -356,7 +369,8 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         )
       }).pipe(
         Effect.tapError(() => countError),
-        Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool } })
+        // No stack capture: it was the largest single cost of a call (bench/).
+        Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool }, captureStackTrace: false })
       )
 
     const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
@@ -380,8 +394,9 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         })
       ).pipe(
         Stream.tapError(() => countError),
-        Stream.buffer({ capacity: call.buffer ?? 16 }),
-        Stream.withSpan("snakepit.pool.executeStream", { attributes: { pool: name, tool } })
+        // grpc-js already reads ahead (16 messages, then HTTP/2 flow control); more only on request.
+        call.buffer === undefined ? identity : Stream.buffer({ capacity: call.buffer }),
+        Stream.withSpan("snakepit.pool.executeStream", { attributes: { pool: name, tool }, captureStackTrace: false })
       )
 
     /** Asks one worker (through the queue, like any call) for the adapter's tools. */
