@@ -10,6 +10,7 @@ import {
   Effect,
   Either,
   Exit,
+  FiberId,
   FiberSet,
   Metric,
   Schedule,
@@ -85,7 +86,9 @@ interface Slot {
 interface Waiter {
   /** A specific worker (strict session affinity), or any. */
   readonly target: Entry | undefined
-  readonly deferred: Deferred.Deferred<Entry, SessionWorkerUnavailable | PoolClosed>
+  readonly deferred: Deferred.Deferred<Entry, SessionWorkerUnavailable | PoolClosed | QueueTimeout>
+  /** Clock time at which the wait fails with `QueueTimeout`. */
+  readonly deadline: number
   handed: Entry | undefined
 }
 
@@ -233,6 +236,36 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         return publish
       })
 
+    // Queue timeouts: one fiber fails expired waiters, instead of a timeout fiber per waiter
+    // (which cost more than the rest of a queued call; see bench/). Every waiter has the same
+    // timeout and joins at the back, so deadlines never decrease along the queue.
+    const queueTimeoutMs = Duration.toMillis(options.queue.timeout)
+    let queueNotEmpty = Deferred.unsafeMake<void>(FiberId.none)
+
+    const expireWaiters = Effect.gen(function* () {
+      while (true) {
+        const idle = yield* Effect.sync(() => {
+          if (waiters.length > 0) return undefined
+          queueNotEmpty = Deferred.unsafeMake<void>(FiberId.none)
+          return queueNotEmpty
+        })
+        if (idle) {
+          yield* Deferred.await(idle)
+          continue
+        }
+        const now = yield* Clock.currentTimeMillis
+        const first = waiters[0]!.deadline
+        if (first > now) {
+          yield* Effect.sleep(Duration.millis(first - now))
+          continue
+        }
+        while (waiters.length > 0 && waiters[0]!.deadline <= now) {
+          const expired = waiters.shift()!
+          Deferred.unsafeDone(expired.deferred, Exit.fail(new QueueTimeout({ pool: name, timeoutMs: queueTimeoutMs })))
+        }
+      }
+    })
+
     /** Waits in the queue for `target` (or any worker). Safe to call uninterruptibly: the wait itself is restored. */
     const waitFor = (
       target: Entry | undefined,
@@ -242,19 +275,14 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         if (waiters.length >= options.queue.max) return yield* new QueueFull({ pool: name, max: options.queue.max })
         const waiter: Waiter = {
           target,
-          deferred: yield* Deferred.make<Entry, SessionWorkerUnavailable | PoolClosed>(),
+          deferred: yield* Deferred.make<Entry, SessionWorkerUnavailable | PoolClosed | QueueTimeout>(),
+          deadline: (yield* Clock.currentTimeMillis) + queueTimeoutMs,
           handed: undefined
         }
         waiters.push(waiter)
+        if (waiters.length === 1) Deferred.unsafeDone(queueNotEmpty, Exit.void)
         yield* publish
-        return yield* restore(
-          Deferred.await(waiter.deferred).pipe(
-            Effect.timeoutFail({
-              duration: options.queue.timeout,
-              onTimeout: () => new QueueTimeout({ pool: name, timeoutMs: Duration.toMillis(options.queue.timeout) })
-            })
-          )
-        ).pipe(
+        return yield* restore(Deferred.await(waiter.deferred)).pipe(
           Effect.onExit((exit) =>
             Effect.suspend(() => {
               if (Exit.isSuccess(exit)) return Effect.void
@@ -583,6 +611,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         for (const slot of slots) if (slot.replacement) Deferred.unsafeDone(slot.replacement, poolClosed)
       })
     )
+    yield* FiberSet.run(background, expireWaiters)
     yield* FiberSet.run(
       background,
       Effect.repeat(
