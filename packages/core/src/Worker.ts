@@ -132,6 +132,14 @@ export interface Worker {
 
 const READY_PREFIX = "SNAKEPIT_READY "
 
+/** The same handler for every tag of `GrpcError`, for `catchTags` (no catch-all: only these tags). */
+const onEveryGrpcError = <B>(handle: (error: GrpcError) => B) => ({
+  GrpcUnavailable: handle,
+  GrpcDeadlineExceeded: handle,
+  GrpcMessageTooLarge: handle,
+  GrpcFailure: handle
+})
+
 let workerCounter = 0
 
 const signalOf = (error: PlatformError): string | null =>
@@ -440,18 +448,19 @@ export const make = (
           })
         })
 
+    /** A tool call's gRPC failure: its own deadline passing is the call's timeout; the rest, the transport's. */
+    const callFailure =
+      (tool: string, timeout: Duration.DurationInput | undefined) =>
+      (error: GrpcError): Effect.Effect<never, WorkerCrashed | TransportError | CallTimeout> =>
+        error._tag === "GrpcDeadlineExceeded" && timeout !== undefined
+          ? Effect.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout), workerId: id }))
+          : transportFailure(tool)(error)
+
     const onTransport = <A>(
       tool: string | null,
       effect: Effect.Effect<A, GrpcError>
     ): Effect.Effect<A, WorkerCrashed | TransportError> =>
-      effect.pipe(
-        Effect.catchTags({
-          GrpcUnavailable: transportFailure(tool),
-          GrpcDeadlineExceeded: transportFailure(tool),
-          GrpcMessageTooLarge: transportFailure(tool),
-          GrpcFailure: transportFailure(tool)
-        })
-      )
+      effect.pipe(Effect.catchTags(onEveryGrpcError(transportFailure(tool))))
 
     const toolFailure = (tool: string, error: Proto.ToolError): WorkerCallError => {
       switch (error.kind) {
@@ -493,15 +502,7 @@ export const make = (
             { tool, argsJson, attachments: toBuffers(opts.attachments), sessionId: opts.session ?? "", requestId: "" },
             timeout === undefined ? undefined : { deadline: timeout }
           )
-          .pipe(
-            Effect.catchTags({
-              GrpcDeadlineExceeded: () =>
-                Effect.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout ?? 0), workerId: id })),
-              GrpcUnavailable: transportFailure(tool),
-              GrpcMessageTooLarge: transportFailure(tool),
-              GrpcFailure: transportFailure(tool)
-            })
-          )
+          .pipe(Effect.catchTags(onEveryGrpcError(callFailure(tool, timeout))))
         const outcome = response.outcome
         if (outcome?.$case === "resultJson") return yield* decode(tool, outcome.value)
         if (outcome?.$case === "error") return yield* Effect.fail(toolFailure(tool, outcome.value))
@@ -522,13 +523,7 @@ export const make = (
       }
       const idle = opts.idleTimeout
       return client.executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle }).pipe(
-        Stream.catchTags({
-          GrpcDeadlineExceeded: () =>
-            Stream.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle ?? 0), workerId: id })),
-          GrpcUnavailable: (e) => Stream.fromEffect(transportFailure(tool)(e)),
-          GrpcMessageTooLarge: (e) => Stream.fromEffect(transportFailure(tool)(e)),
-          GrpcFailure: (e) => Stream.fromEffect(transportFailure(tool)(e))
-        }),
+        Stream.catchTags(onEveryGrpcError((e: GrpcError) => Stream.fromEffect(callFailure(tool, idle)(e)))),
         Stream.mapEffect((chunk): Effect.Effect<unknown, WorkerCallError> => {
           const outcome = chunk.outcome
           if (outcome?.$case === "dataJson") return decode(tool, outcome.value)

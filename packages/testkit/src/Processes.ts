@@ -4,53 +4,19 @@
  *
  * @since 0.1.0
  */
-import { execFileSync } from "node:child_process"
-import { readdirSync, readFileSync } from "node:fs"
+import { ProcessInfo } from "@snakepit/registry"
 import { Duration, Effect, Schedule } from "effect"
 
 /** True while `pid` names a live process (a zombie counts as gone). */
-export const isAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
-  if (process.platform !== "linux") return true
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
-    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z"
-  } catch {
-    return false // exited between the two checks
-  }
-}
+export const isAlive = ProcessInfo.isAlive
 
 /** Every live process whose command line contains `needle`, as `[pid, commandLine]`. */
-export const processesMatching = (needle: string): ReadonlyArray<readonly [number, string]> => {
-  if (process.platform === "linux") {
-    const found: Array<readonly [number, string]> = []
-    for (const entry of readdirSync("/proc")) {
-      if (!/^\d+$/.test(entry)) continue
-      const pid = Number(entry)
-      let cmdline: string
-      try {
-        cmdline = readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").join(" ").trim()
-      } catch {
-        continue
-      }
-      if (pid !== process.pid && cmdline.includes(needle) && isAlive(pid)) found.push([pid, cmdline])
-    }
-    return found
-  }
-  const out = execFileSync("ps", ["-eo", "pid=,args="], { encoding: "utf8" })
-  return out
-    .split("\n")
-    .map((line) => line.trim().match(/^(\d+)\s+(.*)$/))
-    .filter((m): m is RegExpMatchArray => m !== null && m[2]!.includes(needle) && Number(m[1]) !== process.pid)
-    .map((m) => [Number(m[1]), m[2]!] as const)
-}
+export const processesMatching = (needle: string): ReadonlyArray<readonly [number, string]> =>
+  ProcessInfo.allProcesses().filter(([pid, cmdline]) => cmdline.includes(needle) && isAlive(pid))
 
-/** Live processes started for run `runId` (workers carry `--snakepit-run-id <runId>`). */
-export const processesOfRun = (runId: string) => processesMatching(`--snakepit-run-id ${runId}`)
+/** Live processes started for run `runId` (workers carry `--snakepit-run-id <runId>`), as `[pid, commandLine]`. */
+export const processesOfRun = (runId: string): ReadonlyArray<readonly [number, string]> =>
+  ProcessInfo.allProcesses().filter(([pid, cmdline]) => ProcessInfo.carriesRunId(cmdline, runId) && isAlive(pid))
 
 /**
  * Waits until `condition` holds, polling every 25 ms, and fails with a description of what

@@ -148,11 +148,8 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       maxMessageBytes: options.maxMessageBytes
     }
 
-    const live = () => [...entries.values()].filter((e) => e.retiring === undefined)
-
-    // Gauges and the ready count are published only when they change: this runs twice per call.
-    const published = { ready: -1, busy: -1, queued: -1 }
-    const publish = Effect.suspend(() => {
+    /** Workers able to serve, and those of them serving a call. */
+    const occupancy = () => {
       let ready = 0
       let busy = 0
       for (const entry of entries.values()) {
@@ -160,6 +157,13 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         ready++
         if (entry.inUse > 0) busy++
       }
+      return { ready, busy }
+    }
+
+    // Gauges and the ready count are published only when they change: this runs twice per call.
+    const published = { ready: -1, busy: -1, queued: -1 }
+    const publish = Effect.suspend(() => {
+      const { ready, busy } = occupancy()
       const updates: Array<Effect.Effect<void>> = []
       if (ready !== published.ready) {
         updates.push(SubscriptionRef.set(readyCount, ready), Metric.set(metric.ready, ready))
@@ -666,12 +670,10 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       executeStream,
       describeTools,
       stats: Effect.sync(() => {
-        const serving = live()
         return {
           pool: name,
           size: slots.filter((s) => !s.stopped).length,
-          ready: serving.length,
-          busy: serving.filter((e) => e.inUse > 0).length,
+          ...occupancy(),
           queued: waiters.length,
           ...counters
         }
