@@ -168,7 +168,7 @@ const baselineServers = new Set()
 const serverEnv = {
   ...process.env,
   ...ThreadLimits.toEnv(ThreadLimits.defaults),
-  PYTHONPATH: [join(root, "python"), process.env.PYTHONPATH].filter(Boolean).join(":"),
+  PYTHONPATH: [join(root, "packages", "core", "python"), process.env.PYTHONPATH].filter(Boolean).join(":"),
   PYTHONUNBUFFERED: "1",
   PYTHONDONTWRITEBYTECODE: "1"
 }

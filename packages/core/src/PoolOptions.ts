@@ -27,11 +27,14 @@ export interface PoolOptions {
   readonly env?: Readonly<Record<string, string>>
   /** Thread limits of numeric libraries; a partial override merges with the defaults (all 1). */
   readonly threadLimits?: Partial<ThreadLimits.ThreadLimits>
-  /** Workers started at once during startup. Default 8 (env `SNAKEPIT_STARTUP_BATCH_SIZE`). */
+  /**
+   * Workers starting at once during startup: a rolling window, the next starts as soon as one is
+   * ready or failed. Default 8 (env `SNAKEPIT_STARTUP_BATCH_SIZE`).
+   */
   readonly startupBatchSize?: number
-  /** Pause between startup batches. Default 0 (env `SNAKEPIT_STARTUP_BATCH_DELAY`). */
+  /** Pause before each start beyond the first window of `startupBatchSize`. Default 0 (env `SNAKEPIT_STARTUP_BATCH_DELAY`). */
   readonly startupBatchDelay?: Duration.DurationInput
-  /** Time for each worker to become ready (startup in batches takes up to one of these per batch). Default 30 s (env `SNAKEPIT_STARTUP_TIMEOUT`). */
+  /** Time for each worker to become ready (startup takes up to one of these per window). Default 30 s (env `SNAKEPIT_STARTUP_TIMEOUT`). */
   readonly startupTimeout?: Duration.DurationInput
   /** Default per-call timeout. Default 60 s (env `SNAKEPIT_CALL_TIMEOUT`). */
   readonly callTimeout?: Duration.DurationInput

@@ -307,6 +307,36 @@ describe("pool on TestClock", () => {
     })
   )
 
+  it.scoped("startup is a rolling window: a slow worker does not hold back the next starts", () =>
+    Effect.gen(function* () {
+      // Worker 1 takes 10 s, every other 1 s; a window of 2.
+      const fake = FakeWorkers.make({ startDelay: (attempt) => (attempt === 1 ? "10 seconds" : "1 second") })
+      const started = yield* Effect.fork(
+        SnakepitPool.make({ size: 5, startupBatchSize: 2 }).pipe(Effect.provide(fake.layer))
+      )
+      yield* settle
+      expect(fake.started).toHaveLength(0)
+      // Workers 2, 3, 4, 5 start one after the other in the second place of the window.
+      yield* TestClock.adjust("4 seconds")
+      expect(fake.started.map((w) => w.id)).toEqual(["default-2.1", "default-3.1", "default-4.1", "default-5.1"])
+      yield* TestClock.adjust("6 seconds")
+      const pool = yield* Fiber.join(started)
+      expect((yield* pool.stats()).ready).toBe(5)
+    })
+  )
+
+  it.scoped("two live pools of one name get distinct worker-id prefixes; a closed pool frees its prefix", () =>
+    Effect.gen(function* () {
+      const ids = (options: SnakepitOptions) =>
+        Effect.flatMap(start(options), ({ pool }) => Effect.map(pool.workers(), (ws) => ws.map((w) => w.id)))
+      expect(yield* ids({ size: 2 })).toEqual(["default-1.1", "default-2.1"])
+      expect(yield* ids({ size: 1 })).toEqual(["default#2-1.1"])
+      expect(yield* ids({ pools: { other: { size: 1 } } })).toEqual(["other-1.1"])
+      expect(yield* Effect.scoped(ids({ size: 1 }))).toEqual(["default#3-1.1"])
+      expect(yield* Effect.scoped(ids({ size: 1 }))).toEqual(["default#3-1.1"])
+    })
+  )
+
   it.scoped("interrupting startup releases every worker already started", () =>
     Effect.gen(function* () {
       const fake = FakeWorkers.make({ startDelay: "1 second" })

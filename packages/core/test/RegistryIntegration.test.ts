@@ -31,6 +31,31 @@ describe("pool ↔ registry", () => {
     })
   )
 
+  it.live("two live pools of the same name in one process get distinct worker ids", () =>
+    Effect.promise(async () => {
+      const dataDir = freshDir()
+      const first = await createPool({ size: 1, dataDir })
+      const second = await createPool({ size: 1, dataDir })
+      try {
+        const [a] = await first.workers()
+        const [b] = await second.workers()
+        expect(a?.id).toBe("default-1.1")
+        expect(b?.id).toBe("default#2-1.1")
+        expect(await first.execute("add", { a: 1, b: 1 })).toBe(2)
+        expect(await second.execute("add", { a: 2, b: 2 })).toBe(4)
+        // The second pool's ids do not reach the first pool.
+        await expect(first.stopWorker(b!.id)).rejects.toMatchObject({ _tag: "WorkerNotFound" })
+      } finally {
+        await first.close()
+        await second.close()
+      }
+      // Its prefix is free again once the first pool is closed.
+      const third = await createPool({ size: 1, dataDir })
+      expect((await third.workers())[0]?.id).toBe("default-1.1")
+      await third.close()
+    })
+  )
+
   it.live("a corrupt registry file is moved aside and the pool still starts", () =>
     Effect.promise(async () => {
       const dataDir = freshDir()

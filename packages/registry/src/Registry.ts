@@ -246,6 +246,10 @@ const make = (options: RegistryOptions) =>
     yield* Effect.gen(function* () {
       yield* sql.unsafe(`PRAGMA busy_timeout = ${busyMs}`)
       yield* sql`PRAGMA foreign_keys = ON`
+      // WAL with NORMAL never corrupts the file; it may lose the last commits on power loss, when
+      // every recorded process is gone anyway. FULL would fsync on each of the four writes per
+      // worker, on the event loop (better-sqlite3 is synchronous).
+      yield* sql`PRAGMA synchronous = NORMAL`
       const [mode] = yield* sql<{ journalMode: string }>`PRAGMA journal_mode`
       if (mode?.journalMode !== "wal")
         yield* Effect.logWarning(`snakepit registry: journal mode is ${mode?.journalMode}`)

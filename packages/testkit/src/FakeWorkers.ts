@@ -57,8 +57,9 @@ export interface FakeWorkersOptions {
   /**
    * Time each worker takes to start, on the Effect clock. Default 0. Longer than the pool's
    * `startupTimeout` (`Duration.infinity` for "never ready") fails the start with `startup_timeout`.
+   * A function decides per start attempt (1-based), e.g. for workers that start at different speeds.
    */
-  readonly startDelay?: Duration.DurationInput
+  readonly startDelay?: Duration.DurationInput | ((attempt: number, workerId: string) => Duration.DurationInput)
   /** Decides, per start attempt (1-based), whether the start fails. */
   readonly failStart?: (attempt: number, workerId: string) => WorkerStartError | undefined
 }
@@ -109,10 +110,12 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
     Effect.gen(function* () {
       const id = spawnOptions.id ?? `fake-${attempts + 1}`
       attempts++
-      if (options.startDelay !== undefined) {
+      const startDelay =
+        typeof options.startDelay === "function" ? options.startDelay(attempts, id) : options.startDelay
+      if (startDelay !== undefined) {
         // Like a real worker: not ready within its startup timeout is a start failure.
         const timeout = Duration.decode(spawnOptions.startupTimeout ?? Duration.seconds(30))
-        if (Duration.greaterThan(Duration.decode(options.startDelay), timeout)) {
+        if (Duration.greaterThan(Duration.decode(startDelay), timeout)) {
           yield* Effect.sleep(timeout)
           return yield* Effect.fail(
             new WorkerStartError({
@@ -127,7 +130,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
             })
           )
         }
-        yield* Effect.sleep(options.startDelay)
+        yield* Effect.sleep(startDelay)
       }
       const failure = options.failStart?.(attempts, id)
       if (failure) return yield* Effect.fail(failure)

@@ -113,11 +113,33 @@ export interface Pool {
   readonly awaitReady: Effect.Effect<void>
 }
 
+/**
+ * Worker-id prefixes of the live pools of this process. Two live pools named "default" (two
+ * `createPool()` calls) would otherwise both start `default-1.1` in the same run.
+ */
+const prefixesInUse = new Set<string>()
+
+/**
+ * `name` when no live pool uses it, else the first free `name#2`, `name#3`... Released after the
+ * pool's workers are gone (it is acquired before them), so a reused prefix never meets a live id.
+ */
+const claimIdPrefix = (name: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      let prefix = name
+      for (let n = 2; prefixesInUse.has(prefix); n++) prefix = `${name}#${n}`
+      prefixesInUse.add(prefix)
+      return prefix
+    }),
+    (prefix) => Effect.sync(() => prefixesInUse.delete(prefix))
+  )
+
 /** Starts a pool in the current scope; fails with `PoolStartError` when fewer than `minReady` workers start. */
 export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const factory = yield* WorkerFactory
     const name = options.name
+    const idPrefix = yield* claimIdPrefix(name)
     const metric = {
       requests: Metric.tagged(metrics.requests, "pool", name),
       errors: Metric.tagged(metrics.errors, "pool", name),
@@ -526,7 +548,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     const serveOnce = (slot: Slot) =>
       Effect.gen(function* () {
         slot.generation++
-        const id = `${name}-${slot.index + 1}.${slot.generation}`
+        const id = `${idPrefix}-${slot.index + 1}.${slot.generation}`
         const started = yield* Effect.either(factory.spawn({ ...workerOptions, id }))
         if (Either.isLeft(started)) {
           const error = started.left
@@ -625,34 +647,50 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       )
     )
 
+    // A rolling window: at most `startupBatchSize` workers start at once, and a place in it is
+    // given to the next worker `startupBatchDelay` after its worker is ready or failed, so the
+    // machine never idles waiting for the slowest worker of a batch.
     const failures: Array<WorkerStartError> = []
-    for (let first = 0; first < options.size; first += options.startupBatchSize) {
-      if (first > 0) yield* Effect.sleep(options.startupBatchDelay)
-      const batch: Array<Slot> = []
-      for (let index = first; index < Math.min(options.size, first + options.startupBatchSize); index++) {
-        const slot: Slot = {
-          index,
-          generation: 0,
-          entry: undefined,
-          stopped: false,
-          firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
-          replacement: undefined
-        }
-        slots.push(slot)
-        batch.push(slot)
-        yield* FiberSet.run(slotFibers, runSlot(slot))
+    const tooManyFailures = () => failures.length > options.size - options.minReady
+    const window = yield* Effect.makeSemaphore(options.startupBatchSize)
+    const windowKeepers = yield* FiberSet.make<void, never>()
+    for (let index = 0; index < options.size && !tooManyFailures(); index++) {
+      yield* window.take(1)
+      if (tooManyFailures()) break
+      const slot: Slot = {
+        index,
+        generation: 0,
+        entry: undefined,
+        stopped: false,
+        firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
+        replacement: undefined
       }
-      for (const slot of batch) {
+      slots.push(slot)
+      yield* FiberSet.run(slotFibers, runSlot(slot))
+      yield* FiberSet.run(
+        windowKeepers,
+        Deferred.await(slot.firstOutcome).pipe(
+          Effect.catchTag("WorkerStartError", (error) => Effect.sync(() => failures.push(error))),
+          Effect.zipRight(Effect.sleep(options.startupBatchDelay)),
+          Effect.ensuring(window.release(1))
+        )
+      )
+    }
+    // Every first outcome, read from the slots themselves (the window keepers may not have run
+    // yet); unless startup already failed: the workers still starting then stop with the scope.
+    const failed: Array<WorkerStartError> = tooManyFailures() ? failures : []
+    if (!tooManyFailures()) {
+      for (const slot of slots) {
         const outcome = yield* Effect.either(Deferred.await(slot.firstOutcome))
-        if (Either.isLeft(outcome)) failures.push(outcome.left)
+        if (Either.isLeft(outcome)) failed.push(outcome.left)
       }
-      if (failures.length > options.size - options.minReady) {
-        return yield* new PoolStartError({
-          pool: name,
-          detail: `${failures.length} of ${options.size} workers failed to start; ${options.minReady} must be ready`,
-          causes: failures
-        })
-      }
+    }
+    if (failed.length > options.size - options.minReady) {
+      return yield* new PoolStartError({
+        pool: name,
+        detail: `${failed.length} of ${options.size} workers failed to start; ${options.minReady} must be ready`,
+        causes: failed
+      })
     }
 
     const toInfo = (entry: Entry): WorkerInfo => ({
