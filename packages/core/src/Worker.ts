@@ -479,35 +479,50 @@ export const make = (
       }
     }
 
-    const decode = (tool: string, json: Buffer): Effect.Effect<unknown> =>
-      Effect.try(() => JSON.parse(json.toString("utf8")) as unknown).pipe(
-        Effect.orDieWith((e) => new Error(`worker ${id} sent a result for "${tool}" that is not JSON: ${String(e)}`))
-      )
+    const decode = (tool: string, json: Buffer): Effect.Effect<unknown> => {
+      try {
+        return Effect.succeed(JSON.parse(json.toString("utf8")) as unknown)
+      } catch (error) {
+        return Effect.dieMessage(`worker ${id} sent a result for "${tool}" that is not JSON: ${String(error)}`)
+      }
+    }
 
     const toBuffers = (attachments: Readonly<Record<string, Uint8Array>> | undefined) =>
-      Object.fromEntries(
-        Object.entries(attachments ?? {}).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
-      )
+      attachments === undefined
+        ? {}
+        : Object.fromEntries(
+            Object.entries(attachments).map(([k, v]) => [k, Buffer.from(v.buffer, v.byteOffset, v.byteLength)])
+          )
 
+    const outcomeOf = (tool: string, response: Proto.ExecuteToolResponse): Effect.Effect<unknown, WorkerCallError> => {
+      const outcome = response.outcome
+      if (outcome?.$case === "resultJson") return decode(tool, outcome.value)
+      if (outcome?.$case === "error") return Effect.fail(toolFailure(tool, outcome.value))
+      return Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
+    }
+
+    // The hot path of every call: plain combinators, no generator (see docs/adr/0004).
     const executeEncoded = (
       tool: string,
       argsJson: EncodedArgs,
       opts: ExecuteOptions = {}
-    ): Effect.Effect<unknown, WorkerCallError> =>
-      Effect.gen(function* () {
-        // The timeout travels as the gRPC deadline: one native timer, and Python sees it too.
-        const timeout = opts.timeout
-        const response = yield* client
-          .executeTool(
-            { tool, argsJson, attachments: toBuffers(opts.attachments), sessionId: opts.session ?? "", requestId: "" },
-            timeout === undefined ? undefined : { deadline: timeout }
-          )
-          .pipe(Effect.catchTags(onEveryGrpcError(callFailure(tool, timeout))))
-        const outcome = response.outcome
-        if (outcome?.$case === "resultJson") return yield* decode(tool, outcome.value)
-        if (outcome?.$case === "error") return yield* Effect.fail(toolFailure(tool, outcome.value))
-        return yield* Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
-      })
+    ): Effect.Effect<unknown, WorkerCallError> => {
+      // The timeout travels as the gRPC deadline: one native timer, and Python sees it too.
+      const timeout = opts.timeout
+      const request = {
+        tool,
+        argsJson,
+        attachments: toBuffers(opts.attachments),
+        sessionId: opts.session ?? "",
+        requestId: ""
+      }
+      return Effect.flatMap(
+        client
+          .executeTool(request, timeout === undefined ? undefined : { deadline: timeout })
+          .pipe(Effect.catchTags(onEveryGrpcError(callFailure(tool, timeout)))),
+        (response) => outcomeOf(tool, response)
+      )
+    }
 
     const executeStream = (
       tool: string,

@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { FakeWorkers } from "@snakepit/testkit"
-import { Chunk, Deferred, Duration, Effect, Either, Fiber, Metric, Stream, TestClock } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Fiber, Metric, Stream, TestClock, type Tracer } from "effect"
 import { SnakepitMetrics, type SnakepitOptions, SnakepitPool, WorkerStartError } from "../src/index.js"
 
 const start = (options: SnakepitOptions, fake = FakeWorkers.make()) =>
@@ -334,6 +334,25 @@ describe("pool on TestClock", () => {
       expect(yield* ids({ pools: { other: { size: 1 } } })).toEqual(["other-1.1"])
       expect(yield* Effect.scoped(ids({ size: 1 }))).toEqual(["default#3-1.1"])
       expect(yield* Effect.scoped(ids({ size: 1 }))).toEqual(["default#3-1.1"])
+    })
+  )
+
+  it.scoped("calls are spans under a tracer that records them, and skip the span under the built-in one", () =>
+    Effect.gen(function* () {
+      const { pool } = yield* start({ size: 1 })
+      const builtIn = yield* Effect.tracer
+      const spans: Array<{ name: string; attributes: unknown }> = []
+      const recording: Tracer.Tracer = {
+        ...builtIn,
+        span: (name, parent, context, links, startTime, kind, options) => {
+          spans.push({ name, attributes: options?.attributes })
+          return builtIn.span(name, parent, context, links, startTime, kind, options)
+        }
+      }
+      expect(yield* pool.execute("echo", { value: 1 })).toBe(1)
+      expect(spans).toEqual([])
+      expect(yield* pool.execute("echo", { value: 2 }).pipe(Effect.withTracer(recording))).toBe(2)
+      expect(spans).toEqual([{ name: "snakepit.pool.execute", attributes: { pool: "default", tool: "echo" } }])
     })
   )
 

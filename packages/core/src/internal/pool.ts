@@ -34,6 +34,7 @@ import type { ResolvedPoolOptions } from "../PoolOptions.js"
 import type { CallOptions, PoolStats, ToolDescription, WorkerInfo } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
 import { type PoolWorker, WorkerFactory } from "../WorkerFactory.js"
+import { withCallSpan } from "./tracing.js"
 
 /** Why a worker leaves the pool. */
 type RetireReason =
@@ -296,34 +297,40 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     const waitFor = (
       target: Entry | undefined,
       restore: <A, E, R>(e: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-    ) =>
-      Effect.gen(function* () {
-        if (waiters.length >= options.queue.max) return yield* new QueueFull({ pool: name, max: options.queue.max })
-        const waiter: Waiter = {
-          target,
-          deferred: yield* Deferred.make<Entry, SessionWorkerUnavailable | PoolClosed | QueueTimeout>(),
-          deadline: (yield* Clock.currentTimeMillis) + queueTimeoutMs,
-          handed: undefined
-        }
-        waiters.push(waiter)
-        if (waiters.length === 1) Deferred.unsafeDone(queueNotEmpty, Exit.void)
-        yield* publish
-        return yield* restore(Deferred.await(waiter.deferred)).pipe(
-          Effect.onExit((exit) =>
-            Effect.suspend(() => {
-              if (Exit.isSuccess(exit)) return Effect.void
-              const index = waiters.indexOf(waiter)
-              if (index >= 0) waiters.splice(index, 1)
-              if (exit.cause._tag === "Fail" && exit.cause.error._tag === "QueueTimeout") {
-                counters.queueTimeouts++
-                return Effect.zipRight(Metric.increment(metric.queueTimeouts), publish)
-              }
-              // Handed a worker in the same instant we were interrupted: pass it on, never leak it.
-              return waiter.handed ? release(waiter.handed) : publish
-            })
+    ): Effect.Effect<Entry, QueueFull | SessionWorkerUnavailable | PoolClosed | QueueTimeout> =>
+      Effect.clockWith(
+        (clock): Effect.Effect<Entry, QueueFull | SessionWorkerUnavailable | PoolClosed | QueueTimeout> => {
+          if (waiters.length >= options.queue.max) {
+            return Effect.fail(new QueueFull({ pool: name, max: options.queue.max }))
+          }
+          const waiter: Waiter = {
+            target,
+            deferred: Deferred.unsafeMake<Entry, SessionWorkerUnavailable | PoolClosed | QueueTimeout>(FiberId.none),
+            deadline: clock.unsafeCurrentTimeMillis() + queueTimeoutMs,
+            handed: undefined
+          }
+          waiters.push(waiter)
+          if (waiters.length === 1) Deferred.unsafeDone(queueNotEmpty, Exit.void)
+          return Effect.zipRight(
+            publish,
+            restore(Deferred.await(waiter.deferred)).pipe(
+              Effect.onExit((exit) =>
+                Effect.suspend(() => {
+                  if (Exit.isSuccess(exit)) return Effect.void
+                  const index = waiters.indexOf(waiter)
+                  if (index >= 0) waiters.splice(index, 1)
+                  if (exit.cause._tag === "Fail" && exit.cause.error._tag === "QueueTimeout") {
+                    counters.queueTimeouts++
+                    return Effect.zipRight(Metric.increment(metric.queueTimeouts), publish)
+                  }
+                  // Handed a worker in the same instant we were interrupted: pass it on, never leak it.
+                  return waiter.handed ? release(waiter.handed) : publish
+                })
+              )
+            )
           )
-        )
-      })
+        }
+      )
 
     const takeAny = (restore: Parameters<typeof waitFor>[1]) =>
       Effect.suspend(() => {
@@ -342,9 +349,16 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       })
 
     const checkout = (session: string | undefined, restore: Parameters<typeof waitFor>[1]) =>
+      Effect.suspend(() =>
+        closed
+          ? Effect.fail(new PoolClosed({ pool: name }))
+          : session === undefined
+            ? takeAny(restore)
+            : checkoutSession(session, restore)
+      )
+
+    const checkoutSession = (session: string, restore: Parameters<typeof waitFor>[1]) =>
       Effect.gen(function* () {
-        if (closed) return yield* new PoolClosed({ pool: name })
-        if (session === undefined) return yield* takeAny(restore)
         const binding = sessions.get(session)
         if (binding === undefined || binding.lost !== undefined) {
           if (binding !== undefined) {
@@ -411,20 +425,25 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       Metric.increment(metric.errors)
     )
 
+    const countRequest = Effect.zipRight(
+      Effect.sync(() => counters.requests++),
+      Metric.increment(metric.requests)
+    )
+
+    // The hot path: plain combinators, no generator, no span under the built-in tracer (ADR 0004).
     const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
-      Effect.gen(function* () {
-        counters.requests++
-        yield* Metric.increment(metric.requests)
-        const encoded = yield* Worker.encodeArgs(tool, args)
-        return yield* Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(checkout(call.session, restore), (entry) =>
-            Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(Effect.ensuring(release(entry)))
+      Effect.zipRight(
+        countRequest,
+        Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
+          Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(checkout(call.session, restore), (entry) =>
+              Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(Effect.ensuring(release(entry)))
+            )
           )
         )
-      }).pipe(
+      ).pipe(
         Effect.tapError(() => countError),
-        // No stack capture: it was the largest single cost of a call (bench/).
-        Effect.withSpan("snakepit.pool.execute", { attributes: { pool: name, tool }, captureStackTrace: false })
+        withCallSpan("snakepit.pool.execute", { pool: name, tool })
       )
 
     const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
