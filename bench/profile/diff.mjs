@@ -24,7 +24,7 @@ const shortUrl = (url) => {
 const selfTimes = (file) => {
   const profile = JSON.parse(readFileSync(file, "utf8"))
   const byNode = new Map()
-  profile.samples.forEach((id, i) => byNode.set(id, (byNode.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)))
+  for (const [i, id] of profile.samples.entries()) byNode.set(id, (byNode.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0))
   const times = new Map()
   for (const node of profile.nodes) {
     const { functionName, url, lineNumber } = node.callFrame
