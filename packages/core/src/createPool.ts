@@ -3,11 +3,39 @@
  *
  * @since 0.1.0
  */
-import { Cause, Effect, Exit, ManagedRuntime, Stream } from "effect"
-import { PoolClosed } from "./errors.js"
+import { Cause, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
+import { ConfigError, PoolClosed } from "./errors.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
 import { type CallOptions, type PoolStats, Snakepit, type WorkerInfo, type WorkerRef } from "./Snakepit.js"
 import * as SnakepitPool from "./SnakepitPool.js"
+
+/** How much `createPool` logs. */
+export type PoolLogLevel = "all" | "debug" | "info" | "warning" | "error" | "none"
+
+/** Options of {@link createPool}: the pool's, plus its logging. */
+export interface CreatePoolOptions extends SnakepitOptions {
+  /**
+   * The least severe log line printed (worker restarts, recycling, orphans swept). Lines go
+   * to stderr, never stdout, which stays the application's own. Default "info".
+   */
+  readonly logLevel?: PoolLogLevel
+}
+
+const logLevels: Record<PoolLogLevel, LogLevel.LogLevel> = {
+  all: LogLevel.All,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  none: LogLevel.None
+}
+
+/** logfmt lines on stderr, at `level` and above. */
+const stderrLogging = (level: PoolLogLevel) =>
+  Layer.merge(
+    Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)),
+    Logger.minimumLogLevel(logLevels[level])
+  )
 
 /** A started pool. Every rejection is the tagged error itself (match on `error._tag`). */
 export interface PoolClient {
@@ -63,8 +91,21 @@ const toRejection = <E>(cause: Cause.Cause<E>): unknown => {
  * is ready; rejects with `PoolStartError` or `ConfigError`. While it is open, SIGINT and
  * SIGTERM close it (stopping every worker) before the signal ends the process.
  */
-export const createPool = async (options: SnakepitOptions = {}): Promise<PoolClient> => {
-  const runtime = ManagedRuntime.make(SnakepitPool.layer(options))
+export const createPool = async (options: CreatePoolOptions = {}): Promise<PoolClient> => {
+  const { logLevel = "info", ...poolOptions } = options
+  // Checked at run time too: JavaScript callers get no type check ("toString" is not a level).
+  if (!Object.hasOwn(logLevels, logLevel)) {
+    throw new ConfigError({
+      key: "logLevel",
+      value: String(logLevel),
+      reason: `expected one of ${Object.keys(logLevels).join(", ")}`
+    })
+  }
+  const logging = stderrLogging(logLevel)
+  // The logger also covers the layer's own startup (the orphan sweep) and its background fibers.
+  const runtime = ManagedRuntime.make(
+    Layer.merge(SnakepitPool.layer(poolOptions).pipe(Layer.provide(logging)), logging)
+  )
   let closed = false
 
   const run = async <A, E>(effect: Effect.Effect<A, E, Snakepit>): Promise<A> => {

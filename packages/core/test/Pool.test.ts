@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -873,6 +874,53 @@ describe("SnakepitPool", () => {
         const config = yield* rejection(createPool({ size: 0 }))
         expect(config._tag).toBe("ConfigError")
         expect(config.key).toBe("size")
+        expect(Processes.processesOfRun(RunId.forProcess())).toEqual([])
+      })
+    )
+  })
+
+  describe("createPool logging", () => {
+    const quietHost = fileURLToPath(new URL("./fixtures/hosts/quiet-host.mjs", import.meta.url))
+    /** Runs the quiet host to completion; its stdout and stderr. */
+    const runHost = (options: object) =>
+      Effect.async<{ stdout: string; stderr: string; code: number | null }>((resume) => {
+        const child = spawn(process.execPath, [quietHost, JSON.stringify({ size: 1, ...options })], {
+          stdio: ["ignore", "pipe", "pipe"]
+        })
+        let stdout = ""
+        let stderr = ""
+        child.stdout.on("data", (d) => {
+          stdout += d
+        })
+        child.stderr.on("data", (d) => {
+          stderr += d
+        })
+        child.on("close", (code) => resume(Effect.succeed({ stdout, stderr, code })))
+        return Effect.sync(() => child.kill("SIGKILL"))
+      }).pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the host did not finish") }))
+
+    it.live("log lines go to stderr, never stdout; logLevel none silences them", () =>
+      Effect.gen(function* () {
+        const chatty = yield* runHost({})
+        expect(chatty.code).toBe(0)
+        expect(chatty.stdout).toBe("")
+        expect(chatty.stderr).toMatch(/level=INFO .*worker default-1\.1 crashed/)
+        const silent = yield* runHost({ logLevel: "none" })
+        expect(silent.code).toBe(0)
+        expect(silent.stdout).toBe("")
+        expect(silent.stderr).toBe("")
+      })
+    )
+
+    it.live("an unknown logLevel is a ConfigError, before any worker starts", () =>
+      Effect.gen(function* () {
+        const error = yield* Effect.promise(() =>
+          createPool({ logLevel: "loud" as never }).then(
+            () => undefined,
+            (e: unknown) => e
+          )
+        )
+        expect(error).toMatchObject({ _tag: "ConfigError", key: "logLevel", value: "loud" })
         expect(Processes.processesOfRun(RunId.forProcess())).toEqual([])
       })
     )
