@@ -14,8 +14,14 @@ import { Command } from "@effect/platform"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import type { PlatformError } from "@effect/platform/Error"
 import { BridgeClient, type GrpcError, type Proto } from "@snakepit/grpc"
-import { Registry, type RegistryError, type WorkerNotFound as RegistryNotFound, RunId } from "@snakepit/registry"
-import { Deferred, Duration, Effect, Fiber, Option, Ref, type Scope, Stream } from "effect"
+import {
+  ProcessInfo,
+  Registry,
+  type RegistryError,
+  type WorkerNotFound as RegistryNotFound,
+  RunId
+} from "@snakepit/registry"
+import { Deferred, Duration, Effect, Fiber, Option, Ref, Schedule, type Scope, Stream } from "effect"
 import {
   CallTimeout,
   type ConfigError,
@@ -154,6 +160,36 @@ const signalGroup = (pid: number, signal: NodeJS.Signals) =>
       if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error
     }
   })
+
+/** True when no live process is left in group `pgid` (zombies count as gone). */
+const groupIsEmpty = (pgid: number): boolean => {
+  try {
+    process.kill(-pgid, 0)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ESRCH") return true
+    if ((error as NodeJS.ErrnoException).code !== "EPERM") throw error
+  }
+  // Members remain; on Linux, tell the dying from zombies. Elsewhere `kill -0` is all there is.
+  const live = ProcessInfo.liveProcessGroups()
+  return live !== undefined && !live.has(pgid)
+}
+
+/**
+ * Waits until every process of group `pgid` is gone. A SIGKILLed process dies when the kernel
+ * next schedules it, so under load a tool's child can outlive the `kill` call by a few
+ * milliseconds; the scope must not close before it is gone. Bounded: a process stuck in an
+ * uninterruptible sleep is logged, not waited for.
+ */
+const awaitGroupEmpty = (pgid: number, timeout: Duration.Duration) =>
+  Effect.sync(() => groupIsEmpty(pgid)).pipe(
+    Effect.repeat({ until: (empty) => empty, schedule: Schedule.spaced(Duration.millis(5)) }),
+    // Finalizers are uninterruptible; the wait must not be, or its timeout could never fire.
+    Effect.interruptible,
+    Effect.timeout(timeout),
+    Effect.catchTag("TimeoutException", () =>
+      Effect.logWarning(`process group ${pgid} still has live members ${Duration.format(timeout)} after SIGKILL`)
+    )
+  )
 
 /** Tool arguments already checked and encoded as a JSON object. */
 export type EncodedArgs = Buffer
@@ -308,8 +344,8 @@ export const make = (
         yield* signalGroup(pid, "SIGKILL")
         yield* exited
       }).pipe(
-        // Grandchildren outlive their parent unless the group is swept after it.
-        Effect.ensuring(signalGroup(pid, "SIGKILL")),
+        // Grandchildren outlive their parent unless the group is swept after it, and awaited.
+        Effect.ensuring(Effect.zipRight(signalGroup(pid, "SIGKILL"), awaitGroupEmpty(pid, Duration.decode(grace)))),
         Effect.annotateLogs({ worker: id, pid })
       )
     )
