@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Release smoke test: the packed packages must run from dist/ with production dependencies only.
 // The original project's release crashed at boot because it needed a build tool at runtime; this
-// packs @snakepit/{grpc,registry,core} as a user would receive them, installs them into an empty
-// project with `--omit=dev`, and starts a real Python worker from there.
+// packs @snakepit/{grpc,registry,core,cli} as a user would receive them, installs them into an empty
+// project with `--omit=dev`, starts a real Python worker from there, and runs the installed
+// `snakepit doctor` and `snakepit status`.
 // Usage (after `npm run build`): node scripts/smoke.mjs
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
@@ -11,7 +12,7 @@ import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..")
-const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core"]
+const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core", "@snakepit/cli"]
 // Anything here at runtime means a dev tool leaked into the production dependency tree.
 const FORBIDDEN = ["typescript", "vitest", "tsx", "ts-node", "@biomejs", "ts-proto", "esbuild", "vite"]
 const MINUTE = 60_000
@@ -64,6 +65,7 @@ const checkTarball = (name, tarball) => {
   const entries = capture("tar", ["-tzf", tarball]).split("\n").filter(Boolean)
   const required = ["package/package.json", "package/dist/index.js"]
   if (name === "@snakepit/core") required.push("package/python/snakepit_bridge/server.py")
+  if (name === "@snakepit/cli") required.push("package/dist/bin.js")
   const missing = required.filter((f) => !entries.includes(f))
   if (missing.length) fail(`${name} tarball is missing ${missing.join(", ")} (check "files" and the build)`)
 
@@ -252,7 +254,65 @@ const runWorker = (project) => {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 4: nothing left running
+// Step 4: the installed `snakepit` command
+// ---------------------------------------------------------------------------------------------
+
+/** Runs the installed `snakepit <args>` (the bin npm linked) and returns its exit code and stdout. */
+const snakepit = (project, args) => {
+  const bin = join(project, "node_modules", ".bin", "snakepit")
+  if (!existsSync(bin)) fail(`npm did not link the snakepit bin at ${bin}`)
+  const res = spawnSync(bin, args, {
+    cwd: project,
+    env: cleanEnv(),
+    stdio: ["ignore", "pipe", "inherit"],
+    encoding: "utf8",
+    timeout: 2 * MINUTE
+  })
+  if (res.error) fail(`snakepit ${args.join(" ")} could not run: ${res.error.message}`)
+  return { status: res.status ?? res.signal, stdout: res.stdout }
+}
+
+const parseJson = (what, text) => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    fail(`${what} did not print JSON:\n${text}`)
+  }
+}
+
+/** `snakepit doctor --json` passes from the install: every check, a real worker included. Returns that worker's pid. */
+const runDoctor = (project) => {
+  const dataDir = join(project, "data")
+  const res = snakepit(project, ["doctor", "--json", "--data-dir", dataDir])
+  const checks = parseJson("snakepit doctor --json", res.stdout)
+  for (const c of checks) log(`doctor: ${c.status.padEnd(4)} ${c.check}: ${c.detail}${c.fix ? ` (fix: ${c.fix})` : ""}`)
+  if (res.status !== 0) fail(`snakepit doctor exited with ${res.status}`)
+  const failed = checks.filter((c) => c.status === "fail")
+  if (failed.length) fail(`snakepit doctor FAILed: ${failed.map((c) => c.check).join(", ")}`)
+  const worker = checks.find((c) => c.check === "worker")
+  if (worker?.status !== "ok") fail(`the doctor's worker check did not pass: ${JSON.stringify(worker)}`)
+  // The worker runtime must be the installed package's, not the repository's.
+  const bridge = checks.find((c) => c.check === "bridge")
+  const installed = join(project, "node_modules", "@snakepit", "core", "python")
+  if (!bridge?.detail.includes(installed))
+    fail(`the doctor found the worker runtime elsewhere than ${installed}: ${bridge?.detail}`)
+  const pid = Number(/pid (\d+)/.exec(worker.detail)?.[1])
+  if (!(pid > 0)) fail(`no worker pid in the doctor's worker check: ${worker.detail}`)
+  return pid
+}
+
+/** `snakepit status --json` reads the registry the pool wrote, and finds no orphan. */
+const runStatus = (project) => {
+  const res = snakepit(project, ["status", "--json", "--data-dir", join(project, "data")])
+  if (res.status !== 0) fail(`snakepit status exited with ${res.status}: ${res.stdout}`)
+  const report = parseJson("snakepit status --json", res.stdout)
+  log(`status: ${JSON.stringify(report.summary)}`)
+  if (report.summary.runs < 1) fail("snakepit status shows no run, but the pool above recorded one")
+  if (report.summary.orphans !== 0) fail(`snakepit status found orphans: ${JSON.stringify(report.orphans)}`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 5: nothing left running
 // ---------------------------------------------------------------------------------------------
 
 const isAlive = (pid) => {
@@ -325,14 +385,14 @@ const main = async () => {
       fail("packages/core/dist is missing: run `npm run build` first")
     }
 
-    log(`1/4 packing ${PACKAGES.join(", ")} into ${packDir}`)
+    log(`1/5 packing ${PACKAGES.join(", ")} into ${packDir}`)
     const tarballs = PACKAGES.map((name) => {
       const tarball = pack(name, packDir)
       checkTarball(name, tarball)
       return tarball
     })
 
-    log(`2/4 installing the tarballs with --omit=dev into ${project}`)
+    log(`2/5 installing the tarballs with --omit=dev into ${project}`)
     checkNoAncestorNodeModules(project)
     installTarballs(project, tarballs)
     checkSnakepitFromTarballs(project)
@@ -340,12 +400,17 @@ const main = async () => {
     checkNoDevTools(project)
     ensureUserImportsResolvable(project)
 
-    log("3/4 starting a worker, then a pool with its registry, from the installed packages")
+    log("3/5 starting a worker, then a pool with its registry, from the installed packages")
     const result = runWorker(project)
 
-    log("4/4 checking that the workers are gone")
+    log("4/5 running the installed `snakepit doctor` and `snakepit status`")
+    const doctorWorkerPid = runDoctor(project)
+    runStatus(project)
+
+    log("5/5 checking that the workers are gone")
     await checkWorkerGone(result.pid, project)
     await checkWorkerGone(result.poolWorkerPid, project)
+    await checkWorkerGone(doctorWorkerPid, project)
 
     log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   } catch (error) {

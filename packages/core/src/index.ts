@@ -6,6 +6,8 @@
 
 /** Promise facade: `createPool()`. */
 export * from "./createPool.js"
+/** For diagnostics tools: the interpreter search step by step, the worker runtime's location, option resolution. */
+export * as Diagnostics from "./Diagnostics.js"
 /** Typed errors (`_tag`s callers match on). */
 export * from "./errors.js"
 /** Host tools: TypeScript tools Python workers call back into (`HostTool.make`, `HostTools.layer`). */

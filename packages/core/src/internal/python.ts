@@ -19,7 +19,31 @@ export interface Rejection {
   readonly why: string
 }
 
-const probe = (python: string): Effect.Effect<Option.Option<Rejection>, never, CommandExecutor> =>
+/** Where the candidate list came from: the explicit option, `SNAKEPIT_PYTHON`, or the defaults. */
+export type CandidateSource = "option" | "SNAKEPIT_PYTHON" | "default"
+
+/** The interpreters to try, in order, and where that list came from. */
+export interface Candidates {
+  readonly source: CandidateSource
+  readonly candidates: ReadonlyArray<string>
+}
+
+/** `explicit` if given, else `SNAKEPIT_PYTHON`, else {@link DEFAULT_CANDIDATES}. */
+export const pythonCandidates = (explicit: string | undefined): Effect.Effect<Candidates> =>
+  Config.option(Config.nonEmptyString("SNAKEPIT_PYTHON")).pipe(
+    Effect.orDie,
+    Effect.map(
+      (fromEnv): Candidates =>
+        explicit
+          ? { source: "option", candidates: [explicit] }
+          : Option.isSome(fromEnv)
+            ? { source: "SNAKEPIT_PYTHON", candidates: [fromEnv.value] }
+            : { source: "default", candidates: DEFAULT_CANDIDATES }
+    )
+  )
+
+/** None when `python` can run the worker (imports grpc and protobuf), else why not. */
+export const probePython = (python: string): Effect.Effect<Option.Option<Rejection>, never, CommandExecutor> =>
   Command.make(python, "-c", PROBE).pipe(
     Command.env({ PYTHONDONTWRITEBYTECODE: "1" }),
     Command.exitCode,
@@ -37,6 +61,30 @@ const probe = (python: string): Effect.Effect<Option.Option<Rejection>, never, C
 
 const resolved = new Map<string, string>()
 
+/** The outcome of trying candidates in order: the first accepted one, and every rejection before it. */
+export interface Resolution {
+  readonly chosen: Option.Option<string>
+  readonly rejections: ReadonlyArray<Rejection>
+}
+
+/**
+ * Probes `candidates` in order and stops at the first that can run the worker, remembering it
+ * (so a later {@link resolvePython} with the same candidates does not probe again).
+ */
+export const tryCandidates = (candidates: ReadonlyArray<string>): Effect.Effect<Resolution, never, CommandExecutor> =>
+  Effect.gen(function* () {
+    const rejections: Array<Rejection> = []
+    for (const python of candidates) {
+      const rejection = yield* probePython(python)
+      if (Option.isNone(rejection)) {
+        resolved.set(candidates.join("\0"), python)
+        return { chosen: Option.some(python), rejections }
+      }
+      rejections.push(rejection.value)
+    }
+    return { chosen: Option.none(), rejections }
+  })
+
 /**
  * The interpreter to run workers with: `explicit` if given, else `SNAKEPIT_PYTHON`, else the
  * first of {@link DEFAULT_CANDIDATES} that can import grpc. Fails with every rejection when
@@ -46,31 +94,29 @@ export const resolvePython = (
   explicit: string | undefined
 ): Effect.Effect<string, ReadonlyArray<Rejection>, CommandExecutor> =>
   Effect.gen(function* () {
-    const fromEnv = yield* Config.option(Config.nonEmptyString("SNAKEPIT_PYTHON")).pipe(Effect.orDie)
-    const candidates = explicit ? [explicit] : Option.isSome(fromEnv) ? [fromEnv.value] : DEFAULT_CANDIDATES
-    const key = candidates.join("\0")
-    const known = resolved.get(key)
+    const { candidates } = yield* pythonCandidates(explicit)
+    const known = resolved.get(candidates.join("\0"))
     if (known) return known
-    const rejections: Array<Rejection> = []
-    for (const python of candidates) {
-      const rejection = yield* probe(python)
-      if (Option.isNone(rejection)) {
-        resolved.set(key, python)
-        return python
-      }
-      rejections.push(rejection.value)
-    }
-    return yield* Effect.fail(rejections)
+    const { chosen, rejections } = yield* tryCandidates(candidates)
+    return Option.isSome(chosen) ? chosen.value : yield* Effect.fail(rejections)
   })
+
+/** The directories where the `snakepit_bridge` package is looked for, in order. */
+export const bridgeRuntimeCandidates = (): ReadonlyArray<string> => {
+  const here = dirname(fileURLToPath(import.meta.url))
+  return [join(here, "..", "..", "python"), join(here, "..", "..", "..", "..", "python")]
+}
+
+/** The first of {@link bridgeRuntimeCandidates} holding `snakepit_bridge/server.py`, if any. */
+export const findBridgeRuntime = (): string | undefined =>
+  bridgeRuntimeCandidates().find((dir) => existsSync(join(dir, "snakepit_bridge", "server.py")))
 
 /**
  * The directory holding the `snakepit_bridge` package: shipped inside this package as
  * `python/` by the build, or the repository's `python/` when running from source.
  */
 export const bridgePythonPath = (): string => {
-  const here = dirname(fileURLToPath(import.meta.url))
-  const candidates = [join(here, "..", "..", "python"), join(here, "..", "..", "..", "..", "python")]
-  const found = candidates.find((dir) => existsSync(join(dir, "snakepit_bridge", "server.py")))
-  if (!found) throw new Error(`snakepit_bridge runtime not found; looked in ${candidates.join(", ")}`)
+  const found = findBridgeRuntime()
+  if (!found) throw new Error(`snakepit_bridge runtime not found; looked in ${bridgeRuntimeCandidates().join(", ")}`)
   return found
 }

@@ -1,0 +1,452 @@
+/**
+ * `snakepit doctor`: checks everything a pool needs, in the order a pool needs it, and for each
+ * problem says what to do. Node, the `SNAKEPIT_*` environment, the Python interpreter (found
+ * exactly as workers find it), the worker runtime, a loopback port, one real worker started,
+ * pinged and stopped, the registry's data directory, and orphaned processes of dead runs.
+ *
+ * @since 0.1.0
+ */
+import { type AddressInfo, createServer } from "node:net"
+import { Command, Options } from "@effect/cli"
+import type { CommandExecutor } from "@effect/platform/CommandExecutor"
+import { Diagnostics, type ResolvedPoolOptions, Worker, type WorkerStartError } from "@snakepit/core"
+import { ProcessInfo, Registry, RunId } from "@snakepit/registry"
+import { Console, Duration, Effect, Either, Option, Schedule, Schema } from "effect"
+import { DiagnosticFailure } from "./errors.js"
+import { dataDirArgument, dataDirSource, registryLayer } from "./internal/dataDir.js"
+import { count, shellQuote } from "./internal/format.js"
+import * as SharedOptions from "./internal/options.js"
+import { describeRegistryFailure } from "./internal/registryFailure.js"
+import { describeOrphans, inspect, sweepFix } from "./Status.js"
+
+/** How a check came out. `skip`: not run, because a check it depends on failed. */
+export type CheckStatus = "ok" | "warn" | "fail" | "skip"
+
+/** One check's outcome: what was found, and, unless it is ok, what to do about it. */
+export interface Check {
+  /** The check's name: node, config, python, bridge, loopback, worker, data-dir, leftovers. */
+  readonly check: string
+  readonly status: CheckStatus
+  /** What was found, on one line. */
+  readonly detail: string
+  /** What to do; null when there is nothing to do. */
+  readonly fix: string | null
+}
+
+/** Options of `snakepit doctor`. */
+export interface DoctorOptions {
+  /** The interpreter to check, as the pool's `python` option would name it (default: SNAKEPIT_PYTHON, else the search). */
+  readonly python?: string | undefined
+  /** The registry's directory (default: SNAKEPIT_DATA_DIR, else the per-user state directory). */
+  readonly dataDir?: string | undefined
+  /** Called with each check as soon as it completes (to print progressively). */
+  readonly onCheck?: ((check: Check) => Effect.Effect<void>) | undefined
+}
+
+const ok = (check: string, detail: string): Check => ({ check, status: "ok", detail, fix: null })
+const warn = (check: string, detail: string, fix: string): Check => ({ check, status: "warn", detail, fix })
+const fail = (check: string, detail: string, fix: string): Check => ({ check, status: "fail", detail, fix })
+const skip = (check: string, detail: string): Check => ({ check, status: "skip", detail, fix: null })
+
+const MIN_NODE_MAJOR = 20
+
+// ---------------------------------------------------------------------------------------------
+// node, config
+// ---------------------------------------------------------------------------------------------
+
+const checkNode = Effect.sync((): Check => {
+  const major = Number(process.versions.node.split(".")[0])
+  return major >= MIN_NODE_MAJOR
+    ? ok("node", `Node ${process.version} (Snakepit needs ${MIN_NODE_MAJOR} or later)`)
+    : fail(
+        "node",
+        `Node ${process.version} is too old: Snakepit needs ${MIN_NODE_MAJOR} or later`,
+        `install Node ${MIN_NODE_MAJOR} or later (e.g. \`nvm install ${MIN_NODE_MAJOR}\`, or your distribution's nodejs package)`
+      )
+})
+
+const checkConfig = (options: DoctorOptions) =>
+  Effect.gen(function* () {
+    const set = Object.keys(process.env)
+      .filter((key) => key.startsWith("SNAKEPIT_") && (process.env[key] ?? "").trim() !== "")
+      .sort()
+    const resolved = yield* Diagnostics.resolveOptions({
+      ...(options.python === undefined ? {} : { python: options.python }),
+      ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir })
+    }).pipe(Effect.either)
+    if (Either.isLeft(resolved)) {
+      const error = resolved.left
+      const fix = error.key.startsWith("SNAKEPIT_")
+        ? `set ${error.key} to a valid value (${error.reason}), or unset it`
+        : `fix the ${error.key} option (${error.reason})`
+      return { check: fail("config", error.message, fix), pool: undefined }
+    }
+    const detail =
+      set.length === 0
+        ? "no SNAKEPIT_* variable set: pools use their defaults"
+        : `${set.join(", ")} set; every value is valid`
+    return { check: ok("config", detail), pool: resolved.right[0] }
+  })
+
+// ---------------------------------------------------------------------------------------------
+// python, bridge
+// ---------------------------------------------------------------------------------------------
+
+const describeTried = (tried: Diagnostics.TriedInterpreter): string => {
+  const found =
+    tried.version === undefined
+      ? ""
+      : ` (Python ${tried.version}${tried.executable && tried.executable !== tried.python ? ` at ${tried.executable}` : ""})`
+  const imports = tried.importErrors.length > 0 ? `: ${tried.importErrors.join("; ")}` : ""
+  return `${tried.python}${found}: ${tried.rejection ?? "rejected"}${imports}`
+}
+
+const SOURCE_LABEL: Record<Diagnostics.CandidateSource, string> = {
+  option: "--python",
+  SNAKEPIT_PYTHON: "SNAKEPIT_PYTHON",
+  default: "the default search"
+}
+
+const SEARCH = `leave it unset to search ${Diagnostics.DEFAULT_CANDIDATES.join(", ")}`
+
+const pythonFix = (diagnosis: Diagnostics.PythonDiagnosis): string => {
+  const existing = diagnosis.tried.find((t) => t.executable !== undefined)
+  const named = diagnosis.candidates[0] ?? ""
+  if (existing === undefined) {
+    switch (diagnosis.source) {
+      case "option":
+        return `${named} cannot be run: pass --python the path of an installed interpreter that imports grpc and protobuf (\`command -v python3\` shows one), or leave --python out to search ${Diagnostics.DEFAULT_CANDIDATES.join(", ")}`
+      case "SNAKEPIT_PYTHON":
+        return `SNAKEPIT_PYTHON=${named} cannot be run: set it to an installed interpreter that imports grpc and protobuf, or ${SEARCH}`
+      default:
+        return "no Python found: install Python 3 with grpcio and protobuf (Debian/Ubuntu: apt-get install python3 python3-grpcio python3-protobuf)"
+    }
+  }
+  const install = `install grpcio and protobuf for ${existing.executable}: \`${shellQuote(existing.executable!)} -m pip install grpcio protobuf\` (Debian/Ubuntu system Python: apt-get install python3-grpcio python3-protobuf)`
+  const point =
+    diagnosis.source === "option"
+      ? "or pass --python an interpreter that has them"
+      : diagnosis.source === "SNAKEPIT_PYTHON"
+        ? `or set SNAKEPIT_PYTHON to an interpreter that has them, or ${SEARCH}`
+        : "or set SNAKEPIT_PYTHON (or the pool's `python` option) to an interpreter that has them"
+  return `${install}, ${point}`
+}
+
+const checkPython = (options: DoctorOptions) =>
+  Effect.gen(function* () {
+    const diagnosis = yield* Diagnostics.diagnosePython(options.python)
+    const source = `candidates from ${SOURCE_LABEL[diagnosis.source]}: ${diagnosis.candidates.join(", ")}`
+    const chosen = diagnosis.tried.find((t) => t.accepted)
+    const rejected = diagnosis.tried.filter((t) => !t.accepted)
+    if (chosen === undefined) {
+      return {
+        check: fail(
+          "python",
+          `no usable interpreter (${source}); tried ${rejected.map(describeTried).join("; ")}`,
+          pythonFix(diagnosis)
+        ),
+        python: undefined
+      }
+    }
+    const where = chosen.executable && chosen.executable !== chosen.python ? ` at ${chosen.executable}` : ""
+    const detail =
+      `${chosen.python}: Python ${chosen.version ?? "(version unknown)"}${where}, grpcio ${chosen.grpcio ?? "?"}, protobuf ${chosen.protobuf ?? "?"}` +
+      ` (${source}${rejected.length > 0 ? `; rejected before it: ${rejected.map(describeTried).join("; ")}` : ""})`
+    return { check: ok("python", detail), python: chosen.python }
+  })
+
+const checkBridge = Effect.sync(() => {
+  const runtime = Diagnostics.bridgeRuntime()
+  return runtime.path !== undefined
+    ? { check: ok("bridge", `worker runtime snakepit_bridge at ${runtime.path}`), found: true }
+    : {
+        check: fail(
+          "bridge",
+          `worker runtime snakepit_bridge not found; looked in ${runtime.lookedIn.join(", ")}`,
+          "reinstall @snakepit/core (its package ships python/snakepit_bridge); in a source checkout run `npm run build` (it copies python/ into packages/core)"
+        ),
+        found: false
+      }
+})
+
+// ---------------------------------------------------------------------------------------------
+// loopback
+// ---------------------------------------------------------------------------------------------
+
+class BindFailed extends Schema.TaggedError<BindFailed>()("BindFailed", {
+  address: Schema.String,
+  reason: Schema.String
+}) {}
+
+/** Listens on `address`:0 and closes again: the port the OS gave. */
+const bindOnce = (address: string) =>
+  Effect.async<number, BindFailed>((resume) => {
+    const server = createServer()
+    server.once("error", (error: NodeJS.ErrnoException) =>
+      resume(Effect.fail(new BindFailed({ address, reason: `${error.code ?? "error"}: ${error.message}` })))
+    )
+    server.listen(0, address, () => {
+      const port = (server.address() as AddressInfo).port
+      server.close(() => resume(Effect.succeed(port)))
+    })
+    return Effect.sync(() => {
+      server.close()
+    })
+  })
+
+const checkLoopback = bindOnce("127.0.0.1").pipe(
+  Effect.map((port) => ok("loopback", `listened on 127.0.0.1:${port} and closed it (workers serve gRPC there)`)),
+  Effect.catchTag("BindFailed", (error) =>
+    Effect.succeed(
+      fail(
+        "loopback",
+        `cannot listen on ${error.address}: ${error.reason}`,
+        "workers serve gRPC on 127.0.0.1: bring the loopback interface up (`ip link set lo up`) or allow local binds in this sandbox or firewall"
+      )
+    )
+  )
+)
+
+// ---------------------------------------------------------------------------------------------
+// worker
+// ---------------------------------------------------------------------------------------------
+
+const Pong = Schema.Struct({ message: Schema.Literal("pong"), pid: Schema.Number })
+
+const lastLines = (text: string, n: number): string =>
+  text
+    .trim()
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .slice(-n)
+    .join(" | ")
+
+const startFix = (error: WorkerStartError, python: string, startupTimeout: Duration.Duration): string => {
+  const byHand = `run it by hand to see why: PYTHONPATH=${shellQuote(Diagnostics.bridgeRuntime().path ?? "<bridge>")} ${shellQuote(python)} -m snakepit_bridge.server --adapter ${Worker.DEFAULT_ADAPTER} --port 0`
+  switch (error.reason) {
+    case "startup_timeout":
+      return `the worker was not ready within ${Duration.format(startupTimeout)}: raise SNAKEPIT_STARTUP_TIMEOUT if the machine is just slow or loaded; else ${byHand}`
+    case "connect_failed":
+      return "the worker listened but the client could not connect: check the loopback check above, and that no grpc_proxy/http_proxy/https_proxy variable captures 127.0.0.1 (add it to no_proxy)"
+    case "bad_readiness_line":
+      return "something printed to the worker's stdout before its readiness line: look for a sitecustomize.py, usercustomize.py or PYTHONSTARTUP that prints"
+    case "spawn_failed":
+      return `the process could not be spawned: check that ${python} is executable by this user`
+    case "python_not_found":
+      return "see the python check above"
+    default:
+      return byHand
+  }
+}
+
+/** Waits (bounded) until no process carries `runId`; the pids still alive after that. */
+const survivorsOf = (runId: string) =>
+  Effect.suspend(() => {
+    const left = ProcessInfo.processesOfRun(runId)
+    return left.length === 0 ? Effect.succeed(left) : Effect.fail(left)
+  }).pipe(Effect.retry({ schedule: Schedule.spaced(Duration.millis(50)), times: 100 }), Effect.merge)
+
+const checkWorker = (
+  options: DoctorOptions,
+  python: string | undefined,
+  bridgeFound: boolean,
+  pool: ResolvedPoolOptions | undefined
+) =>
+  Effect.gen(function* () {
+    if (python === undefined) return skip("worker", "not started: no usable Python interpreter (see python)")
+    if (!bridgeFound) return skip("worker", "not started: the worker runtime is missing (see bridge)")
+    const startupTimeout = pool?.startupTimeout ?? Duration.seconds(30)
+    const runId = RunId.generate()
+    const outcome = yield* Effect.scoped(
+      Effect.gen(function* () {
+        const [ready, worker] = yield* Effect.timed(
+          // The same `python` the pool would pass, so the worker resolves it as a pool's worker does
+          // (from the search just made, remembered), and the time to ready is a worker's own.
+          Worker.make({
+            id: "doctor",
+            ...(options.python === undefined ? {} : { python: options.python }),
+            runId,
+            startupTimeout,
+            ...(pool ? { threadLimits: pool.threadLimits } : {})
+          })
+        )
+        const [answered, pong] = yield* Effect.timed(worker.execute("ping", {}, { timeout: Duration.seconds(10) }))
+        return { pid: worker.pid, ready, answered, pong: Schema.decodeUnknownOption(Pong)(pong) }
+      })
+    ).pipe(Effect.either)
+    // The scope is closed: the worker's finalizer has stopped its whole process group.
+    const survivors = yield* survivorsOf(runId)
+    if (survivors.length > 0) {
+      return fail(
+        "worker",
+        `the worker was stopped but processes of its run ${runId} are still alive: ${survivors.join(", ")}`,
+        `kill them (\`kill -9 ${survivors.join(" ")}\`) and report this as a Snakepit bug`
+      )
+    }
+    if (Either.isLeft(outcome)) {
+      const error = outcome.left
+      if (error._tag === "WorkerStartError") {
+        const stderr = lastLines(error.stderrTail, 3)
+        return fail(
+          "worker",
+          `${error.message}${stderr === "" ? "" : `; stderr: ${stderr}`}`,
+          startFix(error, python, startupTimeout)
+        )
+      }
+      if (error._tag === "ConfigError") return fail("worker", error.message, "fix the setting it names (see config)")
+      return fail(
+        "worker",
+        `the worker started but did not answer ping: ${error.message}`,
+        "run `snakepit doctor --log-level debug` to see the worker's stderr"
+      )
+    }
+    const { pid, ready, answered, pong } = outcome.right
+    if (Option.isNone(pong)) {
+      return fail(
+        "worker",
+        `worker pid ${pid} answered ping with something other than {"message": "pong"}`,
+        "the showcase adapter is not the one shipped with @snakepit/core: reinstall it"
+      )
+    }
+    return ok(
+      "worker",
+      `showcase worker pid ${pid} ready in ${Math.round(Duration.toMillis(ready))} ms, ping answered in ${Math.round(Duration.toMillis(answered))} ms, stopped with nothing left running`
+    )
+  })
+
+// ---------------------------------------------------------------------------------------------
+// data dir, leftovers
+// ---------------------------------------------------------------------------------------------
+
+const checkRegistry = (options: DoctorOptions) =>
+  Effect.gen(function* () {
+    const source = yield* dataDirSource(options.dataDir)
+    const opened = yield* Effect.gen(function* () {
+      const registry = yield* Registry
+      const dataDir = ok("data-dir", `registry ${registry.databasePath} opened (data dir from ${source})`)
+      const report = yield* inspect.pipe(Effect.either)
+      if (Either.isLeft(report)) {
+        const problem = describeRegistryFailure(report.left)
+        return [dataDir, fail("leftovers", problem.detail, problem.fix)] as const
+      }
+      const { orphans, summary, runs } = report.right
+      if (orphans.length > 0) {
+        return [
+          dataDir,
+          fail(
+            "leftovers",
+            `${count(orphans.length, "orphaned worker process", "orphaned worker processes")} of dead runs: ${describeOrphans(orphans)}`,
+            sweepFix(options.dataDir)
+          )
+        ] as const
+      }
+      const reused = runs.flatMap((run) => run.processes.filter((p) => p.process === "reused"))
+      const recorded = `${count(summary.runs, "run")} recorded, ${summary.liveRuns} live`
+      if (reused.length > 0) {
+        return [
+          dataDir,
+          warn(
+            "leftovers",
+            `no orphans (${recorded}); ${count(reused.length, "recorded pid")} now ${reused.length === 1 ? "belongs" : "belong"} to other programs: ${reused.map((p) => p.pid).join(", ")}`,
+            `nothing is killed for them; \`snakepit sweep${dataDirArgument(options.dataDir)}\` drops their rows once their runs are dead`
+          )
+        ] as const
+      }
+      return [dataDir, ok("leftovers", `no orphaned worker processes (${recorded})`)] as const
+    }).pipe(Effect.provide(registryLayer(options.dataDir)), Effect.either)
+    if (Either.isRight(opened)) return opened.right
+    const problem = describeRegistryFailure(opened.left)
+    return [
+      fail("data-dir", `${problem.detail} (data dir from ${source})`, problem.fix),
+      skip("leftovers", "not checked: the registry cannot be opened (see data-dir)")
+    ] as const
+  })
+
+// ---------------------------------------------------------------------------------------------
+// run
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Runs every check, in order, and returns them. Never fails: a problem is a check with status
+ * `fail` and a fix. A check that depends on a failed one is `skip`ped (no worker is started
+ * without an interpreter). The one worker started is stopped before this returns, and the check
+ * fails if any process of it is left.
+ */
+export const run = (options: DoctorOptions = {}): Effect.Effect<ReadonlyArray<Check>, never, CommandExecutor> =>
+  Effect.gen(function* () {
+    const checks: Array<Check> = []
+    const record = (check: Check) =>
+      Effect.zipRight(
+        Effect.sync(() => checks.push(check)),
+        options.onCheck?.(check) ?? Effect.void
+      )
+    yield* record(yield* checkNode)
+    const config = yield* checkConfig(options)
+    yield* record(config.check)
+    const python = yield* checkPython(options)
+    yield* record(python.check)
+    const bridge = yield* checkBridge
+    yield* record(bridge.check)
+    yield* record(yield* checkLoopback)
+    yield* record(yield* checkWorker(options, python.python, bridge.found, config.pool))
+    for (const check of yield* checkRegistry(options)) yield* record(check)
+    return checks
+  })
+
+const LABEL: Record<CheckStatus, string> = { ok: "ok", warn: "warn", fail: "FAIL", skip: "skip" }
+const NAME_WIDTH = 10
+
+/** One check as text: `ok    python     ...`, plus an indented `fix:` line unless it is ok. */
+export const renderCheck = (check: Check): string => {
+  const line = `${LABEL[check.status].padEnd(5)} ${check.check.padEnd(NAME_WIDTH)} ${check.detail}`
+  return check.fix === null ? line : `${line}\n${" ".repeat(6 + NAME_WIDTH + 1)}fix: ${check.fix}`
+}
+
+/** "7 ok, 1 warn, 0 FAIL, 0 skipped". */
+export const summaryLine = (checks: ReadonlyArray<Check>): string => {
+  const n = (status: CheckStatus) => checks.filter((c) => c.status === status).length
+  return `${n("ok")} ok, ${n("warn")} warn, ${n("fail")} FAIL, ${n("skip")} skipped`
+}
+
+/**
+ * Runs the checks and prints them: one line per check as it completes (with `fix:` lines), or,
+ * with `json`, one JSON array of `{check, status, detail, fix}` at the end. Fails with
+ * {@link DiagnosticFailure} when any check FAILed.
+ */
+export const doctor = (
+  options: Omit<DoctorOptions, "onCheck"> & { readonly json?: boolean | undefined } = {}
+): Effect.Effect<ReadonlyArray<Check>, DiagnosticFailure, CommandExecutor> =>
+  Effect.gen(function* () {
+    const json = options.json === true
+    const checks = yield* run({ ...options, onCheck: json ? undefined : (check) => Console.log(renderCheck(check)) })
+    yield* json ? Console.log(JSON.stringify(checks, null, 2)) : Console.log(`\n${summaryLine(checks)}`)
+    const failed = checks.filter((c) => c.status === "fail")
+    if (failed.length > 0) {
+      return yield* new DiagnosticFailure({
+        command: "doctor",
+        problems: failed.map((c) => `${c.check}: ${c.detail}`)
+      })
+    }
+    return checks
+  })
+
+/** `--python PATH`. */
+const pythonOption = Options.text("python").pipe(
+  Options.withPseudoName("PATH"),
+  Options.withDescription(
+    "Interpreter to check, as the pool's `python` option would name it. Default: SNAKEPIT_PYTHON, else python3, /usr/bin/python3, python."
+  ),
+  Options.optional
+)
+
+/** The `doctor` subcommand. */
+export const command = Command.make(
+  "doctor",
+  { python: pythonOption, dataDir: SharedOptions.dataDir, json: SharedOptions.json },
+  ({ python, dataDir, json }) =>
+    Effect.asVoid(doctor({ python: Option.getOrUndefined(python), dataDir: Option.getOrUndefined(dataDir), json }))
+).pipe(
+  Command.withDescription(
+    "Check Node, the SNAKEPIT_* environment, the Python interpreter, the worker runtime, a real worker, the registry and leftover processes; say what to do about each problem. Exit code 1 when a check FAILs."
+  )
+)

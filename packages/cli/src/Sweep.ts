@@ -1,0 +1,90 @@
+/**
+ * `snakepit sweep`: runs the registry's orphan sweep now, as a pool does at startup. For each
+ * run whose owner is dead it SIGKILLs the run's live processes, each only after the OS shows
+ * the run's id on its command line (a reused pid is never touched, only reported), then deletes
+ * the run's rows. Runs of live owners and of other hosts are left alone.
+ *
+ * @since 0.1.0
+ */
+import { Command } from "@effect/cli"
+import { Registry, type SweepReport } from "@snakepit/registry"
+import { Console, Effect, Option } from "effect"
+import type { DiagnosticFailure } from "./errors.js"
+import { type DataDirSource, dataDirSource, registryLayer } from "./internal/dataDir.js"
+import { count } from "./internal/format.js"
+import * as SharedOptions from "./internal/options.js"
+import { reportRegistryFailure } from "./internal/registryFailure.js"
+
+/** What `snakepit sweep` did, and in which registry. */
+export interface SweepResult extends SweepReport {
+  readonly dataDir: string
+  readonly databasePath: string
+}
+
+/** The registry's sweep, with the registry it ran on. */
+export const runSweep = Effect.gen(function* () {
+  const registry = yield* Registry
+  const report = yield* registry.sweep()
+  return { ...report, dataDir: registry.dataDir, databasePath: registry.databasePath } satisfies SweepResult
+})
+
+/** The result as text lines, as `snakepit sweep` prints it. */
+export const render = (result: SweepResult, source: DataDirSource): ReadonlyArray<string> => {
+  const lines = [`registry: ${result.databasePath} (data dir from ${source})`]
+  if (result.runsSwept === 0) {
+    lines.push("nothing to sweep: no run of this host has a dead owner")
+    return lines
+  }
+  lines.push(
+    `swept ${count(result.runsSwept, "dead run")}; killed ${count(result.killed.length, "orphaned process", "orphaned processes")}${result.killed.length > 0 ? ":" : ""}`
+  )
+  for (const killed of result.killed) {
+    const what = killed.via === "row" ? "registered worker" : "unregistered process carrying the run id"
+    const group = killed.pgid === null ? "the process alone" : `its process group ${killed.pgid}`
+    lines.push(`  killed pid ${killed.pid} (${what} of run ${killed.runId}; SIGKILL to ${group})`)
+  }
+  for (const skipped of result.skipped) {
+    lines.push(`  left pid ${skipped.pid} alone (run ${skipped.runId}): ${skipped.reason}`)
+  }
+  return lines
+}
+
+/** Options of `snakepit sweep`. */
+export interface SweepOptions {
+  /** The registry's directory; default SNAKEPIT_DATA_DIR, else the per-user state directory. */
+  readonly dataDir?: string | undefined
+  /** Print JSON instead of text. */
+  readonly json?: boolean | undefined
+}
+
+/**
+ * Sweeps the registry and prints what was killed (text or JSON). Fails with
+ * {@link DiagnosticFailure} (after printing what to do) when the registry cannot be used.
+ */
+export const sweep = (options: SweepOptions = {}): Effect.Effect<SweepResult, DiagnosticFailure> =>
+  Effect.gen(function* () {
+    const json = options.json === true
+    const source = yield* dataDirSource(options.dataDir)
+    const result = yield* runSweep.pipe(
+      Effect.provide(registryLayer(options.dataDir)),
+      Effect.catchTags({
+        RegistryUnavailable: reportRegistryFailure("sweep", json),
+        RegistryError: reportRegistryFailure("sweep", json)
+      })
+    )
+    yield* json
+      ? Console.log(JSON.stringify({ ...result, dataDirSource: source }, null, 2))
+      : Console.log(render(result, source).join("\n"))
+    return result
+  })
+
+/** The `sweep` subcommand. */
+export const command = Command.make(
+  "sweep",
+  { dataDir: SharedOptions.dataDir, json: SharedOptions.json },
+  ({ dataDir, json }) => Effect.asVoid(sweep({ dataDir: Option.getOrUndefined(dataDir), json }))
+).pipe(
+  Command.withDescription(
+    "Kill the orphaned worker processes of dead runs (each proven by its run id on the OS command line) and delete those runs' rows."
+  )
+)
