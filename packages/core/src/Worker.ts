@@ -484,7 +484,7 @@ export const make = (
           })
         })
 
-    /** A tool call's gRPC failure: its own deadline passing is the call's timeout; the rest, the transport's. */
+    /** A tool call's gRPC failure: its own timeout passing is the call's timeout; the rest, the transport's. */
     const callFailure =
       (tool: string, timeout: Duration.DurationInput | undefined) =>
       (error: GrpcError): Effect.Effect<never, WorkerCrashed | TransportError | CallTimeout> =>
@@ -543,7 +543,7 @@ export const make = (
       argsJson: EncodedArgs,
       opts: ExecuteOptions = {}
     ): Effect.Effect<unknown, WorkerCallError> => {
-      // The timeout travels as the gRPC deadline: one native timer, and Python sees it too.
+      // One native timer that cancels the call (docs/adr/0004): Python sees a cancellation.
       const timeout = opts.timeout
       const request = {
         tool,
@@ -554,7 +554,7 @@ export const make = (
       }
       return Effect.flatMap(
         client
-          .executeTool(request, timeout === undefined ? undefined : { deadline: timeout })
+          .executeTool(request, timeout === undefined ? undefined : { timeout })
           .pipe(Effect.catchTags(onEveryGrpcError(callFailure(tool, timeout)))),
         (response) => outcomeOf(tool, response)
       )

@@ -43,6 +43,12 @@ export interface BridgeClientOptions {
 export interface RpcOptions {
   /** A gRPC deadline sent to the peer. Prefer Effect timeouts for host-side limits. */
   readonly deadline?: Duration.DurationInput
+  /**
+   * Unary calls: cancel the call after this long and fail with `GrpcDeadlineExceeded`, with
+   * one native timer and nothing sent to the peer. A wire deadline costs the peer a timer of
+   * its own per call, about 0.1 ms of latency on a small machine (see docs/adr/0004).
+   */
+  readonly timeout?: Duration.DurationInput
   /** Streams: the longest wait for each next message; then `GrpcDeadlineExceeded` and the call is cancelled. */
   readonly idleTimeout?: Duration.DurationInput
   /** Metadata sent with the call. */
@@ -88,6 +94,13 @@ const idleTimeoutError = (idleMs: number) => ({
   code: Status.DEADLINE_EXCEEDED,
   details: `no message within the idle timeout of ${idleMs} ms`,
   message: `idle timeout ${idleMs} ms`
+})
+
+/** What a unary call fails with when its host-side `timeout` passes. */
+const timeoutError = (timeoutMs: number) => ({
+  code: Status.DEADLINE_EXCEEDED,
+  details: `no answer within the timeout of ${timeoutMs} ms`,
+  message: `timeout ${timeoutMs} ms`
 })
 
 /**
@@ -144,16 +157,32 @@ const unary = <A>(
 ): Effect.Effect<A, GrpcError> =>
   Effect.async<A, GrpcError>((resume) => {
     let call: ClientUnaryCall
+    let timer: NodeJS.Timeout | undefined
+    let timedOut = false
     try {
-      call = invoke(metadataOf(options), callOptions(options), (error, response) =>
+      call = invoke(metadataOf(options), callOptions(options), (error, response) => {
+        // The call cancelled by its timeout still reports CANCELLED here: the timeout has answered.
+        if (timedOut) return
+        clearTimeout(timer)
         resume(error ? Effect.fail(fromServiceError(method, error)) : Effect.succeed(response))
-      )
+      })
     } catch (error) {
       resume(Effect.fail(startFailure(method, error)))
       return
     }
+    if (options?.timeout !== undefined) {
+      const timeoutMs = Duration.toMillis(options.timeout)
+      timer = setTimeout(() => {
+        timedOut = true
+        call.cancel()
+        resume(Effect.fail(fromServiceError(method, timeoutError(timeoutMs))))
+      }, timeoutMs)
+    }
     // Interruption cancels the RPC on the wire, so the worker sees the cancellation.
-    return Effect.sync(() => call.cancel())
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      call.cancel()
+    })
   })
 
 const waitForReady = (client: BridgeServiceClient, address: string, timeout: Duration.DurationInput) =>

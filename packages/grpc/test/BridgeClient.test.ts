@@ -299,6 +299,30 @@ describe("BridgeClient", () => {
     })
   )
 
+  it.scopedLive("a host-side timeout cancels the call on the server and fails with GrpcDeadlineExceeded", () =>
+    Effect.gen(function* () {
+      const cancelled = signal("server saw cancellation")
+      let deadlineSent: unknown = "unset"
+      const client = yield* connect({
+        executeTool: (call) => {
+          deadlineSent = call.getDeadline()
+          call.on("cancelled", () => cancelled.raise())
+          // Never answers.
+        }
+      })
+      const started = Date.now()
+      const error = yield* client
+        .executeTool(request(), { timeout: "200 millis" })
+        .pipe(Effect.flip, Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error("hung") }))
+      expectTag(error, "GrpcDeadlineExceeded")
+      expect(error.message).toBe("ExecuteTool: deadline exceeded (no answer within the timeout of 200 ms)")
+      expect(Date.now() - started).toBeGreaterThanOrEqual(190)
+      yield* cancelled.await()
+      // Nothing went on the wire: the peer has no deadline to keep.
+      expect(deadlineSent).toBe(Infinity)
+    })
+  )
+
   describe("status mapping", () => {
     it.scopedLive("server statuses become typed errors", () =>
       Effect.gen(function* () {

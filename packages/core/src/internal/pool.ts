@@ -443,7 +443,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         )
       ).pipe(
         Effect.tapError(() => countError),
-        withCallSpan("snakepit.pool.execute", { pool: name, tool })
+        withCallSpan("snakepit.pool.execute", () => ({ pool: name, tool }))
       )
 
     const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>

@@ -17,8 +17,10 @@ const nativeTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
  * which is a tenth of the pool's whole overhead (see docs/adr/0004).
  */
 export const withCallSpan =
-  (name: string, attributes: Record<string, unknown>) =>
+  (name: string, attributes: () => Record<string, unknown>) =>
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     Effect.tracerWith((tracer) =>
-      tracer === nativeTracer ? effect : Effect.withSpan(effect, name, { attributes, captureStackTrace: false })
+      tracer === nativeTracer
+        ? effect
+        : Effect.withSpan(effect, name, { attributes: attributes(), captureStackTrace: false })
     )
