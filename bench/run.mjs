@@ -40,10 +40,11 @@ const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the overhead rows
 // Sizes of the runs. Quick mode keeps every row id, with null where a row is skipped.
 const CFG = QUICK
   ? {
-      overhead: { calls: 300, rounds: 3, warmup: 50 },
+      // Warm-ups as long as the full run's: a cold JIT would make the ratios meaningless.
+      overhead: { calls: 300, rounds: 3, warmup: 300 },
       throughput: { sizes: [2, 8], roundMs: 500, rounds: 2, warmupMs: 200 },
       peer: { processes: 2, roundMs: 500, rounds: 2, warmupMs: 200 },
-      stream: { chunks: 10_000, rounds: 1, warmup: 1_000 },
+      stream: { chunks: 10_000, rounds: 1, warmup: 5_000 },
       startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32 and startup_100 are null
       mem: { workers: 8 } // 8 workers instead of 32: the per-worker figure is only indicative
     }
