@@ -537,6 +537,18 @@ export const make = (
       return Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
     }
 
+    const requestOf = (
+      tool: string,
+      argsJson: EncodedArgs,
+      opts: { readonly session?: string; readonly attachments?: Readonly<Record<string, Uint8Array>> }
+    ): Proto.ExecuteToolRequest => ({
+      tool,
+      argsJson,
+      attachments: toBuffers(opts.attachments),
+      sessionId: opts.session ?? "",
+      requestId: ""
+    })
+
     // The hot path of every call: plain combinators, no generator (see docs/adr/0004).
     const executeEncoded = (
       tool: string,
@@ -545,13 +557,7 @@ export const make = (
     ): Effect.Effect<unknown, WorkerCallError> => {
       // One native timer that cancels the call (docs/adr/0004): Python sees a cancellation.
       const timeout = opts.timeout
-      const request = {
-        tool,
-        argsJson,
-        attachments: toBuffers(opts.attachments),
-        sessionId: opts.session ?? "",
-        requestId: ""
-      }
+      const request = requestOf(tool, argsJson, opts)
       return Effect.flatMap(
         client
           .executeTool(request, timeout === undefined ? undefined : { timeout })
@@ -565,13 +571,7 @@ export const make = (
       argsJson: EncodedArgs,
       opts: StreamOptions = {}
     ): Stream.Stream<unknown, WorkerCallError> => {
-      const request = {
-        tool,
-        argsJson,
-        attachments: toBuffers(opts.attachments),
-        sessionId: opts.session ?? "",
-        requestId: ""
-      }
+      const request = requestOf(tool, argsJson, opts)
       const idle = opts.idleTimeout
       return client.executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle }).pipe(
         Stream.catchTags(onEveryGrpcError((e: GrpcError) => Stream.fromEffect(callFailure(tool, idle)(e)))),
