@@ -5,6 +5,7 @@
  */
 import type { Duration } from "effect"
 import type * as ThreadLimits from "./ThreadLimits.js"
+import type { Transport } from "./WorkerFactory.js"
 
 /** How calls with a `session` are routed to the session's worker. */
 export type Affinity = "hint" | "strict_queue" | "strict_fail_fast"
@@ -86,8 +87,20 @@ export interface PoolOptions {
   }
   /** How long a retiring worker may finish its calls. Default 30 s. */
   readonly drainTimeout?: Duration.DurationInput
-  /** Largest gRPC message. Default 64 MiB. */
+  /** Largest message in either direction, on either transport. Default 64 MiB. */
   readonly maxMessageBytes?: number
+  /**
+   * How the host talks to its workers. `local` (default): a private socket pair each worker
+   * inherits; no port, no secret, only the standard library in Python, and the fastest. `grpc`:
+   * gRPC with a per-worker token, for users who want gRPC tooling (needs grpcio and protobuf in
+   * the worker's environment). Env `SNAKEPIT_TRANSPORT`.
+   */
+  readonly transport?: Transport
+  /** gRPC transport only. */
+  readonly grpc?: {
+    /** `loopback` (default): a 127.0.0.1 port; `unix`: a 0600 unix socket in a 0700 directory. */
+    readonly listen?: "loopback" | "unix"
+  }
   /** Where state lives (the process registry). Default `SNAKEPIT_DATA_DIR`, else a per-user directory. */
   readonly dataDir?: string
 }
@@ -136,5 +149,7 @@ export interface ResolvedPoolOptions {
   }
   readonly drainTimeout: Duration.Duration
   readonly maxMessageBytes: number
+  readonly transport: Transport
+  readonly grpc: { readonly listen: "loopback" | "unix" }
   readonly dataDir: string | undefined
 }

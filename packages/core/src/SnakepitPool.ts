@@ -3,14 +3,14 @@
  *
  * @since 0.1.0
  */
-import { HostBridgeServer } from "@snakepit/grpc"
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
 import { Effect, Layer, Option, type Scope, Stream } from "effect"
 import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
 import { resolveSnakepitOptions } from "./internal/config.js"
+import * as GrpcHostBridge from "./internal/grpc/hostBridge.js"
 import * as Pool from "./internal/pool.js"
-import type { SnakepitOptions } from "./PoolOptions.js"
+import type { ResolvedPoolOptions, SnakepitOptions } from "./PoolOptions.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
 
@@ -30,20 +30,17 @@ const startRun = Effect.gen(function* () {
 })
 
 /**
- * When `HostTools` are provided, serves them on a loopback bridge for the pools' lifetime and
- * returns the environment that tells workers where it is and the per-run secret.
+ * When `HostTools` are provided: local workers call them over their own channel; for gRPC
+ * workers they are served on a loopback bridge (per-run secret) for the pools' lifetime.
  */
-const startHostBridge = Effect.gen(function* () {
-  const hostTools = yield* Effect.serviceOption(HostTools)
-  if (Option.isNone(hostTools)) return {}
-  const tools = hostTools.value
-  const server = yield* HostBridgeServer.make({ handler: tools.call, listTools: () => tools.tools }).pipe(
-    Effect.mapError(
-      (e) => new PoolStartError({ pool: "*", detail: `the host-tool bridge could not start: ${e.message}`, causes: [] })
-    )
-  )
-  return server.env
-})
+const hostToolsFor = (pools: ReadonlyArray<ResolvedPoolOptions>) =>
+  Effect.gen(function* () {
+    const hostTools = yield* Effect.serviceOption(HostTools)
+    if (Option.isNone(hostTools)) return {}
+    const hostTools_ = hostTools.value
+    if (!pools.some((pool) => pool.transport === "grpc")) return { hostTools: hostTools_ }
+    return { hostTools: hostTools_, hostBridge: yield* GrpcHostBridge.serve(hostTools_) }
+  })
 
 /**
  * Starts every pool in `options` in the current scope and returns the service. Closing the
@@ -55,10 +52,8 @@ export const make = (
   Effect.gen(function* () {
     const resolved = yield* resolveSnakepitOptions(options)
     yield* startRun
-    const hostEnv = yield* startHostBridge
-    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }), {
-      concurrency: "unbounded"
-    })
+    const host = yield* hostToolsFor(resolved)
+    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make(pool, host), { concurrency: "unbounded" })
     const names = pools.map((pool) => pool.name)
 
     const poolOf = (name: string | undefined): Effect.Effect<Pool.Pool, PoolNotFound> => {

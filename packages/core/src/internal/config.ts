@@ -27,7 +27,9 @@
  * | restart           | baseDelay 100 ms, maxDelay 10 s,          |                                 |
  * |                   | maxRestarts 5, window 60 s, cooldown 30 s |                                 |
  * | drainTimeout      | 30 seconds                                |                                 |
- * | maxMessageBytes   | 64 MiB (`BridgeClient.DEFAULT_MAX_...`)   |                                 |
+ * | maxMessageBytes   | 64 MiB                                    | SNAKEPIT_MAX_MESSAGE_BYTES      |
+ * | transport         | "local"                                   | SNAKEPIT_TRANSPORT              |
+ * | grpc.listen       | "loopback"                                | SNAKEPIT_GRPC_LISTEN            |
  * | dataDir           | undefined (a per-user directory)          | SNAKEPIT_DATA_DIR               |
  *
  * Durations from the environment are Effect duration strings ("30 seconds", "500 millis"),
@@ -36,12 +38,12 @@
  * @since 0.1.0
  */
 import { delimiter } from "node:path"
-import { BridgeClient } from "@snakepit/grpc"
 import { Config, Duration, Effect, Either, Option } from "effect"
 import { ConfigError } from "../errors.js"
 import type { Affinity, PoolOptions, ResolvedPoolOptions, SnakepitOptions } from "../PoolOptions.js"
 import * as ThreadLimits from "../ThreadLimits.js"
-import { DEFAULT_ADAPTER } from "../Worker.js"
+import { DEFAULT_ADAPTER, DEFAULT_MAX_MESSAGE_BYTES } from "../Worker.js"
+import type { Transport } from "../WorkerFactory.js"
 
 const DEFAULTS = {
   size: 2,
@@ -66,10 +68,14 @@ const DEFAULTS = {
     cooldown: Duration.seconds(30)
   },
   drainTimeout: Duration.seconds(30),
-  maxMessageBytes: BridgeClient.DEFAULT_MAX_MESSAGE_BYTES
+  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  transport: "local" as Transport,
+  grpc: { listen: "loopback" as "loopback" | "unix" }
 } as const
 
 const AFFINITIES: ReadonlyArray<Affinity> = ["hint", "strict_queue", "strict_fail_fast"]
+const TRANSPORTS: ReadonlyArray<Transport> = ["local", "grpc"]
+const LISTENS: ReadonlyArray<"loopback" | "unix"> = ["loopback", "unix"]
 const ADAPTER_PATTERN = /^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$/
 const POOL_NAME_PATTERN = /^[A-Za-z0-9_-]+$/
 
@@ -106,6 +112,11 @@ const affinity: Validator<Affinity> = (value) =>
   AFFINITIES.includes(value as Affinity)
     ? Either.right(value as Affinity)
     : Either.left(`expected one of ${AFFINITIES.join(", ")}`)
+
+const oneOf =
+  <A extends string>(choices: ReadonlyArray<A>): Validator<A> =>
+  (value) =>
+    choices.includes(value as A) ? Either.right(value as A) : Either.left(`expected one of ${choices.join(", ")}`)
 
 const adapterName: Validator<string> = (value) =>
   typeof value === "string" && ADAPTER_PATTERN.test(value)
@@ -291,6 +302,9 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
       maxRssMb: yield* fromEnv("SNAKEPIT_RECYCLE_MAX_RSS_MB", toNumber, positiveNumber)
     }),
     healthCheck: defined({ interval: yield* envDuration("SNAKEPIT_HEALTH_INTERVAL", TIMEOUT) }),
+    maxMessageBytes: yield* envInteger("SNAKEPIT_MAX_MESSAGE_BYTES"),
+    transport: yield* fromEnv("SNAKEPIT_TRANSPORT", same, oneOf(TRANSPORTS)),
+    grpc: defined({ listen: yield* fromEnv("SNAKEPIT_GRPC_LISTEN", same, oneOf(LISTENS)) }),
     dataDir: yield* fromEnv("SNAKEPIT_DATA_DIR", same, nonEmptyString)
   })
 })
@@ -300,7 +314,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
 // ---------------------------------------------------------------------------------------------
 
 /** The groups merged field by field: a pool setting `queue.max` keeps the inherited `queue.timeout`. */
-const NESTED = ["queue", "sessions", "recycle", "healthCheck", "restart", "threadLimits", "env"] as const
+const NESTED = ["queue", "sessions", "recycle", "healthCheck", "restart", "threadLimits", "env", "grpc"] as const
 
 /** `over`'s set fields on top of `base`; `undefined` means "not set", never "clear". */
 const overlay = <A extends object>(base: A, over: A): A => {
@@ -342,6 +356,7 @@ const resolvePool = (
     const recycle = options.recycle ?? {}
     const healthCheck = options.healthCheck ?? {}
     const restart = options.restart ?? {}
+    const grpc = options.grpc ?? {}
 
     const size = yield* field("size", options.size ?? DEFAULTS.size, positiveInteger)
     return {
@@ -441,6 +456,8 @@ const resolvePool = (
         options.maxMessageBytes ?? DEFAULTS.maxMessageBytes,
         integerAtLeast(1024, "expected an integer of at least 1024")
       ),
+      transport: yield* field("transport", options.transport ?? DEFAULTS.transport, oneOf(TRANSPORTS)),
+      grpc: { listen: yield* field("grpc.listen", grpc.listen ?? DEFAULTS.grpc.listen, oneOf(LISTENS)) },
       dataDir: yield* field("dataDir", options.dataDir, optional(nonEmptyString))
     }
   })

@@ -18,7 +18,6 @@ import {
   Stream,
   SubscriptionRef
 } from "effect"
-import { identity } from "effect/Function"
 import {
   type CallError,
   PoolClosed,
@@ -136,7 +135,10 @@ const claimIdPrefix = (name: string) =>
   )
 
 /** Starts a pool in the current scope; fails with `PoolStartError` when fewer than `minReady` workers start. */
-export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
+export const make = (
+  options: ResolvedPoolOptions,
+  host: Pick<Worker.WorkerOptions, "hostTools" | "hostBridge"> = {}
+): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const factory = yield* WorkerFactory
     const name = options.name
@@ -168,7 +170,11 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       threadLimits: options.threadLimits,
       startupTimeout: options.startupTimeout,
       gracefulTimeout: options.gracefulTimeout,
-      maxMessageBytes: options.maxMessageBytes
+      maxMessageBytes: options.maxMessageBytes,
+      transport: options.transport,
+      concurrency: options.capacity,
+      grpcListen: options.grpc.listen,
+      ...host
     }
 
     /** Workers able to serve, and those of them serving a call. */
@@ -462,13 +468,12 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
           return entry.worker.executeStream(tool, encoded, {
             ...(call.session === undefined ? {} : { session: call.session }),
             ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
+            ...(call.buffer === undefined ? {} : { window: call.buffer }),
             ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
           })
         })
       ).pipe(
         Stream.tapError(() => countError),
-        // grpc-js already reads ahead (16 messages, then HTTP/2 flow control); more only on request.
-        call.buffer === undefined ? identity : Stream.buffer({ capacity: call.buffer }),
         Stream.withSpan("snakepit.pool.executeStream", { attributes: { pool: name, tool }, captureStackTrace: false })
       )
 
@@ -476,22 +481,6 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
     const describeTools = Effect.uninterruptibleMask((restore) =>
       Effect.flatMap(checkout(undefined, restore), (entry) =>
         restore(entry.worker.describeTools).pipe(Effect.ensuring(release(entry)))
-      )
-    ).pipe(
-      Effect.map((specs) =>
-        specs.map(
-          (spec): ToolDescription => ({
-            name: spec.name,
-            description: spec.description,
-            streaming: spec.streaming,
-            parameters: spec.parameters.map((p) => ({
-              name: p.name,
-              type: p.type,
-              required: p.required,
-              ...(p.defaultJson.length > 0 ? { default: JSON.parse(p.defaultJson.toString("utf8")) as unknown } : {})
-            }))
-          })
-        )
       )
     )
 
@@ -526,10 +515,11 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         while (true) {
           yield* Effect.sleep(options.healthCheck.interval)
           const health = yield* Effect.either(entry.worker.health(options.healthCheck.timeout))
-          if (Either.isLeft(health)) {
+          if (Either.isLeft(health) || !health.right.ok) {
             misses++
             if (misses >= options.healthCheck.maxMisses) {
-              return { _tag: "Unhealthy", detail: `${misses} health checks missed: ${health.left.message}` } as const
+              const why = Either.isLeft(health) ? health.left.message : health.right.detail
+              return { _tag: "Unhealthy", detail: `${misses} health checks missed: ${why}` } as const
             }
             continue
           }

@@ -11,7 +11,11 @@ import { Config, Duration, Effect, Option } from "effect"
 /** Interpreters tried, in order, when neither the option nor `SNAKEPIT_PYTHON` names one. */
 export const DEFAULT_CANDIDATES: ReadonlyArray<string> = ["python3", "/usr/bin/python3", "python"]
 
-const PROBE = "import grpc, google.protobuf, sys; print(sys.version.split()[0])"
+/** The modules the gRPC transport needs; the local transport needs only the standard library. */
+export const GRPC_MODULES: ReadonlyArray<string> = ["grpc", "google.protobuf"]
+
+const probeOf = (modules: ReadonlyArray<string>) =>
+  `import sys${modules.map((m) => `, ${m}`).join("")}; print(sys.version.split()[0])`
 
 /** Why each tried interpreter was rejected. */
 export interface Rejection {
@@ -42,14 +46,17 @@ export const pythonCandidates = (explicit: string | undefined): Effect.Effect<Ca
     )
   )
 
-/** None when `python` can run the worker (imports grpc and protobuf), else why not. */
-export const probePython = (python: string): Effect.Effect<Option.Option<Rejection>, never, CommandExecutor> =>
-  Command.make(python, "-c", PROBE).pipe(
+/** None when `python` can run the worker (imports `modules`), else why not. */
+export const probePython = (
+  python: string,
+  modules: ReadonlyArray<string> = GRPC_MODULES
+): Effect.Effect<Option.Option<Rejection>, never, CommandExecutor> =>
+  Command.make(python, "-c", probeOf(modules)).pipe(
     Command.env({ PYTHONDONTWRITEBYTECODE: "1" }),
     Command.exitCode,
     Effect.timeout(Duration.seconds(20)),
     Effect.map((code) =>
-      code === 0 ? Option.none() : Option.some({ python, why: "cannot import grpc and protobuf" })
+      code === 0 ? Option.none() : Option.some({ python, why: `cannot import ${modules.join(" and ") || "its standard library"}` })
     ),
     Effect.catchTags({
       SystemError: (e) =>
@@ -71,13 +78,16 @@ export interface Resolution {
  * Probes `candidates` in order and stops at the first that can run the worker, remembering it
  * (so a later {@link resolvePython} with the same candidates does not probe again).
  */
-export const tryCandidates = (candidates: ReadonlyArray<string>): Effect.Effect<Resolution, never, CommandExecutor> =>
+export const tryCandidates = (
+  candidates: ReadonlyArray<string>,
+  modules: ReadonlyArray<string> = GRPC_MODULES
+): Effect.Effect<Resolution, never, CommandExecutor> =>
   Effect.gen(function* () {
     const rejections: Array<Rejection> = []
     for (const python of candidates) {
-      const rejection = yield* probePython(python)
+      const rejection = yield* probePython(python, modules)
       if (Option.isNone(rejection)) {
-        resolved.set(candidates.join("\0"), python)
+        resolved.set([...modules, ...candidates].join("\0"), python)
         return { chosen: Option.some(python), rejections }
       }
       rejections.push(rejection.value)
@@ -91,13 +101,14 @@ export const tryCandidates = (candidates: ReadonlyArray<string>): Effect.Effect<
  * none can. Successful resolutions are remembered for the life of the process.
  */
 export const resolvePython = (
-  explicit: string | undefined
+  explicit: string | undefined,
+  modules: ReadonlyArray<string> = GRPC_MODULES
 ): Effect.Effect<string, ReadonlyArray<Rejection>, CommandExecutor> =>
   Effect.gen(function* () {
     const { candidates } = yield* pythonCandidates(explicit)
-    const known = resolved.get(candidates.join("\0"))
+    const known = resolved.get([...modules, ...candidates].join("\0"))
     if (known) return known
-    const { chosen, rejections } = yield* tryCandidates(candidates)
+    const { chosen, rejections } = yield* tryCandidates(candidates, modules)
     return Option.isSome(chosen) ? chosen.value : yield* Effect.fail(rejections)
   })
 
