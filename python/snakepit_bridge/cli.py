@@ -135,7 +135,7 @@ def _stop_adapter(adapter: Any, loop: Any) -> None:
 
 def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn:
     from .channel import CALL_FD, CONTROL_FD, EXIT_PROTOCOL_ERROR, LocalTransport, open_socket
-    from .dispatch import Dispatcher, LoopThread
+    from .dispatch import Dispatcher, LoopThread, install_interrupt
     from .frames import ProtocolError
 
     transport = LocalTransport(
@@ -180,6 +180,7 @@ def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn
         threading.Thread(target=stop, args=(SIGTERM_GRACE_S,), name="snakepit-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    install_interrupt()
     transport.announce(dispatcher, sys.version.split()[0])
     log.info("serving %s over the local channel (%d tools)", dispatcher.adapter_name, len(dispatcher.tools))
     try:

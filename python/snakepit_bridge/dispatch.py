@@ -18,6 +18,7 @@ import ctypes
 import inspect
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -127,16 +128,22 @@ class Call:
 
     def arm(self) -> None:
         """From here until :meth:`disarm`, a cancel raises CallCancelled in this thread."""
+        global _main_call
         with self._lock:
             self._thread = threading.get_ident()
+            if self._thread == _MAIN_THREAD:
+                _main_call = self
             pending = self.cancel_requested.is_set()
         if pending:
             raise CallCancelled()
 
     def disarm(self) -> None:
+        global _main_call
         with self._lock:
             thread, self._thread = self._thread, None
-            if thread is not None and self.cancel_requested.is_set():
+            if thread == _MAIN_THREAD:
+                _main_call = None
+            elif thread is not None and self.cancel_requested.is_set():
                 # A cancel that landed after the tool's last instruction must not fire later.
                 _set_async_exc(thread, None)
 
@@ -155,7 +162,9 @@ class Call:
                 return
             self.cancel_requested.set()
             self.cancelled_at = time.monotonic()
-            if self._thread is not None:
+            if self._thread == _MAIN_THREAD and _INTERRUPT is not None:
+                signal.pthread_kill(self._thread, _INTERRUPT)
+            elif self._thread is not None:
                 _set_async_exc(self._thread, CallCancelled)
             task, loop = self._task, self._loop
         if task is not None and loop is not None:
@@ -166,6 +175,34 @@ class Call:
 
 def _set_async_exc(thread: int, exc: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc) if exc else None)
+
+
+# A tool running on the main thread can be interrupted even inside a blocking call: a signal
+# makes the call return EINTR, CPython runs the handler (PEP 475), and the handler raises.
+# That covers time.sleep, socket and pipe reads, select, subprocess waits: whatever retries on
+# EINTR. Other threads only get CallCancelled at their next Python instruction.
+_MAIN_THREAD = threading.main_thread().ident
+# Set by install_interrupt: until its handler is in place, the signal's default would kill us.
+_INTERRUPT: int | None = None
+_main_call: Call | None = None
+
+
+def _on_interrupt(_signum: int, _frame: object) -> None:
+    call = _main_call
+    if call is not None and call.cancel_requested.is_set():
+        raise CallCancelled()
+
+
+def install_interrupt() -> bool:
+    """Lets cancellation interrupt blocking calls of tools on the main thread (call from it)."""
+    global _INTERRUPT
+    rtmin = getattr(signal, "SIGRTMIN", None)
+    signum = rtmin + 3 if rtmin is not None else getattr(signal, "SIGUSR2", None)
+    if signum is None or threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signum, _on_interrupt)
+    _INTERRUPT = signum
+    return True
 
 
 class LoopThread:

@@ -32,8 +32,9 @@ from .values import BadValue, ValueEncoder, decode_tagged
 log = logging.getLogger("snakepit_bridge")
 
 TOKEN_METADATA_KEY = "x-snakepit-token"
-# Chunks a generator may run ahead of the client (gRPC's own flow control applies beyond it).
-STREAM_WINDOW = 8
+# One chunk at a time from the generator, as each is handed to gRPC: a process that dies after
+# yielding has sent what it yielded. gRPC's own flow control and read-ahead buffer beyond it.
+STREAM_WINDOW = 1
 
 _KINDS = {
     errors.PYTHON_EXCEPTION: pb.ToolError.PYTHON_EXCEPTION,
@@ -277,11 +278,14 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
 
     async def ExecuteTool(self, request: pb.ExecuteToolRequest, context: aio.ServicerContext) -> pb.ExecuteToolResponse:
         call_id, sink = self._start(request, stream=False)
+        answered = False
         try:
             kind, payload = await sink.queue.get()
-        except asyncio.CancelledError:
-            self._dispatcher.cancel(call_id)
-            raise
+            answered = True
+        finally:
+            # Cancelled by the client (or failing any other way): the tool must hear of it.
+            if not answered:
+                self._dispatcher.cancel(call_id)
         if kind == "result":
             data, blobs, tagged = payload
             return pb.ExecuteToolResponse(result_json=data, blobs=blobs, tagged=tagged)
@@ -293,25 +297,31 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
 
     async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: aio.ServicerContext) -> None:
         # A coroutine using context.write (not an async generator), so that a client cancel
-        # raises CancelledError right here and the cancel reaches the tool at once.
+        # ends it right here and the cancel reaches the tool at once.
         call_id, sink = self._start(request, stream=True)
+        finished = False
         try:
             while True:
                 kind, payload = await sink.queue.get()
                 if kind in ("chunk", "result"):
                     data, blobs, tagged = payload
+                    finished = kind == "result"
                     await context.write(pb.ToolChunk(data_json=data, blobs=blobs, tagged=tagged))
-                    if kind == "result":
+                    if finished:
                         return
                     self._dispatcher.grant(call_id, 1)
                 elif kind == "failure":
+                    finished = True
                     await context.write(pb.ToolChunk(error=_tool_error(payload)))
                     return
                 else:
+                    finished = True
                     return
-        except asyncio.CancelledError:
-            self._dispatcher.cancel(call_id)
-            raise
+        finally:
+            # A client cancel surfaces as CancelledError, or as a failed write: either way the
+            # generator must be closed.
+            if not finished:
+                self._dispatcher.cancel(call_id)
 
 
 def _decode_args(request: pb.ExecuteToolRequest) -> Any:

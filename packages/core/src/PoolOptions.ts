@@ -87,6 +87,12 @@ export interface PoolOptions {
   }
   /** How long a retiring worker may finish its calls. Default 30 s. */
   readonly drainTimeout?: Duration.DurationInput
+  /**
+   * How long a cancelled call (timed out, interrupted, a stream ended early) may keep running in
+   * Python before its worker is replaced. The worker is not handed out meanwhile. Default 5 s
+   * (env `SNAKEPIT_CANCEL_GRACE`).
+   */
+  readonly cancelGrace?: Duration.DurationInput
   /** Largest message in either direction, on either transport. Default 64 MiB. */
   readonly maxMessageBytes?: number
   /**
@@ -148,6 +154,7 @@ export interface ResolvedPoolOptions {
     readonly cooldown: Duration.Duration
   }
   readonly drainTimeout: Duration.Duration
+  readonly cancelGrace: Duration.Duration
   readonly maxMessageBytes: number
   readonly transport: Transport
   readonly grpc: { readonly listen: "loopback" | "unix" }

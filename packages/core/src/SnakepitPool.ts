@@ -5,7 +5,7 @@
  */
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
 import { Effect, Layer, Option, type Scope, Stream } from "effect"
-import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
+import { ConfigError, PoolNotFound, type PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
 import { resolveSnakepitOptions } from "./internal/config.js"
 import * as GrpcHostBridge from "./internal/grpc/hostBridge.js"

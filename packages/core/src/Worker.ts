@@ -15,7 +15,7 @@ import { delimiter, join } from "node:path"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { BridgeClient } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
-import { Duration, Effect, type Scope } from "effect"
+import { Config, Duration, Effect, type Scope } from "effect"
 import { type ConfigError, InvalidArguments, WorkerStartError } from "./errors.js"
 import type { HostToolsService } from "./HostTool.js"
 import * as Codec from "./internal/codec.js"
@@ -120,6 +120,15 @@ export interface Worker extends PoolWorker {
 
 let workerCounter = 0
 
+/** `SNAKEPIT_TRANSPORT` when it names a transport, else local (the pool validates it up front). */
+const transportFromEnv = Config.literal(
+  "local",
+  "grpc"
+)("SNAKEPIT_TRANSPORT").pipe(
+  Config.withDefault("local" as const),
+  Effect.orElseSucceed(() => "local" as const)
+)
+
 const EMPTY_ARGS: EncodedArgs = { json: "{}", blobs: [], tagged: false, value: {} }
 
 /**
@@ -165,7 +174,7 @@ export const make = (
   Effect.gen(function* () {
     const id = options.id ?? `worker-${++workerCounter}`
     const adapter = options.adapter ?? DEFAULT_ADAPTER
-    const transport = options.transport ?? "local"
+    const transport = options.transport ?? (yield* transportFromEnv)
     const grace = Duration.decode(options.gracefulTimeout ?? Duration.seconds(2))
     const startupTimeout = Duration.decode(options.startupTimeout ?? Duration.seconds(30))
     const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
@@ -251,6 +260,8 @@ export const make = (
             gracefulTimeout: grace,
             hostBridge: options.hostBridge
           })
+
+    yield* proc.activate
 
     return {
       id,

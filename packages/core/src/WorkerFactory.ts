@@ -9,7 +9,14 @@
 import { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { NodeContext } from "@effect/platform-node"
 import { Context, type Duration, Effect, Layer, type Scope, type Stream } from "effect"
-import type { CallTimeout, ConfigError, TransportError, WorkerCallError, WorkerCrashed, WorkerStartError } from "./errors.js"
+import type {
+  CallTimeout,
+  ConfigError,
+  TransportError,
+  WorkerCallError,
+  WorkerCrashed,
+  WorkerStartError
+} from "./errors.js"
 import type { ToolDescription } from "./Snakepit.js"
 import * as Worker from "./Worker.js"
 

@@ -78,10 +78,13 @@ describe("Worker", () => {
           expect(missing.reason).toBe("python_not_found")
           expect(missing.tried).toEqual(["/nonexistent/python3"])
           expect(missing.detail).toContain("/nonexistent/python3 (not found)")
-          // An interpreter that exists but cannot import grpc (node stands in for it).
-          const noGrpc = yield* startError({ runId, python: process.execPath })
-          expect(noGrpc.reason).toBe("python_not_found")
-          expect(noGrpc.detail).toContain("cannot import grpc")
+          // A program that exists but is no Python (node stands in for it).
+          const notPython = yield* startError({ runId, python: process.execPath })
+          expect(notPython.reason).toBe("python_not_found")
+          expect(notPython.detail).toContain("is not a Python 3.9+ interpreter")
+          // The gRPC transport also needs grpcio, and says so.
+          const noGrpc = yield* startError({ runId, python: process.execPath, transport: "grpc" })
+          expect(noGrpc.detail).toContain("that can import grpc and google.protobuf")
         })
       )
     )

@@ -250,7 +250,8 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
       address: options.address,
       ping: (message = "", rpc) => unary(token, "Ping", rpc, (md, co, cb) => client.ping({ message }, md, co, cb)),
       health: (rpc) => unary(token, "Health", rpc, (md, co, cb) => client.health({}, md, co, cb)),
-      executeTool: (request, rpc) => unary(token, "ExecuteTool", rpc, (md, co, cb) => client.executeTool(request, md, co, cb)),
+      executeTool: (request, rpc) =>
+        unary(token, "ExecuteTool", rpc, (md, co, cb) => client.executeTool(request, md, co, cb)),
       executeStreamingTool,
       describeTools: (rpc) => unary(token, "DescribeTools", rpc, (md, co, cb) => client.describeTools({}, md, co, cb)),
       initializeSession: (sessionId, rpc) =>
@@ -266,7 +267,9 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
         ),
       stop: (grace, rpc) =>
         Effect.asVoid(
-          unary(token, "Stop", rpc, (md, co, cb) => client.stop({ graceMs: Math.round(Duration.toMillis(grace)) }, md, co, cb))
+          unary(token, "Stop", rpc, (md, co, cb) =>
+            client.stop({ graceMs: Math.round(Duration.toMillis(grace)) }, md, co, cb)
+          )
         ),
       waitSettled: (requestId, timeout, rpc) =>
         Effect.map(

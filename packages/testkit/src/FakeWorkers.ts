@@ -223,7 +223,15 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
               })
             )
           }
-          return { ok: true, detail: "", pid: fake.pid, rssBytes: fake.rssBytes, activeCalls: 0, uptimeMs: 0, running: [] }
+          return {
+            ok: true,
+            detail: "",
+            pid: fake.pid,
+            rssBytes: fake.rssBytes,
+            activeCalls: 0,
+            uptimeMs: 0,
+            running: []
+          }
         })
 
       return {

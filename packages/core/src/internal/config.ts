@@ -27,6 +27,7 @@
  * | restart           | baseDelay 100 ms, maxDelay 10 s,          |                                 |
  * |                   | maxRestarts 5, window 60 s, cooldown 30 s |                                 |
  * | drainTimeout      | 30 seconds                                |                                 |
+ * | cancelGrace       | 5 seconds                                 | SNAKEPIT_CANCEL_GRACE           |
  * | maxMessageBytes   | 64 MiB                                    | SNAKEPIT_MAX_MESSAGE_BYTES      |
  * | transport         | "local"                                   | SNAKEPIT_TRANSPORT              |
  * | grpc.listen       | "loopback"                                | SNAKEPIT_GRPC_LISTEN            |
@@ -68,6 +69,7 @@ const DEFAULTS = {
     cooldown: Duration.seconds(30)
   },
   drainTimeout: Duration.seconds(30),
+  cancelGrace: Duration.seconds(5),
   maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
   transport: "local" as Transport,
   grpc: { listen: "loopback" as "loopback" | "unix" }
@@ -303,6 +305,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
     }),
     healthCheck: defined({ interval: yield* envDuration("SNAKEPIT_HEALTH_INTERVAL", TIMEOUT) }),
     maxMessageBytes: yield* envInteger("SNAKEPIT_MAX_MESSAGE_BYTES"),
+    cancelGrace: yield* envDuration("SNAKEPIT_CANCEL_GRACE", TIMEOUT),
     transport: yield* fromEnv("SNAKEPIT_TRANSPORT", same, oneOf(TRANSPORTS)),
     grpc: defined({ listen: yield* fromEnv("SNAKEPIT_GRPC_LISTEN", same, oneOf(LISTENS)) }),
     dataDir: yield* fromEnv("SNAKEPIT_DATA_DIR", same, nonEmptyString)
@@ -451,6 +454,7 @@ const resolvePool = (
         cooldown: yield* field("restart.cooldown", restart.cooldown ?? DEFAULTS.restart.cooldown, duration(DELAY))
       },
       drainTimeout: yield* field("drainTimeout", options.drainTimeout ?? DEFAULTS.drainTimeout, duration(TIMEOUT)),
+      cancelGrace: yield* field("cancelGrace", options.cancelGrace ?? DEFAULTS.cancelGrace, duration(TIMEOUT)),
       maxMessageBytes: yield* field(
         "maxMessageBytes",
         options.maxMessageBytes ?? DEFAULTS.maxMessageBytes,

@@ -4,6 +4,7 @@
  * never interleave, so every transition below is atomic with respect to other fibers.
  */
 import {
+  Cause,
   Clock,
   Deferred,
   Duration,
@@ -150,7 +151,8 @@ export const make = (
       restarts: Metric.tagged(metrics.restarts, "pool", name),
       ready: Metric.tagged(metrics.ready, "pool", name),
       busy: Metric.tagged(metrics.busy, "pool", name),
-      queued: Metric.tagged(metrics.queued, "pool", name)
+      queued: Metric.tagged(metrics.queued, "pool", name),
+      stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name)
     }
     const entries = new Map<string, Entry>()
     const waiters: Array<Waiter> = []
@@ -410,7 +412,8 @@ export const make = (
           ...(Duration.isFinite(timeout) ? { timeout } : {})
         })
         .pipe(
-          // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+          // A worker that does not even answer a health probe now (frozen, overloaded) is
+          // retired at once rather than after the cancel grace.
           Effect.tapErrorTag("CallTimeout", () =>
             entry.worker.health(options.healthCheck.timeout).pipe(
               Effect.either,
@@ -425,6 +428,43 @@ export const make = (
           )
         )
     }
+
+    /**
+     * Returns a lease whose call was cancelled once the worker says the call really stopped: the
+     * worker is not handed out while a tool it was told to drop still runs. A call still running
+     * after `cancelGrace` retires the worker. In the background: the caller already has its answer.
+     */
+    const releaseWhenSettled = (entry: Entry, tool: string) =>
+      FiberSet.run(
+        background,
+        entry.worker.settled.pipe(
+          Effect.timeout(options.cancelGrace),
+          Effect.catchTag("TimeoutException", () =>
+            Effect.zipRight(
+              Effect.logWarning(
+                `worker ${entry.worker.id}: a cancelled call to "${tool}" still runs ${Duration.format(options.cancelGrace)} ` +
+                  "later (a tool blocked where Python cannot interrupt it); replacing the worker"
+              ),
+              Effect.zipRight(
+                Metric.increment(Metric.tagged(metric.stuckCalls, "tool", tool)),
+                Effect.sync(() =>
+                  startRetire(entry, {
+                    _tag: "Unhealthy",
+                    detail: `a cancelled call to "${tool}" still ran after ${Duration.format(options.cancelGrace)}`
+                  })
+                )
+              )
+            )
+          ),
+          Effect.ensuring(release(entry))
+        )
+      ).pipe(Effect.asVoid)
+
+    /** A call that ended by cancellation (interruption, timeout) may still run in Python. */
+    const wasCancelled = (exit: Exit.Exit<unknown, CallError>) =>
+      Exit.isInterrupted(exit) ||
+      (Exit.isFailure(exit) &&
+        Cause.failureOption(exit.cause).pipe((e) => e._tag === "Some" && e.value._tag === "CallTimeout"))
 
     const countError = Effect.zipRight(
       Effect.sync(() => counters.errors++),
@@ -443,7 +483,9 @@ export const make = (
         Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
           Effect.uninterruptibleMask((restore) =>
             Effect.flatMap(checkout(call.session, restore), (entry) =>
-              Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(Effect.ensuring(release(entry)))
+              Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
+                Effect.onExit((exit) => (wasCancelled(exit) ? releaseWhenSettled(entry, tool) : release(entry)))
+              )
             )
           )
         )
@@ -459,18 +501,39 @@ export const make = (
           yield* Metric.increment(metric.requests)
           const encoded = yield* Worker.encodeArgs(tool, args)
           const scope = yield* Effect.scope
-          // The lease is tied to the stream's scope: held while the stream runs, returned however it ends.
+          // The lease is tied to the stream's scope: held while the stream runs, returned however it
+          // ends; a stream ended early (or timed out) first lets its generator stop.
+          let finished = false
           const entry = yield* Effect.uninterruptibleMask((restore) =>
-            Effect.tap(checkout(call.session, restore), (entry) => Scope.addFinalizer(scope, release(entry)))
+            Effect.tap(checkout(call.session, restore), (entry) =>
+              Scope.addFinalizer(
+                scope,
+                Effect.suspend(() => (finished ? release(entry) : releaseWhenSettled(entry, tool)))
+              )
+            )
           )
           yield* publish
           const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-          return entry.worker.executeStream(tool, encoded, {
-            ...(call.session === undefined ? {} : { session: call.session }),
-            ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-            ...(call.buffer === undefined ? {} : { window: call.buffer }),
-            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
-          })
+          return entry.worker
+            .executeStream(tool, encoded, {
+              ...(call.session === undefined ? {} : { session: call.session }),
+              ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
+              ...(call.buffer === undefined ? {} : { window: call.buffer }),
+              ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
+            })
+            .pipe(
+              Stream.onEnd(
+                Effect.sync(() => {
+                  finished = true
+                })
+              ),
+              // The worker ended the stream (an error from the tool, a crash): nothing runs on.
+              Stream.tapError((error) =>
+                Effect.sync(() => {
+                  finished = error._tag !== "CallTimeout"
+                })
+              )
+            )
         })
       ).pipe(
         Stream.tapError(() => countError),

@@ -10,16 +10,11 @@
 import { type ChildProcess, spawn as spawnChild } from "node:child_process"
 import type { Socket } from "node:net"
 import type { Readable, Writable } from "node:stream"
+import { ProcessInfo, Registry, type RegistryError, type WorkerNotFound as RegistryNotFound } from "@snakepit/registry"
+import { Chunk, Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, type Scope, Stream } from "effect"
 import {
-  ProcessInfo,
-  Registry,
-  type RegistryError,
-  type WorkerNotFound as RegistryNotFound
-} from "@snakepit/registry"
-import { Deferred, Duration, Effect, Exit, Fiber, Option, Schedule, type Scope, Stream } from "effect"
-import {
-  type TransportErrorReason,
   TransportError,
+  type TransportErrorReason,
   WorkerCrashed,
   WorkerStartError,
   type WorkerStartReason
@@ -81,6 +76,8 @@ export interface WorkerProcess {
   ) => Effect.Effect<never, WorkerCrashed | TransportError>
   /** SIGKILLs the process group now (a worker that broke its protocol is not worth a grace). */
   readonly kill: Effect.Effect<void>
+  /** Marks the worker's registry row active (once it is ready). */
+  readonly activate: Effect.Effect<void>
 }
 
 /** Sends `signal` to the whole process group led by `pid`; a group that is already gone is fine. */
@@ -131,7 +128,7 @@ const linesOf = (readable: Readable): Stream.Stream<string> =>
     readable.on("data", (chunk: string) => {
       const lines = (partial + chunk).split("\n")
       partial = lines.pop() ?? ""
-      if (lines.length > 0) void emit.chunk(lines.map((line) => line.replace(/\r$/, "")) as never)
+      if (lines.length > 0) void emit.chunk(Chunk.unsafeFromArray(lines.map((line) => line.replace(/\r$/, ""))))
     })
     readable.once("close", () => {
       if (partial !== "") void emit.single(partial)
@@ -216,7 +213,8 @@ export const spawn = (options: ProcessOptions): Effect.Effect<WorkerProcess, Wor
         return
       }
       proc.once("error", (error) => {
-        const reason: WorkerStartReason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "python_not_found" : "spawn_failed"
+        const reason: WorkerStartReason =
+          (error as NodeJS.ErrnoException).code === "ENOENT" ? "python_not_found" : "spawn_failed"
         resume(Effect.fail(startError(reason, `could not spawn ${options.executable}: ${errnoOf(error)}`)))
       })
     })
@@ -275,7 +273,11 @@ export const spawn = (options: ProcessOptions): Effect.Effect<WorkerProcess, Wor
     const exitedBeforeReady = (status: ExitStatus, adapter: string) =>
       Effect.flatMap(drainedTail, (stderrTail) => {
         const reason: WorkerStartReason =
-          status.code === 3 ? "adapter_import_failed" : status.code === 4 ? "adapter_start_failed" : "exited_before_ready"
+          status.code === 3
+            ? "adapter_import_failed"
+            : status.code === 4
+              ? "adapter_start_failed"
+              : "exited_before_ready"
         const how = status.signal ? `killed by ${status.signal}` : `exited with code ${status.code}`
         const detail =
           reason === "adapter_import_failed"
@@ -324,6 +326,7 @@ export const spawn = (options: ProcessOptions): Effect.Effect<WorkerProcess, Wor
       startError,
       exitedBeforeReady,
       lost,
-      kill: signalGroup(pid, "SIGKILL")
+      kill: signalGroup(pid, "SIGKILL"),
+      activate: recordInRegistry((r) => r.activateWorker({ workerId: id, runId: options.runId, pid, pgid: pid }))
     } satisfies WorkerProcess
   })

@@ -8,7 +8,10 @@ import type { PoolWorker } from "../WorkerFactory.js"
 
 /** The calls of a worker over one transport. */
 export interface Protocol
-  extends Pick<PoolWorker, "executeEncoded" | "executeStream" | "health" | "describeTools" | "cleanupSession" | "settled"> {
+  extends Pick<
+    PoolWorker,
+    "executeEncoded" | "executeStream" | "health" | "describeTools" | "cleanupSession" | "settled"
+  > {
   /** Where the worker is: "local" for the private channel, else the gRPC address. */
   readonly address: string
 }

@@ -15,7 +15,7 @@ export const DEFAULT_CANDIDATES: ReadonlyArray<string> = ["python3", "/usr/bin/p
 export const GRPC_MODULES: ReadonlyArray<string> = ["grpc", "google.protobuf"]
 
 const probeOf = (modules: ReadonlyArray<string>) =>
-  `import sys${modules.map((m) => `, ${m}`).join("")}; print(sys.version.split()[0])`
+  `import sys; assert sys.version_info >= (3, 9)${modules.map((m) => `; import ${m}`).join("")}; print(sys.version.split()[0])`
 
 /** Why each tried interpreter was rejected. */
 export interface Rejection {
@@ -56,7 +56,12 @@ export const probePython = (
     Command.exitCode,
     Effect.timeout(Duration.seconds(20)),
     Effect.map((code) =>
-      code === 0 ? Option.none() : Option.some({ python, why: `cannot import ${modules.join(" and ") || "its standard library"}` })
+      code === 0
+        ? Option.none()
+        : Option.some({
+            python,
+            why: `is not a Python 3.9+ interpreter${modules.length > 0 ? ` that can import ${modules.join(" and ")}` : ""}`
+          })
     ),
     Effect.catchTags({
       SystemError: (e) =>

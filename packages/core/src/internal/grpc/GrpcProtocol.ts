@@ -93,18 +93,24 @@ export const make = (
     const line = yield* Effect.raceFirst(
       Stream.runHead(proc.stdoutLines).pipe(
         Effect.flatMap((first) =>
-          first._tag === "Some" ? Effect.succeed(first.value) : Effect.flatMap(proc.exited, (s) => proc.exitedBeforeReady(s, options.adapter))
+          first._tag === "Some"
+            ? Effect.succeed(first.value)
+            : Effect.flatMap(proc.exited, (s) => proc.exitedBeforeReady(s, options.adapter))
         )
       ),
       Effect.flatMap(proc.exited, (status) => proc.exitedBeforeReady(status, options.adapter))
     ).pipe(
       Effect.timeoutFail({
         duration: options.startupTimeout,
-        onTimeout: () => proc.startError("startup_timeout", `not ready within ${Duration.format(options.startupTimeout)}`)
+        onTimeout: () =>
+          proc.startError("startup_timeout", `not ready within ${Duration.format(options.startupTimeout)}`)
       })
     )
     if (!line.startsWith(READY_PREFIX)) {
-      return yield* proc.startError("bad_readiness_line", `expected "${READY_PREFIX}{...}" on stdout, got: ${line.slice(0, 200)}`)
+      return yield* proc.startError(
+        "bad_readiness_line",
+        `expected "${READY_PREFIX}{...}" on stdout, got: ${line.slice(0, 200)}`
+      )
     }
     const ready = yield* Effect.try({
       try: () => JSON.parse(line.slice(READY_PREFIX.length)) as { port?: number; address?: string },
@@ -123,11 +129,9 @@ export const make = (
       Effect.gen(function* () {
         if (!(yield* proc.isRunning)) return
         yield* proc.stopRequested
-        yield* client.stop(options.gracefulTimeout, { deadline: options.gracefulTimeout }).pipe(
-          Effect.interruptible,
-          Effect.timeout(options.gracefulTimeout),
-          Effect.either
-        )
+        yield* client
+          .stop(options.gracefulTimeout, { deadline: options.gracefulTimeout })
+          .pipe(Effect.interruptible, Effect.timeout(options.gracefulTimeout), Effect.either)
       })
     )
 
@@ -167,16 +171,18 @@ export const make = (
     const abandon = (requestId: string) => {
       abandoned++
       runWatcher(
-        client.waitSettled(requestId, Duration.minutes(10)).pipe(
-          Effect.repeat({ until: (settled) => settled }),
-          Effect.either,
-          Effect.ensuring(Effect.sync(settle))
-        )
+        client
+          .waitSettled(requestId, Duration.minutes(10))
+          .pipe(Effect.repeat({ until: (settled) => settled }), Effect.either, Effect.ensuring(Effect.sync(settle)))
       )
     }
     let nextRequest = 0
 
-    const requestOf = (tool: string, args: EncodedArgs, opts: ExecuteOptions | StreamOptions): Proto.ExecuteToolRequest => ({
+    const requestOf = (
+      tool: string,
+      args: EncodedArgs,
+      opts: ExecuteOptions | StreamOptions
+    ): Proto.ExecuteToolRequest => ({
       tool,
       argsJson: Buffer.from(args.json),
       attachments:
@@ -209,7 +215,8 @@ export const make = (
         }),
         Effect.flatMap((response): Effect.Effect<unknown, WorkerCallError> => {
           const outcome = response.outcome
-          if (outcome?.$case === "resultJson") return Effect.succeed(decodeValue(outcome.value, response.blobs, response.tagged))
+          if (outcome?.$case === "resultJson")
+            return Effect.succeed(decodeValue(outcome.value, response.blobs, response.tagged))
           if (outcome?.$case === "error") return Effect.fail(toolFailure(id, tool, failureOf(outcome.value)))
           return Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
         })
@@ -221,30 +228,37 @@ export const make = (
         const request = requestOf(tool, args, opts)
         const idle = opts.idleTimeout
         let done = false
-        const chunks = client.executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle }).pipe(
-          Stream.catchTags({
-            GrpcDeadlineExceeded: (error) =>
-              idle === undefined
-                ? Stream.fromEffect(transportFailure(tool)(error))
-                : Stream.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle), workerId: id })),
-            GrpcUnavailable: (error) => Stream.fromEffect(transportFailure(tool)(error)),
-            GrpcMessageTooLarge: (error) => Stream.fromEffect(transportFailure(tool)(error)),
-            GrpcFailure: (error) => Stream.fromEffect(transportFailure(tool)(error))
-          }),
-          Stream.mapEffect((chunk): Effect.Effect<unknown, WorkerCallError> => {
-            const outcome = chunk.outcome
-            if (outcome?.$case === "dataJson") return Effect.succeed(decodeValue(outcome.value, chunk.blobs, chunk.tagged))
-            if (outcome?.$case === "error") return Effect.fail(toolFailure(id, tool, failureOf(outcome.value)))
-            return Effect.dieMessage(`worker ${id} sent an empty chunk for "${tool}"`)
-          }),
-          Stream.onEnd(Effect.sync(() => {
-            done = true
-          })),
-          Stream.ensuring(Effect.sync(() => {
-            // Ended early, failed or timed out: the worker cancels the generator; learn when it stopped.
-            if (!done) abandon(request.requestId)
-          }))
-        )
+        const chunks = client
+          .executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle })
+          .pipe(
+            Stream.catchTags({
+              GrpcDeadlineExceeded: (error) =>
+                idle === undefined
+                  ? Stream.fromEffect(transportFailure(tool)(error))
+                  : Stream.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(idle), workerId: id })),
+              GrpcUnavailable: (error) => Stream.fromEffect(transportFailure(tool)(error)),
+              GrpcMessageTooLarge: (error) => Stream.fromEffect(transportFailure(tool)(error)),
+              GrpcFailure: (error) => Stream.fromEffect(transportFailure(tool)(error))
+            }),
+            Stream.mapEffect((chunk): Effect.Effect<unknown, WorkerCallError> => {
+              const outcome = chunk.outcome
+              if (outcome?.$case === "dataJson")
+                return Effect.succeed(decodeValue(outcome.value, chunk.blobs, chunk.tagged))
+              if (outcome?.$case === "error") return Effect.fail(toolFailure(id, tool, failureOf(outcome.value)))
+              return Effect.dieMessage(`worker ${id} sent an empty chunk for "${tool}"`)
+            }),
+            Stream.onEnd(
+              Effect.sync(() => {
+                done = true
+              })
+            ),
+            Stream.ensuring(
+              Effect.sync(() => {
+                // Ended early, failed or timed out: the worker cancels the generator; learn when it stopped.
+                if (!done) abandon(request.requestId)
+              })
+            )
+          )
         // grpc-js reads 16 messages ahead itself; a window asks for more on top.
         return opts.window === undefined ? chunks : Stream.buffer(chunks, { capacity: opts.window })
       })

@@ -17,7 +17,10 @@ const KINDS: Record<string, Proto.ToolError_Kind> = {
 }
 
 const failure = (kind: string, type: string, message: string): Proto.CallHostToolResponse => ({
-  outcome: { $case: "error", value: { kind: KINDS[kind] ?? 1, type, message, traceback: "", availableTools: [], path: "" } },
+  outcome: {
+    $case: "error",
+    value: { kind: KINDS[kind] ?? 1, type, message, traceback: "", availableTools: [], path: "" }
+  },
   blobs: [],
   tagged: false
 })

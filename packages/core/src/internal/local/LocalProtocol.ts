@@ -152,7 +152,11 @@ export const make = (
     const sendControl = (header: string, value?: Codec.Encoded) =>
       write(
         controlSocket,
-        encodeFrame(value === undefined ? header : `${header.slice(0, -1)},"v":${value.json}}`, value?.blobs ?? [], value?.tagged ?? false),
+        encodeFrame(
+          value === undefined ? header : `${header.slice(0, -1)},"v":${value.json}}`,
+          value?.blobs ?? [],
+          value?.tagged ?? false
+        ),
         stalledControl
       )
 
@@ -181,7 +185,10 @@ export const make = (
     const onCallFrame = (frame: Frame) => {
       const pending = calls.get(frame.header.i as number)
       if (pending === undefined) {
-        throw new FrameError("protocol_error", `a ${String(frame.header.t)} frame for unknown call ${String(frame.header.i)}`)
+        throw new FrameError(
+          "protocol_error",
+          `a ${String(frame.header.t)} frame for unknown call ${String(frame.header.i)}`
+        )
       }
       pending.onFrame(frame)
     }
@@ -284,7 +291,8 @@ export const make = (
     ).pipe(
       Effect.timeoutFail({
         duration: options.startupTimeout,
-        onTimeout: () => proc.startError("startup_timeout", `not ready within ${Duration.format(options.startupTimeout)}`)
+        onTimeout: () =>
+          proc.startError("startup_timeout", `not ready within ${Duration.format(options.startupTimeout)}`)
       })
     )
     onReady = undefined
@@ -326,14 +334,24 @@ export const make = (
 
     // ---- calls ---------------------------------------------------------------------------------
 
-    const callHeader = (callId: number, tool: string, args: EncodedArgs, session: string | undefined, extra: string) => {
+    const callHeader = (
+      callId: number,
+      tool: string,
+      args: EncodedArgs,
+      session: string | undefined,
+      extra: string
+    ) => {
       let header = `{"t":"call","i":${callId},"tool":${JSON.stringify(tool)},"a":${args.json}`
       if (session !== undefined) header += `,"s":${JSON.stringify(session)}`
       return `${header}${extra}}`
     }
 
     /** The call's frame, or the InvalidArguments-free failure when it is too large to send. */
-    const callFrame = (header: string, args: EncodedArgs, attachments: Readonly<Record<string, Uint8Array>> | undefined) => {
+    const callFrame = (
+      header: string,
+      args: EncodedArgs,
+      attachments: Readonly<Record<string, Uint8Array>> | undefined
+    ) => {
       let blobs = args.blobs
       let tagged = args.tagged
       let text = header
@@ -342,7 +360,8 @@ export const make = (
         if (Codec.isProblem(encoded)) return encoded
         // The attachments' blobs follow the arguments' ones: renumber their tags.
         const offset = blobs.length
-        const json = offset === 0 ? encoded.json : encoded.json.replace(/"blob":(\d+)/g, (_, n) => `"blob":${Number(n) + offset}`)
+        const json =
+          offset === 0 ? encoded.json : encoded.json.replace(/"blob":(\d+)/g, (_, n) => `"blob":${Number(n) + offset}`)
         text = `${header.slice(0, -1)},"att":${json}}`
         blobs = [...blobs, ...encoded.blobs]
         tagged = true
@@ -351,7 +370,12 @@ export const make = (
     }
 
     const tooLarge = (tool: string, size: number) =>
-      proc.lost(tool, "message_too_large", `the call is ${size} bytes, over the limit of ${maxFrame} bytes (maxMessageBytes)`, 0)
+      proc.lost(
+        tool,
+        "message_too_large",
+        `the call is ${size} bytes, over the limit of ${maxFrame} bytes (maxMessageBytes)`,
+        0
+      )
 
     const executeEncoded = (tool: string, args: EncodedArgs, opts: ExecuteOptions = {}) =>
       Effect.async<unknown, WorkerCallError>((resume) => {
@@ -362,7 +386,18 @@ export const make = (
         const callId = nextId++
         const frame = callFrame(callHeader(callId, tool, args, opts.session, ""), args, opts.attachments)
         if (!Array.isArray(frame)) {
-          resume(Effect.fail(toolFailure(id, tool, { kind: "invalid_arguments", type: "", message: frame.reason, traceback: "", available: [], path: frame.path })))
+          resume(
+            Effect.fail(
+              toolFailure(id, tool, {
+                kind: "invalid_arguments",
+                type: "",
+                message: frame.reason,
+                traceback: "",
+                available: [],
+                path: frame.path
+              })
+            )
+          )
           return
         }
         const size = frameSize(frame)
@@ -428,9 +463,22 @@ export const make = (
             return
           }
           callId = nextId++
-          const frame = callFrame(callHeader(callId, tool, args, opts.session, `,"stream":true,"w":${window}`), args, opts.attachments)
+          const frame = callFrame(
+            callHeader(callId, tool, args, opts.session, `,"stream":true,"w":${window}`),
+            args,
+            opts.attachments
+          )
           if (!Array.isArray(frame)) {
-            failure = Effect.fail(toolFailure(id, tool, { kind: "invalid_arguments", type: "", message: frame.reason, traceback: "", available: [], path: frame.path }))
+            failure = Effect.fail(
+              toolFailure(id, tool, {
+                kind: "invalid_arguments",
+                type: "",
+                message: frame.reason,
+                traceback: "",
+                available: [],
+                path: frame.path
+              })
+            )
             return
           }
           const size = frameSize(frame)
@@ -460,7 +508,10 @@ export const make = (
                   failure = Effect.fail(toolFailure(id, tool, failureOf(answer.header.e)))
                   break
                 default:
-                  throw new FrameError("protocol_error", `a ${String(answer.header.t)} frame in the stream of "${tool}"`)
+                  throw new FrameError(
+                    "protocol_error",
+                    `a ${String(answer.header.t)} frame in the stream of "${tool}"`
+                  )
               }
               wake?.()
             },
@@ -513,7 +564,9 @@ export const make = (
           })
         })
 
-        return Stream.acquireRelease(start, () => finish).pipe(Stream.flatMap(() => Stream.repeatEffectChunkOption(pull)))
+        return Stream.acquireRelease(start, () => finish).pipe(
+          Stream.flatMap(() => Stream.repeatEffectChunkOption(pull))
+        )
       })
 
     const health = (timeout: Duration.DurationInput = Duration.seconds(5)) =>

@@ -113,7 +113,8 @@ export class FrameReader {
           `the worker sent a frame of ${length} bytes, over the limit of ${this.maxFrame} bytes (maxMessageBytes)`
         )
       }
-      if (length < PREFIX - 4) throw new FrameError("protocol_error", `a frame of ${length} bytes is shorter than its prefix`)
+      if (length < PREFIX - 4)
+        throw new FrameError("protocol_error", `a frame of ${length} bytes is shorter than its prefix`)
       const total = 4 + length
       if (data.length - offset < total) {
         if (total > 1 << 20) {
@@ -158,7 +159,8 @@ const parse = (frame: Buffer): Frame => {
   const blobs: Array<Uint8Array> = []
   let offset = headerEnd
   while (offset < frame.length) {
-    if (offset + 4 > frame.length) throw new FrameError("protocol_error", "a blob length runs past the end of its frame")
+    if (offset + 4 > frame.length)
+      throw new FrameError("protocol_error", "a blob length runs past the end of its frame")
     const size = frame.readUInt32BE(offset)
     offset += 4
     if (offset + size > frame.length) throw new FrameError("protocol_error", "a blob runs past the end of its frame")
