@@ -280,6 +280,7 @@ export const make = (
       describeTools: protocol.describeTools,
       cleanupSession: protocol.cleanupSession,
       settled: protocol.settled,
+      failed: protocol.failed,
       exited: proc.exited,
       isRunning: proc.isRunning,
       stderrTail: proc.stderrTail

@@ -159,6 +159,11 @@ export interface PoolWorker {
    * ended early) has really stopped in Python.
    */
   readonly settled: Effect.Effect<void>
+  /**
+   * Completes, with why, once the worker can no longer serve although its process may still run
+   * for a moment (its channel broke): the pool stops handing it out at once.
+   */
+  readonly failed: Effect.Effect<string>
   /** Completes when the worker's process exits. */
   readonly exited: Effect.Effect<ExitStatus>
 }

@@ -260,6 +260,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
             return true
           }),
         settled: Effect.void,
+        failed: Effect.never,
         exited: Deferred.await(exit)
       }
     })

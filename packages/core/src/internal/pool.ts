@@ -634,6 +634,7 @@ export const make = (
         const ttl = options.recycle.ttl
         const reason = yield* Effect.raceAll([
           Effect.map(entry.worker.exited, (status): RetireReason => ({ _tag: "Crashed", status })),
+          Effect.map(entry.worker.failed, (detail): RetireReason => ({ _tag: "Unhealthy", detail })),
           Deferred.await(entry.retire),
           healthLoop(entry),
           ttl === undefined ? Effect.never : Effect.as(Effect.sleep(ttl), { _tag: "Recycle", why: "ttl" } as const)

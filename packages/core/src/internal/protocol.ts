@@ -10,7 +10,7 @@ import type { PoolWorker } from "../WorkerFactory.js"
 export interface Protocol
   extends Pick<
     PoolWorker,
-    "executeEncoded" | "executeStream" | "health" | "describeTools" | "cleanupSession" | "settled"
+    "executeEncoded" | "executeStream" | "health" | "describeTools" | "cleanupSession" | "settled" | "failed"
   > {
   /** Where the worker is: "local" for the private channel, else the gRPC address. */
   readonly address: string

@@ -70,7 +70,13 @@ const blobsOf = (args: EncodedArgs) => args.blobs.map((b) => Buffer.from(b.buffe
 
 const decodeValue = (json: Uint8Array, blobs: ReadonlyArray<Uint8Array>, tagged: boolean): unknown => {
   const value: unknown = JSON.parse(Buffer.from(json.buffer, json.byteOffset, json.byteLength).toString("utf8"))
-  return tagged ? Codec.decodeTagged(value, blobs) : value
+  // Plain Uint8Arrays over the message's memory, not Buffers: the same values as the local transport.
+  return tagged
+    ? Codec.decodeTagged(
+        value,
+        blobs.map((b) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength))
+      )
+    : value
 }
 
 /**
@@ -307,6 +313,8 @@ export const make = (
         )
       ),
       cleanupSession: (session) => onTransport(null, client.cleanupSession(session)),
+      // A broken gRPC connection is a dead process: `exited` says it.
+      failed: Effect.never,
       settled: Effect.async<void>((resume) => {
         if (abandoned === 0) {
           resume(Effect.void)

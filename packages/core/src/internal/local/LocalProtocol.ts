@@ -13,7 +13,7 @@
  * *abandoned* until the worker reports it stopped, which is what `settled` waits for.
  */
 import type { Socket } from "node:net"
-import { Chunk, Duration, Effect, FiberMap, Option, type Scope, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Exit, FiberMap, Option, type Scope, Stream } from "effect"
 import {
   CallTimeout,
   type TransportError,
@@ -93,6 +93,7 @@ export const make = (
     let broken: { reason: TransportErrorReason; detail: string; wait: Duration.DurationInput } | undefined
     let onReady: ((frame: Frame) => void) | undefined
     let earlyReady: Frame | undefined
+    const failed = yield* Deferred.make<string>()
     const hostFibers = yield* FiberMap.make<number>()
     const runHostTool = yield* FiberMap.runtime(hostFibers)<never>()
 
@@ -107,6 +108,7 @@ export const make = (
     const breakChannel = (reason: TransportErrorReason, detail: string, wait: Duration.DurationInput) => {
       if (broken !== undefined) return
       broken = { reason, detail, wait }
+      Deferred.unsafeDone(failed, Exit.succeed(`${reason}: ${detail}`))
       for (const [, pending] of calls) pending.onLost(proc.lost(pending.tool, reason, detail, wait))
       calls.clear()
       controls.clear()
@@ -622,6 +624,7 @@ export const make = (
         request((callId) => `{"t":"cleanup","i":${callId},"s":${JSON.stringify(session)}}`).pipe(
           Effect.map((value) => (value as { existed?: unknown } | undefined)?.existed === true)
         ),
+      failed: Deferred.await(failed),
       settled: Effect.async<void>((resume) => {
         if (abandoned === 0) {
           resume(Effect.void)
