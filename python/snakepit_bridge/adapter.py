@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from .errors import CallCancelled
 from .host_bridge import (
@@ -22,9 +23,9 @@ from .host_bridge import (
 )
 
 __all__ = [
+    "HOST_TOOLS_UNAVAILABLE",
     "BaseAdapter",
     "CallCancelled",
-    "HOST_TOOLS_UNAVAILABLE",
     "HostBridge",
     "HostToolError",
     "HostToolsUnavailable",
@@ -52,7 +53,7 @@ _TOOL_MARKER = "__snakepit_tool__"
 class _ToolMarker:
     # A plain class, not a dataclass: a frozen @dataclass costs ~0.4 ms of worker
     # startup, and this private marker needs none of what it generates.
-    __slots__ = ("name", "description")
+    __slots__ = ("description", "name")
 
     def __init__(self, name: str | None, description: str | None) -> None:
         self.name = name
@@ -170,9 +171,7 @@ def _first_paragraph(doc: str | None) -> str:
     return " ".join(paragraph.split())
 
 
-def _build_tool_info(
-    method: Callable[..., Any], func: Callable[..., Any], marker: _ToolMarker
-) -> ToolInfo:
+def _build_tool_info(method: Callable[..., Any], func: Callable[..., Any], marker: _ToolMarker) -> ToolInfo:
     """Describe ``method`` (a bound method) whose underlying function is ``func``."""
     full_signature = inspect.signature(method)
     accepts_ctx = CONTEXT_PARAMETER in full_signature.parameters
@@ -199,15 +198,11 @@ def _build_tool_info(
     }
     keyword_names = frozenset(p.name for p in bindable if p.kind != inspect.Parameter.VAR_KEYWORD)
     required_names = frozenset(
-        p.name
-        for p in bindable
-        if p.default is inspect.Parameter.empty and p.kind != inspect.Parameter.VAR_KEYWORD
+        p.name for p in bindable if p.default is inspect.Parameter.empty and p.kind != inspect.Parameter.VAR_KEYWORD
     )
     streaming = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
     is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
-    description = (
-        marker.description if marker.description is not None else _first_paragraph(inspect.getdoc(func))
-    )
+    description = marker.description if marker.description is not None else _first_paragraph(inspect.getdoc(func))
     return ToolInfo(
         name=marker.name or func.__name__,
         description=description,
@@ -381,8 +376,6 @@ class BaseAdapter:
                     continue
                 info = _build_tool_info(getattr(self, attribute), func, marker)
                 if info.name in found:
-                    raise ValueError(
-                        f"{type(self).__qualname__} defines two tools named {info.name!r}"
-                    )
+                    raise ValueError(f"{type(self).__qualname__} defines two tools named {info.name!r}")
                 found[info.name] = info
         return found

@@ -22,9 +22,10 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from . import errors
 from .dispatch import Call, Dispatcher
@@ -67,7 +68,7 @@ def _unsendable(tool: str, exc: BaseException, max_frame: int) -> ToolFailure:
 class _FrameSink:
     """A call's outcome as frames on the call socket."""
 
-    __slots__ = ("_writer", "_id", "_tool")
+    __slots__ = ("_id", "_tool", "_writer")
 
     def __init__(self, writer: FrameWriter, call_id: int, tool: str) -> None:
         self._writer = writer
@@ -167,7 +168,9 @@ class ChannelHostBridge(HostBridge):
             )
         return frame.value("v", "result")
 
-    def _header(self, name: str, args: Mapping[str, Any] | None, session_id: str | None, attachments: Any) -> dict[str, Any]:
+    def _header(
+        self, name: str, args: Mapping[str, Any] | None, session_id: str | None, attachments: Any
+    ) -> dict[str, Any]:
         header: dict[str, Any] = {"t": "host_call", "tool": name, "a": check_args(name, args)}
         if session_id:
             header["s"] = session_id
@@ -190,7 +193,9 @@ class ChannelHostBridge(HostBridge):
         try:
             frame = self._wait(call_id, future, timeout, cancelled)
         except FutureTimeout:
-            raise HostToolError("DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout") from None
+            raise HostToolError(
+                "DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout"
+            ) from None
         return self._outcome(name, frame)
 
     async def acall(
@@ -210,7 +215,9 @@ class ChannelHostBridge(HostBridge):
             frame = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
             self._abandon(call_id)
-            raise HostToolError("DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout") from None
+            raise HostToolError(
+                "DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout"
+            ) from None
         except BaseException:
             self._abandon(call_id)
             raise
@@ -221,7 +228,9 @@ class ChannelHostBridge(HostBridge):
         try:
             frame = self._wait(call_id, future, timeout, None)
         except FutureTimeout:
-            raise HostToolError("DeadlineExceeded", f"the host did not list its tools within {timeout} s", "timeout") from None
+            raise HostToolError(
+                "DeadlineExceeded", f"the host did not list its tools within {timeout} s", "timeout"
+            ) from None
         return list(self._outcome("list", frame) or [])
 
     async def alist_tools(self, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
@@ -239,7 +248,9 @@ class ChannelHostBridge(HostBridge):
 class LocalTransport:
     """Serves a dispatcher over the call and control sockets until stopped or the host is gone."""
 
-    def __init__(self, call_sock: socket.socket, control_sock: socket.socket, *, max_frame: int, concurrency: int) -> None:
+    def __init__(
+        self, call_sock: socket.socket, control_sock: socket.socket, *, max_frame: int, concurrency: int
+    ) -> None:
         self._call_reader = FrameReader(call_sock, max_frame)
         self._control_reader = FrameReader(control_sock, max_frame)
         self._call_sock = call_sock
@@ -344,7 +355,11 @@ class LocalTransport:
         if self._threads is not None:
             with self._busy_lock:
                 busy = self._busy
-            return f"all {self._concurrency} tool threads are busy and calls are waiting" if busy > self._concurrency else None
+            return (
+                f"all {self._concurrency} tool threads are busy and calls are waiting"
+                if busy > self._concurrency
+                else None
+            )
         inline = self._inline
         if inline is None:
             return None

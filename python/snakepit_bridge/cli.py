@@ -169,7 +169,9 @@ def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn
         log.error("adapter %s failed to start:\n%s", adapter_class.adapter_name(), traceback.format_exc())
         hygiene.exit_now(EXIT_STARTUP_FAILURE)
     state["adapter"] = adapter
-    dispatcher = Dispatcher(adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop)
+    dispatcher = Dispatcher(
+        adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop
+    )
     state["dispatcher"] = dispatcher
 
     def on_sigterm(_signum: int, _frame: Any) -> None:
@@ -203,7 +205,9 @@ def _read_bootstrap() -> dict[str, Any]:
     return data
 
 
-def _serve_grpc(args: argparse.Namespace, adapter_class: type[Any], ready_out: IO[str], bootstrap: dict[str, Any]) -> NoReturn:
+def _serve_grpc(
+    args: argparse.Namespace, adapter_class: type[Any], ready_out: IO[str], bootstrap: dict[str, Any]
+) -> NoReturn:
     from concurrent.futures import ThreadPoolExecutor
 
     from . import grpc_server
@@ -249,7 +253,9 @@ def _serve_grpc(args: argparse.Namespace, adapter_class: type[Any], ready_out: I
         except BaseException:
             log.error("adapter %s failed to start:\n%s", adapter_class.adapter_name(), traceback.format_exc())
             return EXIT_STARTUP_FAILURE
-        dispatcher = Dispatcher(adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop)
+        dispatcher = Dispatcher(
+            adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop
+        )
         executor = ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
 
         def announce(where: dict[str, Any]) -> None:

@@ -22,8 +22,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, AsyncIterator, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from . import errors
 from .adapter import BaseAdapter, CancelFlag, ToolContext, ToolInfo, ToolResult
@@ -38,7 +39,10 @@ class Sink(Protocol):
 
     def result(self, value: Any) -> None: ...
     def failure(self, failure: ToolFailure) -> None: ...
-    def chunk(self, value: Any) -> None: ...
+    def chunk(self, value: Any) -> bool:
+        """Sends one chunk; False when it could not be sent (the sink then reported the failure)."""
+        ...
+
     def end(self) -> None: ...
     def cancelled(self) -> None: ...
 
@@ -98,17 +102,17 @@ class Call:
     """A call the dispatcher is running."""
 
     __slots__ = (
-        "id",
-        "tool",
-        "session",
-        "started",
+        "_lock",
+        "_loop",
+        "_task",
+        "_thread",
         "cancel_requested",
         "cancelled_at",
         "credit",
-        "_lock",
-        "_thread",
-        "_task",
-        "_loop",
+        "id",
+        "session",
+        "started",
+        "tool",
     )
 
     def __init__(self, call_id: object, tool: str, session: str, credit: Credit | None) -> None:
@@ -162,7 +166,7 @@ class Call:
                 return
             self.cancel_requested.set()
             self.cancelled_at = time.monotonic()
-            if self._thread == _MAIN_THREAD and _INTERRUPT is not None:
+            if self._thread is not None and self._thread == _MAIN_THREAD and _INTERRUPT is not None:
                 signal.pthread_kill(self._thread, _INTERRUPT)
             elif self._thread is not None:
                 _set_async_exc(self._thread, CallCancelled)
@@ -384,7 +388,9 @@ class Dispatcher:
                 errors.TOOL_NOT_FOUND, "ToolNotFound", f"no tool named {tool!r}", available_tools=sorted(self.tools)
             )
         if not isinstance(args, dict):
-            raise ToolFailure(errors.INVALID_ARGUMENTS, "TypeError", f"arguments must be an object, not {type(args).__name__}")
+            raise ToolFailure(
+                errors.INVALID_ARGUMENTS, "TypeError", f"arguments must be an object, not {type(args).__name__}"
+            )
         problem = info.check_arguments(args)
         if problem is not None:
             raise ToolFailure(errors.INVALID_ARGUMENTS, "TypeError", f"tool {info.name!r}: {problem}")
@@ -485,7 +491,8 @@ class Dispatcher:
                 if item is _EXHAUSTED:
                     sink.end()
                     return
-                sink.chunk(_unwrap(item))
+                if not sink.chunk(_unwrap(item)):
+                    return
         finally:
             try:
                 gen.close()  # type: ignore[attr-defined]  # runs the generator's finally
@@ -534,7 +541,8 @@ class Dispatcher:
                 except BaseException as exc:
                     sink.failure(errors.from_exception(errors.PYTHON_EXCEPTION, exc))
                     return
-                sink.chunk(_unwrap(item))
+                if not sink.chunk(_unwrap(item)):
+                    return
         finally:
             try:
                 await agen.aclose()  # type: ignore[attr-defined]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -24,6 +25,8 @@ SECRET_METADATA_KEY = "x-snakepit-secret"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 Stub = pb_grpc.HostToolServiceStub
+# The generated stub is untyped (protoc's output carries no hints).
+StubType = Any
 _KIND_NAMES = {
     pb.ToolError.TOOL_NOT_FOUND: "tool_not_found",
     pb.ToolError.INVALID_ARGUMENTS: "invalid_arguments",
@@ -121,8 +124,8 @@ class GrpcHostBridge(HostBridge):
             ("grpc.enable_http_proxy", 0),
         ]
         self._lock = threading.Lock()
-        self._sync: tuple[grpc.Channel, Stub] | None = None
-        self._aio: dict[asyncio.AbstractEventLoop, tuple[aio.Channel, Stub]] = {}
+        self._sync: tuple[grpc.Channel, StubType] | None = None
+        self._aio: dict[asyncio.AbstractEventLoop, tuple[aio.Channel, StubType]] = {}
 
     @property
     def configured(self) -> bool:
@@ -169,7 +172,9 @@ class GrpcHostBridge(HostBridge):
 
     def list_tools(self, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
         try:
-            response = self._sync_stub().ListHostTools(pb.ListHostToolsRequest(), metadata=self._metadata, timeout=timeout)
+            response = self._sync_stub().ListHostTools(
+                pb.ListHostToolsRequest(), metadata=self._metadata, timeout=timeout
+            )
         except grpc.RpcError as exc:
             raise _rpc_failure(exc) from None
         return _describe(response)
@@ -199,14 +204,14 @@ class GrpcHostBridge(HostBridge):
             worker_id=self.worker_id if worker_id is None else worker_id,
         )
 
-    def _sync_stub(self) -> Stub:
+    def _sync_stub(self) -> StubType:
         with self._lock:
             if self._sync is None:
                 channel = grpc.insecure_channel(self.address, options=self._options)
                 self._sync = (channel, Stub(channel))
             return self._sync[1]
 
-    def _aio_stub(self) -> Stub:
+    def _aio_stub(self) -> StubType:
         loop = asyncio.get_running_loop()
         with self._lock:
             # Channels of loops that have since closed can never be used again.

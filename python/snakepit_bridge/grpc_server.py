@@ -16,8 +16,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -115,7 +116,7 @@ class _QueueSink:
         self._put(("cancelled", None))
 
 
-class _TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]
+class _TokenCheck(aio.ServerInterceptor):
     """Refuses every RPC that does not carry the worker's token."""
 
     def __init__(self, token: str) -> None:
@@ -146,7 +147,7 @@ class _TokenCheck(aio.ServerInterceptor):  # type: ignore[misc]
         return self._refuse_unary
 
 
-class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
+class BridgeServicer(pb_grpc.BridgeServiceServicer):
     """The BridgeService over a dispatcher."""
 
     def __init__(
@@ -193,11 +194,14 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
             uptime_ms=health["uptime_ms"],
             detail=health["detail"],
             running=[
-                pb.RunningCall(tool=r["tool"], ms=r["ms"], cancelled_ms=r.get("cancelled_ms", 0)) for r in health["running"]
+                pb.RunningCall(tool=r["tool"], ms=r["ms"], cancelled_ms=r.get("cancelled_ms", 0))
+                for r in health["running"]
             ],
         )
 
-    async def DescribeTools(self, request: pb.DescribeToolsRequest, context: aio.ServicerContext) -> pb.DescribeToolsResponse:
+    async def DescribeTools(
+        self, request: pb.DescribeToolsRequest, context: aio.ServicerContext
+    ) -> pb.DescribeToolsResponse:
         return pb.DescribeToolsResponse(
             adapter=self._dispatcher.adapter_name,
             tools=[
@@ -207,7 +211,10 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
                     streaming=spec["streaming"],
                     parameters=[
                         pb.ToolParameter(
-                            name=p["name"], type=p["type"], required=p["required"], default_json=p["default_json"].encode()
+                            name=p["name"],
+                            type=p["type"],
+                            required=p["required"],
+                            default_json=p["default_json"].encode(),
                         )
                         for p in spec["parameters"]
                     ],
@@ -292,7 +299,9 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):  # type: ignore[misc]
         if kind == "failure":
             return pb.ExecuteToolResponse(error=_tool_error(payload))
         return pb.ExecuteToolResponse(
-            error=pb.ToolError(kind=pb.ToolError.PYTHON_EXCEPTION, type="CallCancelled", message="the call was cancelled")
+            error=pb.ToolError(
+                kind=pb.ToolError.PYTHON_EXCEPTION, type="CallCancelled", message="the call was cancelled"
+            )
         )
 
     async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: aio.ServicerContext) -> None:

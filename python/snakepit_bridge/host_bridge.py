@@ -11,7 +11,8 @@ of a worker whose host offers no tools: every call raises
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -76,7 +77,9 @@ class HostToolError(Exception):
         )
 
 
-def tool_error(name: str, kind: str, type: str, message: str, traceback: str, available: Sequence[str]) -> HostToolError:
+def tool_error(
+    name: str, kind: str, type: str, message: str, traceback: str, available: Sequence[str]
+) -> HostToolError:
     """The HostToolError for a failure the host sent back."""
     mapped = ERROR_KINDS.get(kind, "exception")
     message = message or f"host tool {name!r} failed"

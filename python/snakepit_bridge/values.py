@@ -15,7 +15,8 @@ to look like a tagged object is not supported: the key ``__snakepit__`` is reser
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 TAG = "__snakepit__"
 
@@ -75,11 +76,13 @@ class ValueEncoder:
 
     def dumps(self, value: Any) -> bytes:
         """JSON of ``value``; raises TypeError/ValueError/RecursionError when it cannot cross."""
-        return json.dumps(value, default=self.default, allow_nan=False, separators=(",", ":")).encode("utf-8")
+        text: str = json.dumps(value, default=self.default, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8")
 
 
 def _decode_bytes(obj: dict[str, Any], blobs: list[bytes]) -> bytes:
-    return blobs[obj["blob"]]
+    index: int = obj["blob"]
+    return blobs[index]
 
 
 register_decoder("bytes", _decode_bytes)
