@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from . import errors
-from .dispatch import Call, Dispatcher
+from .dispatch import Call, Dispatcher, shielded
 from .errors import ToolFailure
 from .frames import Frame, FrameReader, FrameTooLarge, FrameWriter, ProtocolError
 from .host_bridge import DEFAULT_TIMEOUT_S, HostBridge, HostToolError, check_args, tool_error
@@ -45,9 +45,19 @@ EXIT_PROTOCOL_ERROR = 6
 _CANCEL_POLL_S = 0.05
 
 
+class NoChannel(Exception):
+    """The worker was started without the local channel's sockets."""
+
+
 def open_socket(fd: int) -> socket.socket:
     """The inherited socket on ``fd``, made non-inheritable so tools' children never get it."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise NoChannel(
+            f"fd {fd} is not a socket ({exc.strerror}): the local transport needs the host to pass "
+            f"socket pairs as fds {CALL_FD} and {CONTROL_FD}; start workers from Snakepit, or use --transport grpc"
+        ) from exc
     sock.set_inheritable(False)
     sock.setblocking(True)
     return sock
@@ -63,6 +73,14 @@ def _unsendable(tool: str, exc: BaseException, max_frame: int) -> ToolFailure:
     return errors.from_exception(
         errors.UNSERIALIZABLE_RESULT, exc, f"the result of tool {tool!r} cannot be sent to the host: {exc}"
     )
+
+
+def _int(frame: Frame, key: str) -> int:
+    """An integer field of a frame; anything else is the host breaking the protocol."""
+    value = frame.header.get(key)
+    if type(value) is not int:
+        raise ProtocolError(f"a {frame.header.get('t')!r} frame needs an integer {key!r}, not {value!r}")
+    return value
 
 
 class _FrameSink:
@@ -114,8 +132,9 @@ class ChannelHostBridge(HostBridge):
         return True
 
     def resolve(self, frame: Frame) -> None:
+        call_id = _int(frame, "i")
         with self._lock:
-            future = self._pending.pop(frame.header.get("i", -1), None)
+            future = self._pending.pop(call_id, None)
         if future is not None:
             future.set_result(frame)
 
@@ -189,13 +208,16 @@ class ChannelHostBridge(HostBridge):
         timeout: float | None = DEFAULT_TIMEOUT_S,
         cancelled: Any = None,
     ) -> Any:
-        call_id, future = self._start(self._header(name, args, session_id, attachments))
-        try:
-            frame = self._wait(call_id, future, timeout, cancelled)
-        except FutureTimeout:
-            raise HostToolError(
-                "DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout"
-            ) from None
+        # Shielded: a cancel must not strike while a frame is half-written; the wait looks at the
+        # cancel flag itself, and the shield raises CallCancelled once it ends.
+        with shielded():
+            call_id, future = self._start(self._header(name, args, session_id, attachments))
+            try:
+                frame = self._wait(call_id, future, timeout, cancelled)
+            except FutureTimeout:
+                raise HostToolError(
+                    "DeadlineExceeded", f"host tool {name!r} did not answer within {timeout} s", "timeout"
+                ) from None
         return self._outcome(name, frame)
 
     async def acall(
@@ -224,13 +246,14 @@ class ChannelHostBridge(HostBridge):
         return self._outcome(name, frame)
 
     def list_tools(self, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
-        call_id, future = self._start({"t": "host_list"})
-        try:
-            frame = self._wait(call_id, future, timeout, None)
-        except FutureTimeout:
-            raise HostToolError(
-                "DeadlineExceeded", f"the host did not list its tools within {timeout} s", "timeout"
-            ) from None
+        with shielded():
+            call_id, future = self._start({"t": "host_list"})
+            try:
+                frame = self._wait(call_id, future, timeout, None)
+            except FutureTimeout:
+                raise HostToolError(
+                    "DeadlineExceeded", f"the host did not list its tools within {timeout} s", "timeout"
+                ) from None
         return list(self._outcome("list", frame) or [])
 
     async def alist_tools(self, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> list[dict[str, Any]]:
@@ -265,7 +288,10 @@ class LocalTransport:
         self._host_bridge: ChannelHostBridge | None = None
         self._on_stop: Callable[[float], None] = lambda grace: None
 
-    def host_bridge(self, worker_id: str) -> ChannelHostBridge:
+    def host_bridge(self, worker_id: str, available: bool) -> HostBridge:
+        """The bridge tools call host tools through; one that refuses when the host has none."""
+        if not available:
+            return HostBridge()
         self._host_bridge = ChannelHostBridge(self.control_writer, worker_id)
         return self._host_bridge
 
@@ -306,10 +332,11 @@ class LocalTransport:
         dispatcher = self._dispatcher
         assert dispatcher is not None
         header = frame.header
-        call_id = header.get("i")
+        call_id = _int(frame, "i")
         tool = header.get("tool")
-        if not isinstance(call_id, int) or not isinstance(tool, str):
-            raise ProtocolError("a call frame needs an integer id and a tool name")
+        window = _int(frame, "w") if "w" in header else 16
+        if not isinstance(tool, str) or window < 1:
+            raise ProtocolError("a call frame needs a tool name, and a window of at least 1")
         sink = _FrameSink(self.call_writer, call_id, tool)
         try:
             args = frame.value("a", "args") if "a" in header else {}
@@ -320,7 +347,7 @@ class LocalTransport:
                 args,
                 session=str(header.get("s", "")),
                 stream=bool(header.get("stream", False)),
-                window=int(header.get("w", 16)),
+                window=window,
                 attachments=attachments,
             )
         except ToolFailure as failure:
@@ -390,7 +417,7 @@ class LocalTransport:
             die_with_host(f"the control channel failed ({exc})")
 
     def _reply(self, frame: Frame, value: Any) -> None:
-        self.control_writer.send({"t": "reply", "i": frame.header.get("i"), "v": value})
+        self.control_writer.send({"t": "reply", "i": _int(frame, "i"), "v": value})
 
     def _control(self, frame: Frame) -> None:
         kind = frame.header["t"]
@@ -402,9 +429,9 @@ class LocalTransport:
         if dispatcher is None:
             raise ProtocolError(f"{kind!r} frame before the worker was ready")
         if kind == "cancel":
-            dispatcher.cancel(frame.header.get("i"))
+            dispatcher.cancel(_int(frame, "i"))
         elif kind == "credit":
-            dispatcher.grant(frame.header.get("i"), int(frame.header.get("n", 0)))
+            dispatcher.grant(_int(frame, "i"), _int(frame, "n"))
         elif kind == "health":
             self._reply(frame, dispatcher.health())
         elif kind == "describe":
@@ -413,7 +440,7 @@ class LocalTransport:
             self._reply(frame, {"existed": dispatcher.cleanup_session(str(frame.header.get("s", "")))})
         elif kind == "stop":
             self._reply(frame, {})
-            grace = max(0, int(frame.header.get("grace_ms", 0))) / 1000
+            grace = max(0, _int(frame, "grace_ms")) / 1000
             threading.Thread(target=self._on_stop, args=(grace,), name="snakepit-stop", daemon=True).start()
         else:
             raise ProtocolError(f"unknown frame type {kind!r}")

@@ -90,6 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     parser.add_argument("--concurrency", type=int, default=1, help="local: calls the host may run at once")
+    parser.add_argument("--host-tools", action="store_true", help="local: the host offers tools (ctx.call_host)")
     parser.add_argument("--port", type=int, default=0, help="grpc: port to listen on; 0 picks a free one")
     parser.add_argument("--host", type=_loopback_host, default="127.0.0.1", help="grpc: loopback address to bind")
     parser.add_argument("--unix-socket", default="", help="grpc: serve on this unix socket instead of a port")
@@ -134,16 +135,20 @@ def _stop_adapter(adapter: Any, loop: Any) -> None:
 
 
 def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn:
-    from .channel import CALL_FD, CONTROL_FD, EXIT_PROTOCOL_ERROR, LocalTransport, open_socket
+    from .channel import CALL_FD, CONTROL_FD, EXIT_PROTOCOL_ERROR, LocalTransport, NoChannel, open_socket
     from .dispatch import Dispatcher, LoopThread, install_interrupt
     from .frames import ProtocolError
 
-    transport = LocalTransport(
-        open_socket(CALL_FD),
-        open_socket(CONTROL_FD),
-        max_frame=args.max_message_bytes,
-        concurrency=args.concurrency,
-    )
+    try:
+        transport = LocalTransport(
+            open_socket(CALL_FD),
+            open_socket(CONTROL_FD),
+            max_frame=args.max_message_bytes,
+            concurrency=args.concurrency,
+        )
+    except NoChannel as exc:
+        log.error("%s", exc)
+        hygiene.exit_now(EXIT_USAGE)
     loop = LoopThread()
     state: dict[str, Any] = {"adapter": None, "stopping": False}
     stop_lock = threading.Lock()
@@ -162,7 +167,7 @@ def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn
         hygiene.exit_now(EXIT_OK)
 
     transport.start_control(stop)
-    bridge = transport.host_bridge(args.worker_id)
+    bridge = transport.host_bridge(args.worker_id, available=args.host_tools)
     try:
         adapter = _start_adapter(adapter_class, loop)
     except BaseException:

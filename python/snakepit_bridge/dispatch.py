@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from . import errors
@@ -137,6 +138,7 @@ class Call:
             self._thread = threading.get_ident()
             if self._thread == _MAIN_THREAD:
                 _main_call = self
+            _current.call = self
             pending = self.cancel_requested.is_set()
         if pending:
             raise CallCancelled()
@@ -145,6 +147,7 @@ class Call:
         global _main_call
         with self._lock:
             thread, self._thread = self._thread, None
+            _current.call = None
             if thread == _MAIN_THREAD:
                 _main_call = None
             elif thread is not None and self.cancel_requested.is_set():
@@ -175,6 +178,28 @@ class Call:
             loop.call_soon_threadsafe(task.cancel)
         if self.credit is not None:
             self.credit.close()
+
+
+_current = threading.local()
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Runs runtime code inside a tool's call without being interrupted by a cancel.
+
+    A frame half-written when CallCancelled struck would corrupt the channel, so the runtime's
+    own work inside a tool (a host call's frames, its waits) runs shielded and looks at the
+    cancel flag itself; a cancel that arrived meanwhile is raised when the shield ends.
+    """
+    call: Call | None = getattr(_current, "call", None)
+    if call is None:
+        yield
+        return
+    call.disarm()
+    try:
+        yield
+    finally:
+        call.arm()
 
 
 def _set_async_exc(thread: int, exc: type[BaseException] | None) -> None:
@@ -426,15 +451,18 @@ class Dispatcher:
         if info.is_async:
             self.loop.submit(self._run_async(call, info, kwargs, sink))
             return
+        handed_off = False
         try:
             if info.streaming:
                 self._stream_sync(call, info.func(**kwargs), sink)
             else:
-                self._call_sync(call, info, kwargs, sink)
+                handed_off = self._call_sync(call, info, kwargs, sink)
         finally:
-            self._finish(call)
+            if not handed_off:
+                self._finish(call)
 
-    def _call_sync(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> None:
+    def _call_sync(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> bool:
+        """Runs a sync tool; True when its result is an awaitable now finishing on the loop."""
         try:
             try:
                 call.arm()
@@ -445,25 +473,31 @@ class Dispatcher:
             except CallCancelled:
                 call.disarm()
                 sink.cancelled()
-                return
+                return False
         except BaseException as exc:  # a tool's SystemExit must not stop the worker
             sink.failure(errors.from_exception(errors.PYTHON_EXCEPTION, exc))
-            return
+            return False
         if type(value) not in _PLAIN and inspect.isawaitable(value):
-            # A sync function returning an awaitable: finish it on the loop.
+            # A sync function returning an awaitable: finish it on the loop, cancellable there.
             self.loop.submit(self._await_then(call, value, sink))
-            return
+            return True
         sink.result(_unwrap(value))
+        return False
 
     async def _await_then(self, call: Call, awaitable: Any, sink: Sink) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        call.attach_task(task, asyncio.get_running_loop())
         try:
             value = await awaitable
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, CallCancelled):
             sink.cancelled()
             return
         except BaseException as exc:
             sink.failure(errors.from_exception(errors.PYTHON_EXCEPTION, exc))
             return
+        finally:
+            self._finish(call)
         sink.result(_unwrap(value))
 
     def _stream_sync(self, call: Call, gen: Iterator[Any], sink: Sink) -> None:

@@ -19,7 +19,13 @@ from grpc import aio
 
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .dispatch import shielded
+from .errors import CallCancelled
 from .host_bridge import DEFAULT_TIMEOUT_S, HostBridge, HostToolError, HostToolsUnavailable, check_args, tool_error
+from .values import ValueEncoder, decode_tagged
+
+# How long a waiting host call sleeps between looks at its call's cancel flag.
+_CANCEL_POLL_S = 0.05
 
 SECRET_METADATA_KEY = "x-snakepit-secret"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -48,18 +54,21 @@ def _rpc_failure(exc: grpc.RpcError) -> Exception:
     return HostToolError(code.name, details or str(exc), "rpc_error")
 
 
-def _encode_args(name: str, args: Mapping[str, Any] | None) -> bytes:
+def _encode_args(name: str, args: Mapping[str, Any] | None) -> tuple[bytes, list[bytes], bool]:
+    """JSON of the arguments with their binary values as blobs, or a TypeError naming the host tool."""
+    encoder = ValueEncoder()
     try:
-        return json.dumps(check_args(name, args), allow_nan=False).encode("utf-8")
+        data = encoder.dumps(check_args(name, args))
     except (ValueError, RecursionError) as exc:
-        raise TypeError(f"arguments of host tool {name!r} are not JSON-serialisable: {exc}") from exc
+        raise TypeError(f"arguments of host tool {name!r} cannot be sent: {exc}") from exc
     except TypeError as exc:
         if "mapping" in str(exc):
             raise
-        raise TypeError(f"arguments of host tool {name!r} are not JSON-serialisable: {exc}") from exc
+        raise TypeError(f"arguments of host tool {name!r} cannot be sent: {exc}") from exc
+    return data, [bytes(b) for b in encoder.blobs], encoder.tagged
 
 
-def _decode_result(name: str, response: pb.CallHostToolResponse) -> Any:
+def _decode_result(name: str, response: Any) -> Any:
     if response.WhichOneof("outcome") == "error":
         error = response.error
         raise tool_error(
@@ -72,7 +81,8 @@ def _decode_result(name: str, response: pb.CallHostToolResponse) -> Any:
         )
     if not response.result_json:
         return None  # the host sent no outcome: the tool returned nothing
-    return json.loads(response.result_json)
+    value = json.loads(response.result_json)
+    return decode_tagged(value, list(response.blobs), "result") if response.tagged else value
 
 
 def _decode_default(default_json: bytes) -> Any:
@@ -147,10 +157,20 @@ class GrpcHostBridge(HostBridge):
         cancelled: Any = None,
     ) -> Any:
         request = self._request(name, args, session_id, attachments, worker_id)
-        try:
-            response = self._sync_stub().CallHostTool(request, metadata=self._metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise _rpc_failure(exc) from None
+        # Shielded, and waited for in slices: a cancel of the calling tool cancels the RPC.
+        with shielded():
+            future = self._sync_stub().CallHostTool.future(request, metadata=self._metadata, timeout=timeout)
+            try:
+                while True:
+                    try:
+                        response = future.result(timeout=_CANCEL_POLL_S)
+                        break
+                    except grpc.FutureTimeoutError:
+                        if cancelled is not None and cancelled.is_set():
+                            future.cancel()
+                            raise CallCancelled() from None
+            except grpc.RpcError as exc:
+                raise _rpc_failure(exc) from None
         return _decode_result(name, response)
 
     async def acall(
@@ -196,9 +216,12 @@ class GrpcHostBridge(HostBridge):
         attachments: Mapping[str, bytes] | None,
         worker_id: str | None,
     ) -> pb.CallHostToolRequest:
+        args_json, blobs, tagged = _encode_args(name, args)
         return pb.CallHostToolRequest(
             tool=name,
-            args_json=_encode_args(name, args),
+            args_json=args_json,
+            blobs=blobs,
+            tagged=tagged,
             attachments=dict(attachments or {}),
             session_id=session_id or "",
             worker_id=self.worker_id if worker_id is None else worker_id,

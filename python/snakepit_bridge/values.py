@@ -81,7 +81,9 @@ class ValueEncoder:
 
 
 def _decode_bytes(obj: dict[str, Any], blobs: list[bytes]) -> bytes:
-    index: int = obj["blob"]
+    index = obj["blob"]
+    if type(index) is not int or not 0 <= index < len(blobs):
+        raise IndexError(f"no blob {index!r}")
     return blobs[index]
 
 

@@ -219,6 +219,7 @@ export const make = (
       "--max-message-bytes",
       String(maxMessageBytes),
       ...(transport === "local" ? ["--concurrency", String(options.concurrency ?? 1)] : []),
+      ...(transport === "local" && options.hostTools !== undefined ? ["--host-tools"] : []),
       ...(unixDir === undefined ? [] : ["--unix-socket", join(unixDir, "worker.sock")])
     ]
 

@@ -150,25 +150,26 @@ export class MalformedValue extends Error {}
 
 /**
  * The decoded value with every tagged object replaced by what it stands for. `value` is fresh
- * from `JSON.parse`, so it is changed in place. Throws {@link MalformedValue}.
+ * from `JSON.parse`, so it is changed in place; its depth is whatever `JSON.parse` accepted (a
+ * worker cannot send deeper than Python's own recursion limit). Throws {@link MalformedValue}.
  */
-export const decodeTagged = (value: unknown, blobs: ReadonlyArray<Uint8Array>, depth = 0): unknown => {
+export const decodeTagged = (value: unknown, blobs: ReadonlyArray<Uint8Array>): unknown => {
   if (typeof value !== "object" || value === null) return value
-  if (depth > MAX_DEPTH) throw new MalformedValue(`nested deeper than ${MAX_DEPTH} levels`)
   if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) value[i] = decodeTagged(value[i], blobs, depth + 1)
+    for (let i = 0; i < value.length; i++) value[i] = decodeTagged(value[i], blobs)
     return value
   }
   const record = value as Record<string, unknown>
   const kind = record[TAG]
   if (kind !== undefined) {
     if (kind === "bytes") {
-      const blob = blobs[record.blob as number]
-      if (blob === undefined) throw new MalformedValue(`bytes value refers to missing blob ${String(record.blob)}`)
+      const index = record.blob
+      const blob = typeof index === "number" && Number.isInteger(index) && index >= 0 ? blobs[index] : undefined
+      if (blob === undefined) throw new MalformedValue(`a bytes value refers to a missing blob ${String(index)}`)
       return blob
     }
     throw new MalformedValue(`unknown value kind ${JSON.stringify(kind)}`)
   }
-  for (const key in record) record[key] = decodeTagged(record[key], blobs, depth + 1)
+  for (const key in record) record[key] = decodeTagged(record[key], blobs)
   return record
 }
