@@ -67,14 +67,11 @@ export const make = (
     }
 
     // The one lookup path for stop and restart, by id or by handle (LESSONS #2, #3).
-    const locate = (ref: WorkerRef) =>
+    const owner = (ref: WorkerRef) =>
       Effect.suspend(() => {
         const workerId = typeof ref === "string" ? ref : ref.id
-        for (const pool of pools) {
-          const entry = pool.find(workerId)
-          if (entry && entry.retiring === undefined) return Effect.succeed({ pool, entry })
-        }
-        return Effect.fail(new WorkerNotFound({ workerId }))
+        const pool = pools.find((p) => p.hasWorker(workerId))
+        return pool ? Effect.succeed({ pool, workerId }) : Effect.fail(new WorkerNotFound({ workerId }))
       })
 
     return Snakepit.of({
@@ -87,8 +84,8 @@ export const make = (
       stats: (pool) => Effect.flatMap(poolOf(pool), (p) => p.stats),
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),
-      stopWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.stopWorker(entry)),
-      restartWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.restartWorker(entry))
+      stopWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.stopWorker(workerId)),
+      restartWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.restartWorker(workerId))
     })
   })
 

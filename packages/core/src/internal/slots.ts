@@ -1,0 +1,270 @@
+/**
+ * The slot supervisor of one pool: each slot is a fiber that starts a worker in a child scope
+ * through the `WorkerFactory`, serves it until it must leave (exit, failed health checks,
+ * recycling, stop, restart), closes that scope, and starts again on an exponential, jittered
+ * backoff with a bounded restart intensity (ADR 0001). Startup runs in a rolling window.
+ *
+ * @internal
+ */
+import { Clock, Deferred, Duration, Effect, Either, Exit, FiberSet, Metric, Schedule, type Scope } from "effect"
+import { PoolClosed, PoolStartError, type WorkerStartError } from "../errors.js"
+import type { WorkerInfo } from "../Snakepit.js"
+import type * as Worker from "../Worker.js"
+import type { PoolWorker, WorkerFactory } from "../WorkerFactory.js"
+import type { PoolContext } from "./poolContext.js"
+import { describeReason, type Entry, isGraceful, type RetireReason } from "./poolState.js"
+
+type Live = Entry<PoolWorker>
+
+interface Slot {
+  readonly index: number
+  generation: number
+  entry: Live | undefined
+  stopped: boolean
+  readonly firstOutcome: Deferred.Deferred<void, WorkerStartError>
+  /** Set by restartWorker: completes with the replacement, or its start failure. */
+  replacement: Deferred.Deferred<Live, WorkerStartError | PoolClosed> | undefined
+}
+
+/** The slots of one pool. */
+export interface Supervisor {
+  /** Starts the pool's workers in the startup window; fails when fewer than `minReady` start. */
+  readonly start: Effect.Effect<void, PoolStartError>
+  /** Slots that are not stopped: the pool's size. */
+  readonly size: () => number
+  /** Stops a worker (after its calls) and its slot; completes once its process is gone. */
+  readonly stop: (entry: Live) => Effect.Effect<void>
+  /** Replaces a worker; completes with the replacement once the old process is gone and the new one ready. */
+  readonly restart: (entry: Live) => Effect.Effect<WorkerInfo, WorkerStartError | PoolClosed>
+  /** The pool closes: pending restarts fail with `PoolClosed`, slots start nothing more. */
+  readonly close: Effect.Effect<void>
+}
+
+/** A live worker as `workers()` shows it. */
+export const toInfo = (pool: string, entry: Live): WorkerInfo => ({
+  id: entry.worker.id,
+  pool,
+  pid: entry.worker.pid,
+  state: entry.retiring !== undefined ? "stopping" : entry.inUse > 0 ? "busy" : "ready",
+  calls: entry.calls,
+  startedAt: entry.worker.startedAt
+})
+
+export const make = (
+  ctx: PoolContext,
+  factory: WorkerFactory["Type"],
+  idPrefix: string
+): Effect.Effect<Supervisor, never, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { name, options, state, metric, publish } = ctx
+    const slots: Array<Slot> = []
+    // Created before the pool's close finalizer, so it is interrupted after it (finalizers run in reverse).
+    const slotFibers = yield* FiberSet.make()
+
+    const workerOptions: Worker.WorkerOptions = {
+      adapter: options.adapter,
+      ...(options.python === undefined ? {} : { python: options.python }),
+      pythonPath: options.pythonPath,
+      env: options.env,
+      threadLimits: options.threadLimits,
+      startupTimeout: options.startupTimeout,
+      gracefulTimeout: options.gracefulTimeout,
+      maxMessageBytes: options.maxMessageBytes
+    }
+
+    const healthLoop = (entry: Live): Effect.Effect<RetireReason> =>
+      Effect.gen(function* () {
+        let misses = 0
+        while (true) {
+          yield* Effect.sleep(options.healthCheck.interval)
+          const health = yield* Effect.either(entry.worker.health(options.healthCheck.timeout))
+          if (Either.isLeft(health)) {
+            misses++
+            if (misses >= options.healthCheck.maxMisses) {
+              return { _tag: "Unhealthy", detail: `${misses} health checks missed: ${health.left.message}` } as const
+            }
+            continue
+          }
+          misses = 0
+          entry.rssBytes = health.right.rssBytes
+          const maxRssMb = options.recycle.maxRssMb
+          if (maxRssMb !== undefined && health.right.rssBytes > maxRssMb * 1024 * 1024) {
+            return { _tag: "Recycle", why: "rss" } as const
+          }
+        }
+      })
+
+    const register = (slot: Slot, worker: PoolWorker) =>
+      Effect.gen(function* () {
+        const deferreds = {
+          retire: yield* Deferred.make<RetireReason>(),
+          drained: yield* Deferred.make<void>(),
+          gone: yield* Deferred.make<void>()
+        }
+        const entry = state.add(worker, yield* Clock.currentTimeMillis, deferreds)
+        slot.entry = entry
+        yield* Deferred.succeed(slot.firstOutcome, undefined)
+        if (slot.replacement) yield* Deferred.succeed(slot.replacement, entry)
+        yield* publish
+        return entry
+      })
+
+    /** One generation of a slot: start a worker, serve until it must leave, drain it if graceful. */
+    const serveOnce = (slot: Slot) =>
+      Effect.gen(function* () {
+        slot.generation++
+        const id = `${idPrefix}-${slot.index + 1}.${slot.generation}`
+        const started = yield* Effect.either(factory.spawn({ ...workerOptions, id }))
+        if (Either.isLeft(started)) {
+          const error = started.left
+          if (error._tag === "ConfigError") return yield* Effect.die(error) // options were validated up front
+          yield* Effect.logWarning(`worker ${id} failed to start: ${error.message}`)
+          yield* Deferred.fail(slot.firstOutcome, error)
+          if (slot.replacement) yield* Deferred.fail(slot.replacement, error)
+          return { _tag: "StartFailed" } as const
+        }
+        const entry = yield* register(slot, started.right)
+        const ttl = options.recycle.ttl
+        const reason = yield* Effect.raceAll([
+          Effect.map(entry.worker.exited, (status): RetireReason => ({ _tag: "Crashed", ...status })),
+          Deferred.await(entry.retire),
+          healthLoop(entry),
+          ttl === undefined ? Effect.never : Effect.as(Effect.sleep(ttl), { _tag: "Recycle", why: "ttl" } as const)
+        ])
+        yield* Effect.sync(() => state.retire(entry, reason))
+        yield* publish
+        if (isGraceful(reason)) {
+          // Graceful: let the calls in flight finish, unless the process dies meanwhile.
+          yield* Effect.raceFirst(
+            Deferred.await(entry.drained).pipe(Effect.timeout(options.drainTimeout), Effect.option),
+            entry.worker.exited
+          )
+        }
+        yield* Effect.logInfo(`worker ${id} ${describeReason(reason)}`)
+        return reason
+      })
+
+    /** Removes the slot's worker once its scope is closed, i.e. once its process is gone. */
+    const forget = (slot: Slot) =>
+      Effect.suspend(() => {
+        const entry = slot.entry
+        if (entry === undefined) return Effect.void
+        state.remove(entry)
+        slot.entry = undefined
+        return Effect.zipRight(Deferred.succeed(entry.gone, undefined), publish)
+      })
+
+    const backoff = Schedule.exponential(options.restart.baseDelay).pipe(
+      Schedule.jittered,
+      Schedule.modifyDelay((delay) => Duration.min(delay, options.restart.maxDelay))
+    )
+
+    const runSlot = (slot: Slot) =>
+      Effect.gen(function* () {
+        const driver = yield* Schedule.driver(backoff)
+        let recentRestarts: Array<number> = []
+        while (!slot.stopped) {
+          // `gone` completes however the generation ends, interruption by pool close included.
+          const outcome = yield* Effect.scoped(serveOnce(slot)).pipe(Effect.ensuring(forget(slot)))
+          if (slot.stopped || state.closed) return
+          state.counters.restarts++
+          yield* Metric.increment(metric.restarts)
+          if (outcome._tag === "Recycle" || outcome._tag === "Restart") {
+            yield* driver.reset
+            continue
+          }
+          const now = yield* Clock.currentTimeMillis
+          recentRestarts = [...recentRestarts.filter((t) => now - t < Duration.toMillis(options.restart.window)), now]
+          if (recentRestarts.length > options.restart.maxRestarts) {
+            yield* Effect.logError(
+              `pool ${name} slot ${slot.index + 1}: ${recentRestarts.length} restarts within ` +
+                `${Duration.format(options.restart.window)}; cooling down for ${Duration.format(options.restart.cooldown)}`
+            )
+            yield* Effect.sleep(options.restart.cooldown)
+            recentRestarts = []
+            yield* driver.reset
+            continue
+          }
+          if (outcome._tag !== "StartFailed") yield* driver.reset
+          yield* Effect.ignore(driver.next(undefined))
+        }
+      }).pipe(Effect.annotateLogs({ pool: name, slot: slot.index + 1 }))
+
+    // A rolling window: at most `startupBatchSize` workers start at once, and a place in it is
+    // given to the next worker `startupBatchDelay` after its worker is ready or failed, so the
+    // machine never idles waiting for the slowest worker of a batch.
+    const start = Effect.gen(function* () {
+      const failures: Array<WorkerStartError> = []
+      const tooManyFailures = () => failures.length > options.size - options.minReady
+      const window = yield* Effect.makeSemaphore(options.startupBatchSize)
+      const windowKeepers = yield* FiberSet.make<void, never>()
+      for (let index = 0; index < options.size && !tooManyFailures(); index++) {
+        yield* window.take(1)
+        if (tooManyFailures()) break
+        const slot: Slot = {
+          index,
+          generation: 0,
+          entry: undefined,
+          stopped: false,
+          firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
+          replacement: undefined
+        }
+        slots.push(slot)
+        yield* FiberSet.run(slotFibers, runSlot(slot))
+        yield* FiberSet.run(
+          windowKeepers,
+          Deferred.await(slot.firstOutcome).pipe(
+            Effect.catchTag("WorkerStartError", (error) => Effect.sync(() => failures.push(error))),
+            Effect.zipRight(Effect.sleep(options.startupBatchDelay)),
+            Effect.ensuring(window.release(1))
+          )
+        )
+      }
+      // Every first outcome, read from the slots themselves (the window keepers may not have run
+      // yet); unless startup already failed: the workers still starting then stop with the scope.
+      const failed: Array<WorkerStartError> = tooManyFailures() ? failures : []
+      if (!tooManyFailures()) {
+        for (const slot of slots) {
+          const outcome = yield* Effect.either(Deferred.await(slot.firstOutcome))
+          if (Either.isLeft(outcome)) failed.push(outcome.left)
+        }
+      }
+      if (failed.length > options.size - options.minReady) {
+        return yield* new PoolStartError({
+          pool: name,
+          detail: `${failed.length} of ${options.size} workers failed to start; ${options.minReady} must be ready`,
+          causes: failed
+        })
+      }
+    }).pipe(Effect.scoped)
+
+    const slotOf = (entry: Live) => slots.find((slot) => slot.entry === entry)
+
+    return {
+      start,
+      size: () => slots.filter((slot) => !slot.stopped).length,
+      stop: (entry) =>
+        Effect.suspend(() => {
+          const slot = slotOf(entry)
+          if (slot) slot.stopped = true
+          state.retire(entry, { _tag: "Stop" })
+          return Deferred.await(entry.gone)
+        }),
+      restart: (entry) =>
+        Effect.gen(function* () {
+          const slot = slotOf(entry)
+          if (state.closed || slot === undefined) return yield* new PoolClosed({ pool: name })
+          const replacement = yield* Deferred.make<Live, WorkerStartError | PoolClosed>()
+          slot.replacement = replacement
+          state.retire(entry, { _tag: "Restart" })
+          // The old process must be gone before the restart counts as done (LESSONS #6).
+          yield* Deferred.await(entry.gone)
+          return toInfo(name, yield* Deferred.await(replacement))
+        }),
+      close: Effect.sync(() => {
+        state.close()
+        const closed = Exit.fail(new PoolClosed({ pool: name }))
+        for (const slot of slots) if (slot.replacement) Deferred.unsafeDone(slot.replacement, closed)
+      })
+    } satisfies Supervisor
+  })
