@@ -5,12 +5,13 @@
  */
 import { HostBridgeServer } from "@snakepit/grpc"
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
-import { Effect, Layer, Option, type Scope, Stream } from "effect"
+import { Effect, Layer, Option, PubSub, type Scope, Stream } from "effect"
 import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
 import { resolveSnakepitOptions } from "./internal/config.js"
 import * as Pool from "./internal/pool.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
+import type { PoolEvent } from "./PoolReport.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
 
@@ -56,9 +57,13 @@ export const make = (
     const resolved = yield* resolveSnakepitOptions(options)
     yield* startRun
     const hostEnv = yield* startHostBridge
-    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }), {
-      concurrency: "unbounded"
-    })
+    // Sliding: a subscriber that falls behind loses the oldest events, never slows a pool down.
+    const events = yield* PubSub.sliding<PoolEvent>(1024)
+    const pools = yield* Effect.forEach(
+      resolved,
+      (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }, events),
+      { concurrency: "unbounded" }
+    )
     const names = pools.map((pool) => pool.name)
 
     const poolOf = (name: string | undefined): Effect.Effect<Pool.Pool, PoolNotFound> => {
@@ -85,7 +90,11 @@ export const make = (
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),
       stopWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.stopWorker(workerId)),
-      restartWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.restartWorker(workerId))
+      restartWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.restartWorker(workerId)),
+      resize: (size, pool) => Effect.flatMap(poolOf(pool), (p) => p.resize(size)),
+      drain: (pool) => Effect.flatMap(poolOf(pool), (p) => p.drain),
+      report: (pool) => Effect.flatMap(poolOf(pool), (p) => p.report),
+      events: Stream.fromPubSub(events)
     })
   })
 

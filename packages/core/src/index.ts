@@ -16,6 +16,8 @@ export * from "./HostTool.js"
 export * as SnakepitMetrics from "./Metrics.js"
 /** Pool options. */
 export * from "./PoolOptions.js"
+/** What an operator sees of a running pool: its report (workers in detail, latency) and its events, as Schemas. */
+export * from "./PoolReport.js"
 /** The `Snakepit` service and its types. */
 export * from "./Snakepit.js"
 /** `SnakepitPool.layer(options)`. */

@@ -6,17 +6,20 @@
  *
  * @internal
  */
-import { Duration, Effect, FiberSet, Schedule, type Scope, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, FiberSet, type PubSub, Schedule, type Scope, Stream } from "effect"
 import {
   type CallError,
+  type ConfigError,
   type PoolClosed,
   type PoolStartError,
   WorkerNotFound,
   type WorkerStartError
 } from "../errors.js"
-import type { ResolvedPoolOptions } from "../PoolOptions.js"
+import type { PoolSize, ResolvedPoolOptions } from "../PoolOptions.js"
+import { type PoolEvent, PoolReport, WorkerDetail } from "../PoolReport.js"
 import type { CallOptions, PoolStats, ToolDescription, WorkerInfo } from "../Snakepit.js"
 import { WorkerFactory } from "../WorkerFactory.js"
+import { type PoolSizeBounds, resolvePoolSize } from "./config.js"
 import * as PoolCalls from "./poolCalls.js"
 import * as PoolContext from "./poolContext.js"
 import * as Slots from "./slots.js"
@@ -38,6 +41,11 @@ export interface Pool {
     workerId: string
   ) => Effect.Effect<WorkerInfo, WorkerNotFound | WorkerStartError | PoolClosed>
   readonly awaitReady: Effect.Effect<void>
+  /** New size bounds; a bad size is a `ConfigError` keyed `size`. */
+  readonly resize: (size: PoolSize) => Effect.Effect<PoolSizeBounds, ConfigError>
+  /** Takes no new calls; completes once the calls in flight ended. */
+  readonly drain: Effect.Effect<void>
+  readonly report: Effect.Effect<PoolReport>
 }
 
 /**
@@ -62,13 +70,16 @@ const claimIdPrefix = (name: string) =>
   )
 
 /** Starts a pool in the current scope; fails with `PoolStartError` when fewer than `minReady` workers start. */
-export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
+export const make = (
+  options: ResolvedPoolOptions,
+  events: PubSub.PubSub<PoolEvent>
+): Effect.Effect<Pool, PoolStartError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const factory = yield* WorkerFactory
     const name = options.name
     const idPrefix = yield* claimIdPrefix(name)
     const background = yield* FiberSet.make()
-    const ctx = yield* PoolContext.make(options, background)
+    const ctx = yield* PoolContext.make(options, background, events)
     const { state } = ctx
     const calls = PoolCalls.make(ctx)
     const supervisor = yield* Slots.make(ctx, factory, idPrefix)
@@ -84,6 +95,7 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
       )
     )
     yield* supervisor.start
+    yield* FiberSet.run(background, supervisor.scaler)
 
     /** A live worker that is not leaving, by id: the one lookup path of stop and restart (LESSONS #2, #3). */
     const live = (workerId: string) =>
@@ -94,18 +106,58 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
           : Effect.fail(new WorkerNotFound({ workerId }))
       })
 
-    return {
-      name,
-      execute: calls.execute,
-      executeStream: calls.executeStream,
-      describeTools: calls.describeTools,
-      stats: Effect.sync(() => ({
+    const stats = Effect.sync(
+      (): PoolStats => ({
         pool: name,
         size: supervisor.size(),
         ...state.occupancy(),
         queued: state.waiters.length,
         ...state.counters
-      })),
+      })
+    )
+
+    const drain = Effect.suspend(() => {
+      if (state.draining) return Deferred.await(state.drained)
+      const inFlight = state.inFlight()
+      state.drain()
+      return ctx
+        .emit({ _tag: "Draining", inFlight })
+        .pipe(
+          Effect.zipRight(ctx.publish),
+          Effect.zipRight(Deferred.await(state.drained)),
+          Effect.zipRight(ctx.emit({ _tag: "Drained" }))
+        )
+    })
+
+    const report = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      Effect.map(stats, (current) => {
+        const { max, min } = supervisor.bounds()
+        return new PoolReport({
+          pool: name,
+          min,
+          max,
+          draining: state.draining,
+          stats: current,
+          workers: [...state.entries.values()].map((entry) => {
+            const info = Slots.toInfo(name, entry)
+            return new WorkerDetail({
+              ...info,
+              ageMs: now - entry.readyAt,
+              rssBytes: entry.rssBytes ?? null,
+              running: [...entry.running]
+            })
+          }),
+          tools: ctx.latencies.summaries()
+        })
+      })
+    )
+
+    return {
+      name,
+      execute: calls.execute,
+      executeStream: calls.executeStream,
+      describeTools: calls.describeTools,
+      stats,
       workers: Effect.sync(() => [...state.entries.values()].map((entry) => Slots.toInfo(name, entry))),
       hasWorker: (workerId) => {
         const entry = state.get(workerId)
@@ -117,6 +169,9 @@ export const make = (options: ResolvedPoolOptions): Effect.Effect<Pool, PoolStar
         Stream.filter((ready) => ready >= supervisor.size()),
         Stream.take(1),
         Stream.runDrain
-      )
+      ),
+      resize: (size) => Effect.flatMap(resolvePoolSize(size), (bounds) => Effect.as(supervisor.resize(bounds), bounds)),
+      drain,
+      report
     } satisfies Pool
   })

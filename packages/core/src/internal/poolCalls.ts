@@ -7,7 +7,7 @@
  */
 import { Clock, Deferred, Duration, Effect, Either, Exit, FiberId, FiberSet, Metric, Scope, Stream } from "effect"
 import { identity } from "effect/Function"
-import { type CallError, PoolClosed, QueueFull, SessionWorkerUnavailable, WorkerBusy } from "../errors.js"
+import { type CallError, QueueFull, SessionWorkerUnavailable, WorkerBusy } from "../errors.js"
 import type { CallOptions, ToolDescription } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
 import type { PoolWorker } from "../WorkerFactory.js"
@@ -61,6 +61,22 @@ export const make = (ctx: PoolContext): PoolCalls => {
       return publish
     })
 
+  /** Ends a call of `tool` started at `startedNanos`: its latency is recorded and its lease returned. */
+  const finish = (entry: Lease, tool: string, clock: Clock.Clock, startedNanos: bigint, failed: boolean) =>
+    Effect.suspend(() => {
+      const index = entry.running.indexOf(tool)
+      if (index >= 0) entry.running.splice(index, 1)
+      ctx.latencies.record(tool, Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e6, failed)
+      state.release(entry, clock.unsafeCurrentTimeMillis())
+      return publish
+    })
+
+  /** A lease now runs `tool`: the clock reading its latency starts from. */
+  const begin = (entry: Lease, tool: string, clock: Clock.Clock): bigint => {
+    entry.running.push(tool)
+    return clock.unsafeCurrentTimeNanos()
+  }
+
   // Queue timeouts: one fiber fails expired waiters, instead of a timeout fiber per waiter
   // (which cost more than the rest of a queued call; see bench/).
   let queueNotEmpty = Deferred.unsafeMake<void>(FiberId.none)
@@ -85,8 +101,12 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const waitFor = (target: Lease | undefined, restore: Restore): Effect.Effect<Lease, QueueFull | WaitError> =>
     Effect.clockWith((clock): Effect.Effect<Lease, QueueFull | WaitError> => {
       const waiter = state.enqueue(target, clock.unsafeCurrentTimeMillis())
-      if (waiter instanceof QueueFull) return Effect.fail(waiter)
-      if (state.waiters.length === 1) Deferred.unsafeDone(queueNotEmpty, Exit.void)
+      if (waiter instanceof QueueFull)
+        return Effect.zipRight(ctx.emit({ _tag: "QueueFull", max: waiter.max }), Effect.fail(waiter))
+      if (state.waiters.length === 1) {
+        Deferred.unsafeDone(queueNotEmpty, Exit.void)
+        ctx.wakeScaler()
+      }
       return Effect.zipRight(
         publish,
         restore(Deferred.await(waiter.deferred)).pipe(
@@ -160,13 +180,14 @@ export const make = (ctx: PoolContext): PoolCalls => {
     })
 
   const checkout = (session: string | undefined, restore: Restore) =>
-    Effect.suspend(() =>
-      state.closed
-        ? Effect.fail(new PoolClosed({ pool: name }))
+    Effect.suspend(() => {
+      const refused = state.refusal()
+      return refused !== undefined
+        ? Effect.fail(refused)
         : session === undefined
           ? takeAny(restore)
           : checkoutSession(session, restore)
-    )
+    })
 
   // ---- calls --------------------------------------------------------------------------
 
@@ -212,7 +233,12 @@ export const make = (ctx: PoolContext): PoolCalls => {
       Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
         Effect.uninterruptibleMask((restore) =>
           Effect.flatMap(checkout(call.session, restore), (entry) =>
-            Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(Effect.ensuring(release(entry)))
+            Effect.clockWith((clock) => {
+              const started = begin(entry, tool, clock)
+              return Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
+                Effect.onExit((exit) => finish(entry, tool, clock, started, Exit.isFailure(exit)))
+              )
+            })
           )
         )
       )
@@ -227,9 +253,13 @@ export const make = (ctx: PoolContext): PoolCalls => {
         yield* countRequest
         const encoded = yield* Worker.encodeArgs(tool, args)
         const scope = yield* Effect.scope
+        const clock = yield* Effect.clock
         // The lease is tied to the stream's scope: held while the stream runs, returned however it ends.
         const entry = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(checkout(call.session, restore), (entry) => Scope.addFinalizer(scope, release(entry)))
+          Effect.tap(checkout(call.session, restore), (entry) => {
+            const started = begin(entry, tool, clock)
+            return Scope.addFinalizerExit(scope, (exit) => finish(entry, tool, clock, started, Exit.isFailure(exit)))
+          })
         )
         yield* publish
         const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)

@@ -4,10 +4,23 @@
  *
  * @internal
  */
-import { Duration, Effect, type FiberSet, Metric, SubscriptionRef } from "effect"
+import {
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  FiberId,
+  type FiberSet,
+  Metric,
+  PubSub,
+  SubscriptionRef
+} from "effect"
 import * as metrics from "../Metrics.js"
 import type { ResolvedPoolOptions } from "../PoolOptions.js"
+import type { PoolEvent, PoolEventInput } from "../PoolReport.js"
 import type { PoolWorker } from "../WorkerFactory.js"
+import { Latencies } from "./latency.js"
 import { PoolState } from "./poolState.js"
 
 /** One pool's shared parts. */
@@ -22,6 +35,14 @@ export interface PoolContext {
   readonly publish: Effect.Effect<void>
   /** Fibers of the pool's lifetime that are not slots (expiry loops, session cleanups). */
   readonly background: FiberSet.FiberSet
+  /** Per-tool latency over the last calls. */
+  readonly latencies: Latencies
+  /** Publishes an event of this pool, stamped with the clock's time. */
+  readonly emit: (event: PoolEventInput) => Effect.Effect<void>
+  /** Wakes the elastic scaler: the queue started, or the bounds changed. */
+  readonly wakeScaler: () => void
+  /** Completes at the next `wakeScaler`; the scaler waits on it between its checks. */
+  readonly scalerWoken: () => Deferred.Deferred<void>
 }
 
 const poolMetrics = (name: string) => ({
@@ -35,7 +56,7 @@ const poolMetrics = (name: string) => ({
 })
 
 /** The shared parts of pool `options.name`, with an empty state. */
-export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet) =>
+export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet, events: PubSub.PubSub<PoolEvent>) =>
   Effect.gen(function* () {
     const name = options.name
     const state = new PoolState<PoolWorker>({
@@ -65,5 +86,37 @@ export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet
       return updates.length === 0 ? Effect.void : Effect.all(updates, { discard: true })
     })
 
-    return { name, options, state, metric, readyCount, publish, background } satisfies PoolContext
+    const emit = (event: PoolEventInput) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        PubSub.publish(events, { ...event, pool: name, at: new Date(now) } as PoolEvent)
+      ).pipe(Effect.asVoid)
+
+    let woken = Deferred.unsafeMake<void>(FiberId.none)
+    let wokenDone = false
+    const wakeScaler = () => {
+      if (wokenDone) return
+      wokenDone = true
+      Deferred.unsafeDone(woken, Exit.void)
+    }
+    const scalerWoken = () => {
+      if (wokenDone) {
+        woken = Deferred.unsafeMake<void>(FiberId.none)
+        wokenDone = false
+      }
+      return woken
+    }
+
+    return {
+      name,
+      options,
+      state,
+      metric,
+      readyCount,
+      publish,
+      background,
+      latencies: new Latencies(),
+      emit,
+      wakeScaler,
+      scalerWoken
+    } satisfies PoolContext
   })

@@ -9,7 +9,7 @@
  * @internal
  */
 import { Deferred, Exit, FiberId } from "effect"
-import { PoolClosed, QueueFull, QueueTimeout, SessionWorkerUnavailable } from "../errors.js"
+import { PoolClosed, PoolDraining, QueueFull, QueueTimeout, SessionWorkerUnavailable } from "../errors.js"
 
 /** What the state needs of a worker: its id. The pool stores its `PoolWorker` here. */
 export interface WorkerLike {
@@ -23,6 +23,8 @@ export type RetireReason =
   | { readonly _tag: "Recycle"; readonly why: "maxCalls" | "ttl" | "rss" }
   | { readonly _tag: "Restart" }
   | { readonly _tag: "Stop" }
+  /** Elastic pools: idle longer than `idleTimeout`, or fewer workers wanted (`resize`). */
+  | { readonly _tag: "ScaleDown"; readonly why: "idle" | "resize" }
 
 /** A reason as log lines and events show it. */
 export const describeReason = (reason: RetireReason): string => {
@@ -37,6 +39,8 @@ export const describeReason = (reason: RetireReason): string => {
       return "restarted"
     case "Stop":
       return "stopped"
+    case "ScaleDown":
+      return reason.why === "idle" ? "retired (idle)" : "retired (resize)"
   }
 }
 
@@ -52,6 +56,8 @@ export interface Entry<W extends WorkerLike> {
   calls: number
   /** Order of the last release: the idle worker released longest ago is served first. */
   releasedAt: number
+  /** Clock millis at which it became ready. */
+  readonly readyAt: number
   /** Clock millis since when it serves nothing (meaningful while `inUse` is 0). */
   idleSince: number
   /** The tools it runs now, one per call in flight. */
@@ -68,7 +74,7 @@ export interface Entry<W extends WorkerLike> {
 }
 
 /** Why a wait ends without a worker. */
-export type WaitError = SessionWorkerUnavailable | PoolClosed | QueueTimeout
+export type WaitError = SessionWorkerUnavailable | PoolClosed | PoolDraining | QueueTimeout
 
 /** A caller waiting for a worker. */
 export interface Waiter<W extends WorkerLike> {
@@ -121,6 +127,9 @@ export class PoolState<W extends WorkerLike> {
   readonly sessions = new Map<string, Binding<W>>()
   readonly counters = { requests: 0, errors: 0, queueTimeouts: 0, restarts: 0 }
   closed = false
+  draining = false
+  /** Completes once a draining pool has no call in flight. */
+  readonly drained: Deferred.Deferred<void> = Deferred.unsafeMake<void>(FiberId.none)
   private releaseSeq = 0
 
   constructor(readonly options: StateOptions) {}
@@ -151,6 +160,7 @@ export class PoolState<W extends WorkerLike> {
       inUse: 0,
       calls: 0,
       releasedAt: ++this.releaseSeq,
+      readyAt: now,
       idleSince: now,
       running: [],
       rssBytes: undefined,
@@ -284,6 +294,26 @@ export class PoolState<W extends WorkerLike> {
     if (maxCalls !== undefined && entry.calls >= maxCalls) this.retire(entry, { _tag: "Recycle", why: "maxCalls" })
     if (entry.retiring === undefined) this.handOff(entry)
     else if (entry.inUse === 0) Deferred.unsafeDone(entry.drained, Exit.void)
+    if (this.draining && entry.inUse === 0 && this.inFlight() === 0) Deferred.unsafeDone(this.drained, Exit.void)
+  }
+
+  /** Why a new call is refused now, if it is. */
+  refusal(): PoolClosed | PoolDraining | undefined {
+    if (this.closed) return new PoolClosed({ pool: this.options.pool })
+    if (this.draining) return new PoolDraining({ pool: this.options.pool })
+    return undefined
+  }
+
+  /**
+   * Stops taking calls: the queued callers fail with `PoolDraining`, the calls in flight go on,
+   * and `drained` completes once none is left.
+   */
+  drain(): void {
+    if (this.draining) return
+    this.draining = true
+    const draining = Exit.fail(new PoolDraining({ pool: this.options.pool }))
+    for (const waiter of this.waiters.splice(0)) Deferred.unsafeDone(waiter.deferred, draining)
+    if (this.inFlight() === 0) Deferred.unsafeDone(this.drained, Exit.void)
   }
 
   /** The pool is closing: every waiter fails with `PoolClosed`. */
@@ -328,5 +358,50 @@ export class PoolState<W extends WorkerLike> {
       expired.push([session, binding])
     }
     return expired
+  }
+
+  /** True while a live session is bound to `entry`: an idle pool must not retire it. */
+  isSessionHome(entry: Entry<W>): boolean {
+    for (const binding of this.sessions.values()) if (binding.entry === entry && binding.lost === undefined) return true
+    return false
+  }
+
+  // ---- elasticity ----------------------------------------------------------------------
+
+  /** Clock millis since when the longest waiter for any worker waits, if one does. */
+  oldestWaitSince(): number | undefined {
+    for (const waiter of this.waiters) if (waiter.target === undefined) return waiter.since
+    return undefined
+  }
+
+  /** Waiters for any worker that joined the queue at or before `cutoff`. */
+  waitingSince(cutoff: number): number {
+    let n = 0
+    for (const waiter of this.waiters) if (waiter.target === undefined && waiter.since <= cutoff) n++
+    return n
+  }
+
+  /**
+   * Idle workers an elastic pool may retire, the longest idle first: serving nothing, not
+   * retiring, and no live session's home.
+   */
+  idleWorkers(): ReadonlyArray<Entry<W>> {
+    const idle: Array<Entry<W>> = []
+    for (const entry of this.entries.values()) {
+      if (entry.retiring !== undefined || entry.inUse > 0 || this.isSessionHome(entry)) continue
+      idle.push(entry)
+    }
+    return idle.sort((a, b) => a.idleSince - b.idleSince)
+  }
+
+  /**
+   * The order in which to give up live workers when the pool must shrink: idle ones first
+   * (the longest idle first), then session homes, then the busy ones (which finish their calls).
+   */
+  shrinkOrder(): ReadonlyArray<Entry<W>> {
+    const rank = (entry: Entry<W>) => (entry.inUse > 0 ? 2 : this.isSessionHome(entry) ? 1 : 0)
+    return [...this.entries.values()]
+      .filter((entry) => entry.retiring === undefined)
+      .sort((a, b) => rank(a) - rank(b) || a.idleSince - b.idleSince)
   }
 }

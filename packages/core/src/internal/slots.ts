@@ -6,21 +6,41 @@
  *
  * @internal
  */
-import { Clock, Deferred, Duration, Effect, Either, Exit, FiberSet, Metric, Schedule, type Scope } from "effect"
+import {
+  Clock,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  FiberMap,
+  FiberSet,
+  Metric,
+  Schedule,
+  type Scope
+} from "effect"
 import { PoolClosed, PoolStartError, type WorkerStartError } from "../errors.js"
 import type { WorkerInfo } from "../Snakepit.js"
 import type * as Worker from "../Worker.js"
 import type { PoolWorker, WorkerFactory } from "../WorkerFactory.js"
+import type { PoolSizeBounds } from "./config.js"
 import type { PoolContext } from "./poolContext.js"
 import { describeReason, type Entry, isGraceful, type RetireReason } from "./poolState.js"
 
 type Live = Entry<PoolWorker>
 
 interface Slot {
+  /** Its key among the slot fibers. */
+  readonly key: number
+  /** Its place in worker ids (`<pool>-<index + 1>.<generation>`): the lowest free one. */
   readonly index: number
   generation: number
   entry: Live | undefined
   stopped: boolean
+  /** A slot added after startup holds a place in the startup window until its first start ends. */
+  windowHeld: boolean
+  /** The id of its previous worker, for the `Restarted` event. */
+  previous: string | undefined
   readonly firstOutcome: Deferred.Deferred<void, WorkerStartError>
   /** Set by restartWorker: completes with the replacement, or its start failure. */
   replacement: Deferred.Deferred<Live, WorkerStartError | PoolClosed> | undefined
@@ -32,6 +52,12 @@ export interface Supervisor {
   readonly start: Effect.Effect<void, PoolStartError>
   /** Slots that are not stopped: the pool's size. */
   readonly size: () => number
+  /** The size bounds now. */
+  readonly bounds: () => PoolSizeBounds
+  /** New bounds: starts or retires workers at once (idle ones first); the scaler keeps them. */
+  readonly resize: (bounds: PoolSizeBounds) => Effect.Effect<void>
+  /** Elastic pools: adds workers for callers waiting longer than `scaleUpAfter`, retires idle ones. */
+  readonly scaler: Effect.Effect<never>
   /** Stops a worker (after its calls) and its slot; completes once its process is gone. */
   readonly stop: (entry: Live) => Effect.Effect<void>
   /** Replaces a worker; completes with the replacement once the old process is gone and the new one ready. */
@@ -56,10 +82,34 @@ export const make = (
   idPrefix: string
 ): Effect.Effect<Supervisor, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const { name, options, state, metric, publish } = ctx
+    const { name, options, state, metric, publish, emit } = ctx
     const slots: Array<Slot> = []
+    const generations = new Map<number, number>()
+    let nextKey = 0
+    let bounds: PoolSizeBounds = { min: options.size, max: options.maxSize }
     // Created before the pool's close finalizer, so it is interrupted after it (finalizers run in reverse).
-    const slotFibers = yield* FiberSet.make()
+    const slotFibers = yield* FiberMap.make<number>()
+    // Shared by startup and by workers added later: never more than `startupBatchSize` start at once.
+    const window = yield* Effect.makeSemaphore(options.startupBatchSize)
+    const scaleUpAfterMs = Duration.toMillis(options.scaleUpAfter)
+    const idleTimeoutMs = Duration.toMillis(options.idleTimeout)
+
+    const active = () => {
+      let n = 0
+      for (const slot of slots) if (!slot.stopped) n++
+      return n
+    }
+
+    /** Gives the slot's place in the window to the next start, `startupBatchDelay` later. */
+    const releaseWindow = (slot: Slot) =>
+      Effect.suspend(() => {
+        if (!slot.windowHeld) return Effect.void
+        slot.windowHeld = false
+        return FiberSet.run(
+          ctx.background,
+          Effect.zipRight(Effect.sleep(options.startupBatchDelay), window.release(1))
+        ).pipe(Effect.asVoid)
+      })
 
     const workerOptions: Worker.WorkerOptions = {
       adapter: options.adapter,
@@ -103,24 +153,43 @@ export const make = (
         }
         const entry = state.add(worker, yield* Clock.currentTimeMillis, deferreds)
         slot.entry = entry
+        // Removed (resize) while it was starting: it leaves at once, like any graceful retirement.
+        if (slot.stopped) state.retire(entry, { _tag: "ScaleDown", why: "resize" })
         yield* Deferred.succeed(slot.firstOutcome, undefined)
-        if (slot.replacement) yield* Deferred.succeed(slot.replacement, entry)
+        if (slot.replacement) {
+          yield* Deferred.succeed(slot.replacement, entry)
+          slot.replacement = undefined
+        }
+        yield* releaseWindow(slot)
         yield* publish
+        yield* emit({ _tag: "Ready", workerId: worker.id, pid: worker.pid })
+        if (slot.previous !== undefined) {
+          yield* emit({ _tag: "Restarted", workerId: worker.id, pid: worker.pid, replaces: slot.previous })
+        }
+        slot.previous = worker.id
         return entry
       })
 
     /** One generation of a slot: start a worker, serve until it must leave, drain it if graceful. */
     const serveOnce = (slot: Slot) =>
       Effect.gen(function* () {
-        slot.generation++
+        // Generations continue across the slots that held an index: a worker id is never reused.
+        slot.generation = (generations.get(slot.index) ?? 0) + 1
+        generations.set(slot.index, slot.generation)
         const id = `${idPrefix}-${slot.index + 1}.${slot.generation}`
+        yield* emit({ _tag: "Started", workerId: id })
         const started = yield* Effect.either(factory.spawn({ ...workerOptions, id }))
         if (Either.isLeft(started)) {
           const error = started.left
           if (error._tag === "ConfigError") return yield* Effect.die(error) // options were validated up front
           yield* Effect.logWarning(`worker ${id} failed to start: ${error.message}`)
           yield* Deferred.fail(slot.firstOutcome, error)
-          if (slot.replacement) yield* Deferred.fail(slot.replacement, error)
+          if (slot.replacement) {
+            yield* Deferred.fail(slot.replacement, error)
+            slot.replacement = undefined
+          }
+          yield* releaseWindow(slot)
+          yield* emit({ _tag: "StartFailed", workerId: id, reason: error.reason, detail: error.detail })
           return { _tag: "StartFailed" } as const
         }
         const entry = yield* register(slot, started.right)
@@ -133,6 +202,7 @@ export const make = (
         ])
         yield* Effect.sync(() => state.retire(entry, reason))
         yield* publish
+        yield* emitRetired(entry, reason)
         if (isGraceful(reason)) {
           // Graceful: let the calls in flight finish, unless the process dies meanwhile.
           yield* Effect.raceFirst(
@@ -143,6 +213,24 @@ export const make = (
         yield* Effect.logInfo(`worker ${id} ${describeReason(reason)}`)
         return reason
       })
+
+    const emitRetired = (entry: Live, reason: RetireReason) => {
+      const { id: workerId, pid } = entry.worker
+      switch (reason._tag) {
+        case "Crashed":
+          return emit({ _tag: "Crashed", workerId, pid, exitCode: reason.code, signal: reason.signal })
+        case "Unhealthy":
+          return emit({ _tag: "Unhealthy", workerId, pid, detail: reason.detail })
+        case "Recycle":
+          return emit({ _tag: "Recycled", workerId, pid, reason: reason.why })
+        case "Stop":
+          return emit({ _tag: "Stopped", workerId, pid })
+        case "ScaleDown":
+          return emit({ _tag: "Retired", workerId, pid, reason: reason.why })
+        case "Restart":
+          return Effect.void // `Restarted` follows, once the replacement is ready
+      }
+    }
 
     /** Removes the slot's worker once its scope is closed, i.e. once its process is gone. */
     const forget = (slot: Slot) =>
@@ -161,6 +249,7 @@ export const make = (
 
     const runSlot = (slot: Slot) =>
       Effect.gen(function* () {
+        if (slot.windowHeld) yield* window.take(1)
         const driver = yield* Schedule.driver(backoff)
         let recentRestarts: Array<number> = []
         while (!slot.stopped) {
@@ -188,7 +277,136 @@ export const make = (
           if (outcome._tag !== "StartFailed") yield* driver.reset
           yield* Effect.ignore(driver.next(undefined))
         }
-      }).pipe(Effect.annotateLogs({ pool: name, slot: slot.index + 1 }))
+      }).pipe(
+        Effect.ensuring(
+          Effect.suspend(() => {
+            const index = slots.indexOf(slot)
+            if (index >= 0) slots.splice(index, 1)
+            // Interrupted before its first start ended: its place in the window goes back now.
+            if (!slot.windowHeld) return Effect.void
+            slot.windowHeld = false
+            return window.release(1)
+          })
+        ),
+        Effect.annotateLogs({ pool: name, slot: slot.index + 1 })
+      )
+
+    /** A new slot at the lowest free index; `windowHeld`: it takes a place in the window itself. */
+    const newSlot = (windowHeld: boolean) =>
+      Effect.gen(function* () {
+        let index = 0
+        while (slots.some((slot) => slot.index === index)) index++
+        const slot: Slot = {
+          key: nextKey++,
+          index,
+          generation: 0,
+          entry: undefined,
+          stopped: false,
+          windowHeld,
+          previous: undefined,
+          firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
+          replacement: undefined
+        }
+        slots.push(slot)
+        yield* FiberMap.run(slotFibers, slot.key, runSlot(slot))
+        return slot
+      })
+
+    /** Takes a slot out of the pool: its worker retires gracefully, or its start is interrupted. */
+    const removeSlot = (slot: Slot, why: "idle" | "resize") =>
+      Effect.suspend(() => {
+        slot.stopped = true
+        if (slot.entry !== undefined) {
+          state.retire(slot.entry, { _tag: "ScaleDown", why })
+          return publish
+        }
+        // Starting or backing off: nothing to drain. Interrupting closes its scope (and kills a half-started worker).
+        return FiberSet.run(ctx.background, FiberMap.remove(slotFibers, slot.key)).pipe(Effect.asVoid)
+      })
+
+    const addSlots = (n: number) => (n <= 0 ? Effect.void : Effect.repeatN(newSlot(true), n - 1).pipe(Effect.asVoid))
+
+    /** One pass of the elastic scaler at `now`; the clock time of the next pass it needs, if any. */
+    const scaleOnce = (now: number) =>
+      Effect.gen(function* () {
+        if (state.closed) return undefined
+        let next: number | undefined
+        const earliest = (at: number) => {
+          next = next === undefined ? at : Math.min(next, at)
+        }
+        if (!state.draining && active() < bounds.max) {
+          const cutoff = now - scaleUpAfterMs
+          let longWaiting = 0
+          for (const waiter of state.waiters) {
+            if (waiter.target !== undefined) continue
+            if (waiter.since <= cutoff) longWaiting++
+            else {
+              earliest(waiter.since + scaleUpAfterMs)
+              break
+            }
+          }
+          const starting = slots.filter((slot) => !slot.stopped && slot.entry === undefined).length
+          yield* addSlots(Math.min(bounds.max - active(), longWaiting - starting))
+        }
+        if (active() > bounds.min && Number.isFinite(idleTimeoutMs)) {
+          let surplus = active() - bounds.min
+          for (const entry of state.idleWorkers()) {
+            if (surplus === 0) break
+            const expires = entry.idleSince + idleTimeoutMs
+            if (expires > now) {
+              earliest(expires)
+              break
+            }
+            const slot = slotOf(entry)
+            if (slot === undefined) continue
+            yield* removeSlot(slot, "idle")
+            surplus--
+          }
+          // Busy or session-bound workers may turn idle: look again within one idle timeout.
+          if (surplus > 0) earliest(now + idleTimeoutMs)
+        }
+        return next
+      })
+
+    const scaler: Effect.Effect<never> = Effect.forever(
+      Effect.gen(function* () {
+        const woken = ctx.scalerWoken()
+        const now = yield* Clock.currentTimeMillis
+        const next = yield* scaleOnce(now)
+        yield* next === undefined
+          ? Deferred.await(woken)
+          : Effect.raceFirst(Deferred.await(woken), Effect.sleep(Duration.millis(Math.max(0, next - now))))
+      })
+    )
+
+    const resize = (wanted: PoolSizeBounds) =>
+      Effect.gen(function* () {
+        const previous = bounds
+        bounds = wanted
+        yield* addSlots(wanted.min - active())
+        let surplus = active() - wanted.max
+        // Slots without a worker first (starting or backing off), then idle, session, busy workers.
+        for (const slot of slots.filter((s) => !s.stopped && s.entry === undefined)) {
+          if (surplus <= 0) break
+          yield* removeSlot(slot, "resize")
+          surplus--
+        }
+        for (const entry of state.shrinkOrder()) {
+          if (surplus <= 0) break
+          const slot = slotOf(entry)
+          if (slot === undefined || slot.stopped) continue
+          yield* removeSlot(slot, "resize")
+          surplus--
+        }
+        yield* emit({
+          _tag: "Resized",
+          min: wanted.min,
+          max: wanted.max,
+          previousMin: previous.min,
+          previousMax: previous.max
+        })
+        ctx.wakeScaler()
+      })
 
     // A rolling window: at most `startupBatchSize` workers start at once, and a place in it is
     // given to the next worker `startupBatchDelay` after its worker is ready or failed, so the
@@ -196,23 +414,15 @@ export const make = (
     const start = Effect.gen(function* () {
       const failures: Array<WorkerStartError> = []
       const tooManyFailures = () => failures.length > options.size - options.minReady
-      const window = yield* Effect.makeSemaphore(options.startupBatchSize)
-      const windowKeepers = yield* FiberSet.make<void, never>()
+      const initial: Array<Slot> = []
       for (let index = 0; index < options.size && !tooManyFailures(); index++) {
         yield* window.take(1)
         if (tooManyFailures()) break
-        const slot: Slot = {
-          index,
-          generation: 0,
-          entry: undefined,
-          stopped: false,
-          firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
-          replacement: undefined
-        }
-        slots.push(slot)
-        yield* FiberSet.run(slotFibers, runSlot(slot))
+        const slot = yield* newSlot(false)
+        initial.push(slot)
+        // In the pool's lifetime, not startup's: a keeper interrupted before it ran would keep its place.
         yield* FiberSet.run(
-          windowKeepers,
+          ctx.background,
           Deferred.await(slot.firstOutcome).pipe(
             Effect.catchTag("WorkerStartError", (error) => Effect.sync(() => failures.push(error))),
             Effect.zipRight(Effect.sleep(options.startupBatchDelay)),
@@ -224,7 +434,7 @@ export const make = (
       // yet); unless startup already failed: the workers still starting then stop with the scope.
       const failed: Array<WorkerStartError> = tooManyFailures() ? failures : []
       if (!tooManyFailures()) {
-        for (const slot of slots) {
+        for (const slot of initial) {
           const outcome = yield* Effect.either(Deferred.await(slot.firstOutcome))
           if (Either.isLeft(outcome)) failed.push(outcome.left)
         }
@@ -236,13 +446,16 @@ export const make = (
           causes: failed
         })
       }
-    }).pipe(Effect.scoped)
+    })
 
     const slotOf = (entry: Live) => slots.find((slot) => slot.entry === entry)
 
     return {
       start,
-      size: () => slots.filter((slot) => !slot.stopped).length,
+      size: active,
+      bounds: () => bounds,
+      resize,
+      scaler,
       stop: (entry) =>
         Effect.suspend(() => {
           const slot = slotOf(entry)
