@@ -6,9 +6,11 @@
 import { HostBridgeServer } from "@snakepit/grpc"
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
 import { Effect, Layer, Option, PubSub, type Scope, Stream } from "effect"
+import * as Control from "./Control.js"
 import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
-import { resolveSnakepitOptions } from "./internal/config.js"
+import { resolveControl, resolveSnakepitOptions } from "./internal/config.js"
+import * as ControlServer from "./internal/controlServer.js"
 import * as Pool from "./internal/pool.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
 import type { PoolEvent } from "./PoolReport.js"
@@ -19,16 +21,33 @@ import { WorkerFactory } from "./WorkerFactory.js"
  * With a process registry: records this run, then sweeps what dead runs left behind (workers
  * whose host died without cleaning up), before any worker of ours starts.
  */
+const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
+  effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
+
 const startRun = Effect.gen(function* () {
   const registry = yield* Effect.serviceOption(Registry)
-  if (Option.isNone(registry)) return
+  if (Option.isNone(registry)) return Option.none()
   const runId = yield* RunId.current
-  const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
-    effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
   yield* logged(registry.value.startRun(runId))
   yield* Effect.addFinalizer(() => logged(registry.value.endRun(runId)))
   yield* logged(registry.value.sweep())
+  return Option.some({ registry: registry.value, runId })
 })
+
+/**
+ * Serves the control API on `<dataDir>/control/<runId>.sock` and records the path in the run's
+ * row. A socket that cannot be served is logged, never fatal: the pools work without it.
+ */
+const startControl = (
+  service: SnakepitService,
+  run: { readonly registry: Registry["Type"]; readonly runId: string }
+) => {
+  const socket = Control.socketPath(run.registry.dataDir, run.runId)
+  return ControlServer.serve(service, { socket, runId: run.runId }).pipe(
+    Effect.zipRight(logged(run.registry.setControlSocket(run.runId, socket))),
+    Effect.catchTag("ControlServeError", (e) => Effect.logWarning(`control socket ${e.socket} not served: ${e.reason}`))
+  )
+}
 
 /**
  * When `HostTools` are provided, serves them on a loopback bridge for the pools' lifetime and
@@ -55,7 +74,8 @@ export const make = (
 ): Effect.Effect<SnakepitService, PoolStartError | ConfigError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const resolved = yield* resolveSnakepitOptions(options)
-    yield* startRun
+    const control = yield* resolveControl(options.control)
+    const run = yield* startRun
     const hostEnv = yield* startHostBridge
     // Sliding: a subscriber that falls behind loses the oldest events, never slows a pool down.
     const events = yield* PubSub.sliding<PoolEvent>(1024)
@@ -79,7 +99,7 @@ export const make = (
         return pool ? Effect.succeed({ pool, workerId }) : Effect.fail(new WorkerNotFound({ workerId }))
       })
 
-    return Snakepit.of({
+    const service = Snakepit.of({
       pools: names,
       execute: (tool, args, callOptions = {}) =>
         Effect.flatMap(poolOf(callOptions.pool), (pool) => pool.execute(tool, args, callOptions)),
@@ -96,6 +116,8 @@ export const make = (
       report: (pool) => Effect.flatMap(poolOf(pool), (p) => p.report),
       events: Stream.fromPubSub(events)
     })
+    if (control && Option.isSome(run)) yield* startControl(service, run.value)
+    return service
   })
 
 /** The `Snakepit` service for a `WorkerFactory` you provide (the testkit's fake, for instance). */

@@ -4,6 +4,8 @@
  * @since 0.1.0
  */
 
+/** The control API of a running host (`@effect/rpc`): `Control.ControlRpcs`, `Control.connect(socket)`. */
+export * as Control from "./Control.js"
 /** Promise facade: `createPool()`. */
 export * from "./createPool.js"
 /** For diagnostics tools: the interpreter search step by step, the worker runtime's location, option resolution. */

@@ -26,7 +26,9 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   ownerStartTime: Schema.String,
   host: Schema.String,
   startedAt: Schema.DateFromNumber,
-  endedAt: Schema.NullOr(Schema.DateFromNumber)
+  endedAt: Schema.NullOr(Schema.DateFromNumber),
+  /** The unix socket its control API listens on, when it serves one. */
+  controlSocket: Schema.NullOr(Schema.String)
 }) {}
 
 /** The state of a worker row: reserved before its process is spawned, active once ready. */
@@ -107,6 +109,8 @@ export interface RegistryService {
   readonly startRun: (runId: string) => Effect.Effect<void, RegistryError>
   /** Marks `runId` ended (its rows stay until a sweep after the owner is gone). */
   readonly endRun: (runId: string) => Effect.Effect<void, RegistryError>
+  /** Records (or clears, with null) the unix socket the run's control API listens on. */
+  readonly setControlSocket: (runId: string, socket: string | null) => Effect.Effect<void, RegistryError>
   /** Inserts a `reserved` worker row, before the process is spawned. */
   readonly reserveWorker: (worker: WorkerKey) => Effect.Effect<void, RegistryError>
   /**
@@ -169,6 +173,11 @@ const migrations = Migrator.fromRecord({
     yield* sql`INSERT INTO workers_by_run SELECT worker_id, run_id, pid, pgid, state, started_at FROM workers`
     yield* sql`DROP TABLE workers`
     yield* sql`ALTER TABLE workers_by_run RENAME TO workers`
+  }),
+  // Where a live run serves its control API (a 0600 unix socket), for `snakepit status` and `top`.
+  "3_runs_control_socket": Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`ALTER TABLE runs ADD COLUMN control_socket TEXT NULL`
   })
 })
 
@@ -279,15 +288,23 @@ const make = (options: RegistryOptions) =>
           VALUES (${runId}, ${process.pid}, ${start}, ${host}, ${now}, NULL)
           ON CONFLICT (run_id) DO UPDATE SET owner_pid = excluded.owner_pid,
             owner_start_time = excluded.owner_start_time, host = excluded.host,
-            started_at = excluded.started_at, ended_at = NULL`.pipe(failWith("startRun"))
+            started_at = excluded.started_at, ended_at = NULL, control_socket = NULL`.pipe(failWith("startRun"))
         ownRuns.add(runId)
       })
 
     const endRun = (runId: string) =>
       Effect.gen(function* () {
         const now = yield* Clock.currentTimeMillis
-        yield* sql`UPDATE runs SET ended_at = ${now} WHERE run_id = ${runId}`.pipe(failWith("endRun"))
+        yield* sql`UPDATE runs SET ended_at = ${now}, control_socket = NULL WHERE run_id = ${runId}`.pipe(
+          failWith("endRun")
+        )
       })
+
+    const setControlSocket = (runId: string, socket: string | null) =>
+      sql`UPDATE runs SET control_socket = ${socket} WHERE run_id = ${runId}`.pipe(
+        Effect.asVoid,
+        failWith("setControlSocket")
+      )
 
     const reserveWorker = ({ workerId, runId }: { readonly workerId: string; readonly runId: string }) =>
       Effect.gen(function* () {
@@ -392,6 +409,7 @@ const make = (options: RegistryOptions) =>
       databasePath,
       startRun,
       endRun,
+      setControlSocket,
       reserveWorker,
       attachProcess: setProcess("attachProcess", "reserved"),
       activateWorker: setProcess("activateWorker", "active"),
