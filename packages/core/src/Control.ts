@@ -154,19 +154,16 @@ export class ControlUnavailable extends Schema.TaggedError<ControlUnavailable>()
   detail: Schema.String
 }) {
   override get message() {
-    switch (this.reason) {
-      case "missing":
-        return `no control socket at ${this.socket}: the host is not running (${this.detail})`
-      case "stale":
-        return `stale control socket ${this.socket}: nothing listens on it, its host died without closing it (${this.detail})`
-      case "denied":
-        return `control socket ${this.socket} refused this user: it belongs to another user (${this.detail})`
-      case "timeout":
-        return `control socket ${this.socket} did not answer in time (${this.detail})`
-      case "error":
-        return `control socket ${this.socket}: ${this.detail}`
-    }
+    return `${this.socket}: ${UNAVAILABLE[this.reason]} (${this.detail})`
   }
+}
+
+const UNAVAILABLE: Record<ControlUnavailable["reason"], string> = {
+  missing: "no control socket there: the host is not running",
+  stale: "stale control socket: nothing listens on it, its host died without closing it (killed?)",
+  denied: "the control socket refused this user: it belongs to another user",
+  timeout: "the control socket did not answer in time",
+  error: "the control socket cannot be used"
 }
 
 /**
