@@ -154,7 +154,12 @@ export class ControlUnavailable extends Schema.TaggedError<ControlUnavailable>()
   detail: Schema.String
 }) {
   override get message() {
-    return `${this.socket}: ${UNAVAILABLE[this.reason]} (${this.detail})`
+    return `${this.socket}: ${this.explanation}`
+  }
+
+  /** What went wrong and why, without the socket's path. */
+  get explanation(): string {
+    return `${UNAVAILABLE[this.reason]} (${this.detail})`
   }
 }
 

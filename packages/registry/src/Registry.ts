@@ -7,12 +7,13 @@
  *
  * @since 0.1.0
  */
+import { lstatSync, rmSync } from "node:fs"
 import { hostname } from "node:os"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Clock, Context, Duration, Effect, Layer, Metric, Schema, String as Str } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Metric, Schema, String as Str } from "effect"
 import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
 import { prepareDatabase, resolveDataDir, restrictCompanions } from "./internal/database.js"
@@ -240,6 +241,15 @@ const killIfProven = (pid: number, runId: string, recordedPgid: number | null, o
   return outcome
 }
 
+/** Removes a dead run's control socket file, if it is still there and still a socket. */
+const removeStaleSocket = (socket: string): void => {
+  try {
+    if (lstatSync(socket).isSocket()) rmSync(socket)
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error
+  }
+}
+
 const make = (options: RegistryOptions) =>
   Effect.gen(function* () {
     const busyTimeout = Duration.decode(options.busyTimeout ?? Duration.seconds(5))
@@ -379,6 +389,13 @@ const make = (options: RegistryOptions) =>
             if (outcome._tag === "Skipped") skipped.push({ pid, runId: run.runId, reason: outcome.reason })
           }
           for (const run of dead) {
+            const socket = run.controlSocket
+            if (socket !== null) {
+              const removed = Either.try(() => removeStaleSocket(socket))
+              if (Either.isLeft(removed)) {
+                yield* Effect.logWarning(`snakepit registry sweep: cannot remove ${socket}: ${String(removed.left)}`)
+              }
+            }
             yield* sql`DELETE FROM workers WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
             yield* sql`DELETE FROM runs WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
           }
