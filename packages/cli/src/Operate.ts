@@ -52,7 +52,7 @@ const locate = (
     return found[0]!
   })
 
-/** The failure of a request a host refused, printed with what to do, as exit code 1. */
+/** A request the host refused, or a host that could not be reached: printed, and exit code 1. */
 const refused = (command: string, json: boolean) => (error: { readonly message: string; readonly _tag: string }) =>
   Effect.zipRight(
     json
@@ -60,10 +60,6 @@ const refused = (command: string, json: boolean) => (error: { readonly message: 
       : Console.error(`FAIL  ${error.message}`),
     Effect.fail(new DiagnosticFailure({ command, problems: [error.message] }))
   )
-
-/** A host that could not be reached after it was found: exit code 1, with its reason. */
-const unreachable = (command: string, json: boolean) => (error: { readonly message: string; readonly _tag: string }) =>
-  refused(command, json)(error)
 
 interface TargetOptions {
   readonly dataDir?: string | undefined
@@ -101,8 +97,8 @@ export const restart = (workerId: string, options: TargetOptions & { readonly ti
         WorkerNotFound: refused("restart", json),
         WorkerStartError: refused("restart", json),
         PoolClosed: refused("restart", json),
-        ControlUnavailable: unreachable("restart", json),
-        HostFailed: unreachable("restart", json)
+        ControlUnavailable: refused("restart", json),
+        HostFailed: refused("restart", json)
       })
     )
     yield* json
@@ -132,8 +128,8 @@ export const stop = (workerId: string, options: TargetOptions & { readonly timeo
     ).pipe(
       Effect.catchTags({
         WorkerNotFound: refused("stop", json),
-        ControlUnavailable: unreachable("stop", json),
-        HostFailed: unreachable("stop", json)
+        ControlUnavailable: refused("stop", json),
+        HostFailed: refused("stop", json)
       })
     )
     yield* json
@@ -170,8 +166,8 @@ export const resize = (pool: string, size: string, options: TargetOptions) =>
       Effect.catchTags({
         PoolNotFound: refused("resize", json),
         ConfigError: refused("resize", json),
-        ControlUnavailable: unreachable("resize", json),
-        HostFailed: unreachable("resize", json)
+        ControlUnavailable: refused("resize", json),
+        HostFailed: refused("resize", json)
       })
     )
     yield* json
@@ -204,8 +200,8 @@ export const drain = (pool: string, options: TargetOptions & { readonly timeout?
     ).pipe(
       Effect.catchTags({
         PoolNotFound: refused("drain", json),
-        ControlUnavailable: unreachable("drain", json),
-        HostFailed: unreachable("drain", json)
+        ControlUnavailable: refused("drain", json),
+        HostFailed: refused("drain", json)
       })
     )
     yield* json
