@@ -150,4 +150,47 @@ describe("PoolState", () => {
     expect(failureTag(outcome(waiter.deferred))).toBe("PoolClosed")
     expect(state.closed).toBe(true)
   })
+
+  it("drain: queued callers and new calls are refused with PoolDraining; drained once nothing runs", () => {
+    const state = new PoolState<W>(options)
+    const a = add(state, "a")
+    state.takeIdle()
+    const waiter = enqueued(state, undefined, 0)
+    state.drain()
+    expect(failureTag(outcome(waiter.deferred))).toBe("PoolDraining")
+    expect(state.refusal()?._tag).toBe("PoolDraining")
+    expect(outcome(state.drained)).toBeUndefined()
+    state.release(a, 1)
+    expect(outcome(state.drained)).toEqual(Exit.void)
+    state.close()
+    expect(state.refusal()?._tag).toBe("PoolClosed")
+  })
+
+  it("elastic: idle workers longest idle first, never a live session's home; shrink order idle, home, busy", () => {
+    const state = new PoolState<W>(options)
+    const a = add(state, "a", 0)
+    const b = add(state, "b", 5)
+    const c = add(state, "c", 1)
+    state.bind("s", c, 2)
+    expect(state.idleWorkers().map((e) => e.worker.id)).toEqual(["a", "b"])
+    state.tryTake(a)
+    expect(state.idleWorkers().map((e) => e.worker.id)).toEqual(["b"])
+    expect(state.shrinkOrder().map((e) => e.worker.id)).toEqual(["b", "c", "a"])
+    // Once the session's worker is lost, it is no longer a home.
+    state.retire(c, { _tag: "Stop" })
+    expect(state.isSessionHome(c)).toBe(false)
+    expect(state.shrinkOrder().map((e) => e.worker.id)).toEqual(["b", "a"])
+  })
+
+  it("elastic: how long callers for any worker have waited", () => {
+    const state = new PoolState<W>(options)
+    const a = add(state, "a")
+    state.takeIdle()
+    enqueued(state, a, 0) // a session's caller: waiting for a, not for capacity
+    enqueued(state, undefined, 10)
+    expect(state.waitingSince(9)).toBe(0)
+    expect(state.firstWaitAfter(9)).toBe(10)
+    expect(state.waitingSince(10)).toBe(1)
+    expect(state.firstWaitAfter(10)).toBeUndefined()
+  })
 })

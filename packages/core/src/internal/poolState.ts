@@ -368,9 +368,9 @@ export class PoolState<W extends WorkerLike> {
 
   // ---- elasticity ----------------------------------------------------------------------
 
-  /** Clock millis since when the longest waiter for any worker waits, if one does. */
-  oldestWaitSince(): number | undefined {
-    for (const waiter of this.waiters) if (waiter.target === undefined) return waiter.since
+  /** When the first caller for any worker that joined after `cutoff` joined, if one did. */
+  firstWaitAfter(cutoff: number): number | undefined {
+    for (const waiter of this.waiters) if (waiter.target === undefined && waiter.since > cutoff) return waiter.since
     return undefined
   }
 

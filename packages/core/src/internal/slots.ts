@@ -336,15 +336,9 @@ export const make = (
         }
         if (!state.draining && active() < bounds.max) {
           const cutoff = now - scaleUpAfterMs
-          let longWaiting = 0
-          for (const waiter of state.waiters) {
-            if (waiter.target !== undefined) continue
-            if (waiter.since <= cutoff) longWaiting++
-            else {
-              earliest(waiter.since + scaleUpAfterMs)
-              break
-            }
-          }
+          const longWaiting = state.waitingSince(cutoff)
+          const pending = state.firstWaitAfter(cutoff)
+          if (pending !== undefined) earliest(pending + scaleUpAfterMs)
           const starting = slots.filter((slot) => !slot.stopped && slot.entry === undefined).length
           yield* addSlots(Math.min(bounds.max - active(), longWaiting - starting))
         }
