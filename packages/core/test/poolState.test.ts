@@ -169,7 +169,7 @@ describe("PoolState", () => {
   it("elastic: idle workers longest idle first, never a live session's home; shrink order idle, home, busy", () => {
     const state = new PoolState<W>(options)
     const a = add(state, "a", 0)
-    const b = add(state, "b", 5)
+    add(state, "b", 5)
     const c = add(state, "c", 1)
     state.bind("s", c, 2)
     expect(state.idleWorkers().map((e) => e.worker.id)).toEqual(["a", "b"])
