@@ -13,6 +13,7 @@ import {
   Effect,
   Either,
   Exit,
+  FiberId,
   FiberMap,
   FiberSet,
   Metric,
@@ -282,6 +283,8 @@ export const make = (
           Effect.suspend(() => {
             const index = slots.indexOf(slot)
             if (index >= 0) slots.splice(index, 1)
+            // Removed before its first start ended: whoever waits for that outcome stops waiting.
+            Deferred.unsafeDone(slot.firstOutcome, Exit.interrupt(FiberId.none))
             // Interrupted before its first start ended: its place in the window goes back now.
             if (!slot.windowHeld) return Effect.void
             slot.windowHeld = false
