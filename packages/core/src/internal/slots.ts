@@ -38,7 +38,9 @@ interface Slot {
   generation: number
   entry: Live | undefined
   stopped: boolean
-  /** A slot added after startup holds a place in the startup window until its first start ends. */
+  /** A slot added after startup takes a place in the startup window for its first start... */
+  readonly needsWindow: boolean
+  /** ...and holds it until that start ends. */
   windowHeld: boolean
   /** The id of its previous worker, for the `Restarted` event. */
   previous: string | undefined
@@ -250,7 +252,17 @@ export const make = (
 
     const runSlot = (slot: Slot) =>
       Effect.gen(function* () {
-        if (slot.windowHeld) yield* window.take(1)
+        if (slot.needsWindow) {
+          // Marked held in the same uninterruptible step as the take: an interruption never loses a place.
+          yield* Effect.uninterruptibleMask((restore) =>
+            Effect.zipRight(
+              restore(window.take(1)),
+              Effect.sync(() => {
+                slot.windowHeld = true
+              })
+            )
+          )
+        }
         const driver = yield* Schedule.driver(backoff)
         let recentRestarts: Array<number> = []
         while (!slot.stopped) {
@@ -294,8 +306,8 @@ export const make = (
         Effect.annotateLogs({ pool: name, slot: slot.index + 1 })
       )
 
-    /** A new slot at the lowest free index; `windowHeld`: it takes a place in the window itself. */
-    const newSlot = (windowHeld: boolean) =>
+    /** A new slot at the lowest free index; `needsWindow`: it takes a place in the window itself. */
+    const newSlot = (needsWindow: boolean) =>
       Effect.gen(function* () {
         let index = 0
         while (slots.some((slot) => slot.index === index)) index++
@@ -305,7 +317,8 @@ export const make = (
           generation: 0,
           entry: undefined,
           stopped: false,
-          windowHeld,
+          needsWindow,
+          windowHeld: false,
           previous: undefined,
           firstOutcome: yield* Deferred.make<void, WorkerStartError>(),
           replacement: undefined
