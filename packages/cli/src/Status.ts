@@ -20,7 +20,7 @@ import { DiagnosticFailure } from "./errors.js"
 import { type DataDirSource, dataDirArgument, dataDirSource, registryLayer } from "./internal/dataDir.js"
 import { count, formatDate, table } from "./internal/format.js"
 import * as SharedOptions from "./internal/options.js"
-import { reportRegistryFailure } from "./internal/registryFailure.js"
+import { existingDataDir, reportRegistryFailure } from "./internal/registryFailure.js"
 
 /**
  * What the OS says about a recorded process: `alive` (and its command line carries the run's id),
@@ -297,6 +297,7 @@ export const status = (options: StatusOptions = {}): Effect.Effect<StatusReport,
   Effect.gen(function* () {
     const json = options.json === true
     const source = yield* dataDirSource(options.dataDir)
+    yield* existingDataDir("status", options.dataDir, source, json)
     const report = yield* inspect.pipe(
       Effect.provide(registryLayer(options.dataDir)),
       Effect.catchTags({

@@ -16,6 +16,8 @@ export * from "./HostTool.js"
 export * as SnakepitMetrics from "./Metrics.js"
 /** Pool options. */
 export * from "./PoolOptions.js"
+/** A configured Python command resolved: its real executable, kind of environment, missing modules, install hint. */
+export * as PythonEnvironment from "./PythonEnvironment.js"
 /** The `Snakepit` service and its types. */
 export * from "./Snakepit.js"
 /** `SnakepitPool.layer(options)`. */
