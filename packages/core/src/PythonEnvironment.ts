@@ -339,7 +339,7 @@ export const installHint = (
       return `install ${packages} into the conda environment at ${environment.prefix}: \`${command}\` (or \`${quote(environment.executable)} -m pip install ${modules.map(pipPackage).join(" ")}\`)`
     case "system":
       if (environment.debianSystem) {
-        return `${environment.executable} is Debian's system Python: install the distribution's packages as root, \`${command}\`, or ${venv}`
+        return `${environment.executable} is Debian's system Python: install the distribution's packages as root, \`${command}\`, or (with python3-venv installed) ${venv}`
       }
       return command === undefined
         ? `${environment.executable} is externally managed (pip refuses to install into it): ${venv}`

@@ -157,7 +157,7 @@ describe("PythonEnvironment.installHint (each kind of environment)", () => {
     const env = environment({ externallyManaged: true, debianSystem: true })
     expect(PythonEnvironment.installCommand(env)).toBe("apt-get install python3-grpcio python3-protobuf")
     expect(PythonEnvironment.installHint(env)).toBe(
-      "/usr/bin/python3 is Debian's system Python: install the distribution's packages as root, `apt-get install python3-grpcio python3-protobuf`, or make a venv for your application and use it: `/usr/bin/python3 -m venv .venv && .venv/bin/python -m pip install grpcio protobuf`, then set SNAKEPIT_PYTHON (or the `python` option) to .venv/bin/python"
+      "/usr/bin/python3 is Debian's system Python: install the distribution's packages as root, `apt-get install python3-grpcio python3-protobuf`, or (with python3-venv installed) make a venv for your application and use it: `/usr/bin/python3 -m venv .venv && .venv/bin/python -m pip install grpcio protobuf`, then set SNAKEPIT_PYTHON (or the `python` option) to .venv/bin/python"
     )
   })
 
