@@ -92,8 +92,13 @@ export interface NotRunnable {
 }
 
 // Prints one JSON line. Kept to syntax that even an old interpreter parses, so that a
-// too-old `python` is reported by its version rather than by a SyntaxError.
-const PROBE = `import json, os, sys
+// too-old `python` is reported by its version rather than by a SyntaxError. The working
+// directory goes to the end of sys.path first, as for a worker: a grpc.py or json.py there must
+// not answer for the real modules.
+const PROBE = `import sys
+p = sys.path
+(p and p[0] in ("", ".")) and p.append(p.pop(0))
+import json, os
 info = {"executable": sys.executable, "version": sys.version.split()[0], "prefix": sys.prefix,
         "basePrefix": getattr(sys, "base_prefix", sys.prefix), "modules": [], "uv": False}
 cfg = os.path.join(sys.prefix, "pyvenv.cfg")

@@ -48,7 +48,12 @@ export const awaitRunGone = (runId: string, timeout?: Duration.DurationInput) =>
     timeout
   )
 
-/** What a process printed, once it exited with code 0. */
+/**
+ * What a process printed, once it exited with code 0.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface Completed {
   readonly pid: number
   readonly stdout: string
@@ -57,6 +62,9 @@ export interface Completed {
 /**
  * Runs `command args` to completion and returns its stdout; fails (with its stderr) on a non-zero
  * exit, or after `timeout`. Interrupting the wait SIGKILLs the process.
+ *
+ * @since 0.1.0
+ * @category processes
  */
 export const runToCompletion = (
   command: string,

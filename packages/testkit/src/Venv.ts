@@ -16,7 +16,12 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect, type Scope } from "effect"
 
-/** A virtualenv made for a test. */
+/**
+ * A virtualenv made for a test.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface Venv {
   /** Its interpreter, `<prefix>/bin/python`. */
   readonly python: string
@@ -26,7 +31,12 @@ export interface Venv {
   readonly sitePackages: string
 }
 
-/** Options of {@link make}. */
+/**
+ * Options of {@link make}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface VenvOptions {
   /** Interpreter to make it with. Default: the base interpreter of {@link suitePython}. */
   readonly base?: string
@@ -44,20 +54,36 @@ const python = (interpreter: string, code: string): string =>
 /**
  * The interpreter the suite's workers run: `SNAKEPIT_PYTHON` (the repository's vitest config
  * sets it to the project venv), else `python3`.
+ *
+ * @since 0.1.0
+ * @category interpreters
  */
 export const suitePython = (): string => process.env.SNAKEPIT_PYTHON?.trim() || "python3"
 
-/** The `purelib` site-packages directory of `interpreter`. */
+/**
+ * The `purelib` site-packages directory of `interpreter`.
+ *
+ * @since 0.1.0
+ * @category interpreters
+ */
 export const sitePackagesOf = (interpreter: string): string =>
   python(interpreter, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
-/** The interpreter `interpreter` is, or was made from when it is a venv (past any shim). */
+/**
+ * The interpreter `interpreter` is, or was made from when it is a venv (past any shim).
+ *
+ * @since 0.1.0
+ * @category interpreters
+ */
 export const baseOf = (interpreter: string): string =>
   python(interpreter, "import sys; print(getattr(sys, '_base_executable', '') or sys.executable)")
 
 /**
  * A new virtualenv (without pip, which it does not need), in a temporary directory removed when
  * the scope closes.
+ *
+ * @since 0.1.0
+ * @category constructors
  */
 export const make = (options: VenvOptions = {}): Effect.Effect<Venv, Error, Scope.Scope> =>
   Effect.acquireRelease(
