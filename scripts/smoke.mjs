@@ -134,7 +134,8 @@ const installTarballs = (project, tarballs) => {
     cwd: project,
     stdio: ["ignore", "pipe", "pipe"],
     encoding: "utf8",
-    timeout: 5 * MINUTE
+    // The registry may be slow on a loaded machine; the bound stays, generous.
+    timeout: 10 * MINUTE
   })
   const output = `${res.stdout ?? ""}${res.stderr ?? ""}`
   if (res.error) fail(`npm install could not run: ${res.error.message}`)
