@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from .host_bridge import (
     DEFAULT_TIMEOUT_S,
@@ -21,8 +22,8 @@ from .host_bridge import (
 )
 
 __all__ = [
-    "BaseAdapter",
     "HOST_TOOLS_UNAVAILABLE",
+    "BaseAdapter",
     "HostBridge",
     "HostToolError",
     "HostToolsUnavailable",
@@ -50,7 +51,7 @@ _TOOL_MARKER = "__snakepit_tool__"
 class _ToolMarker:
     # A plain class, not a dataclass: a frozen @dataclass costs ~0.4 ms of worker
     # startup, and this private marker needs none of what it generates.
-    __slots__ = ("name", "description")
+    __slots__ = ("description", "name")
 
     def __init__(self, name: str | None, description: str | None) -> None:
         self.name = name

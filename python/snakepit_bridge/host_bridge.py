@@ -19,7 +19,8 @@ import asyncio
 import json
 import os
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -32,10 +33,10 @@ __all__ = [
     "ENV_HOST_BRIDGE",
     "ENV_HOST_SECRET",
     "HOST_TOOLS_UNAVAILABLE",
+    "SECRET_METADATA_KEY",
     "HostBridge",
     "HostToolError",
     "HostToolsUnavailable",
-    "SECRET_METADATA_KEY",
 ]
 
 ENV_HOST_BRIDGE = "SNAKEPIT_HOST_BRIDGE"
@@ -48,7 +49,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HOST_TOOLS_UNAVAILABLE = "host tools are not available: the host bridge is not configured"
 
 Kind = pb.ToolError.Kind
-Stub = pb_grpc.HostToolServiceStub
+Stub: TypeAlias = pb_grpc.HostToolServiceStub
 
 # HostToolError.kind for the ToolError kinds that are not plain exceptions.
 _ERROR_KINDS = {
@@ -236,7 +237,7 @@ class HostBridge:
         worker_id: str = "",
         environ: Mapping[str, str] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> "HostBridge":
+    ) -> HostBridge:
         """The bridge described by ``SNAKEPIT_HOST_BRIDGE`` and ``SNAKEPIT_HOST_SECRET``."""
         env = os.environ if environ is None else environ
         return cls(

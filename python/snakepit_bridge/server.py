@@ -34,17 +34,18 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_concurrent
-from typing import IO, Any, AsyncIterator, Callable, Iterator, NoReturn
+from typing import IO, Any, NoReturn
 
 from grpc import aio
 
 from .adapter import BaseAdapter, ToolContext, ToolInfo, ToolResult
-from .host_bridge import HostBridge
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .host_bridge import HostBridge
 
 PROTOCOL_VERSION = 1
 READY_PREFIX = "SNAKEPIT_READY"
@@ -93,8 +94,11 @@ def _terminal_columns() -> int:
         columns = 0
     if columns > 0:
         return columns
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 80
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+        return os.get_terminal_size(stdout.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
 
@@ -603,7 +607,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         finally:
             self._active_calls -= 1
 
-    async def _iterate_async(self, info: ToolInfo, args: dict[str, Any]) -> AsyncIterator[Any]:
+    async def _iterate_async(self, info: ToolInfo, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
         agen = info.func(**args)
         try:
             while True:
@@ -619,7 +623,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         finally:
             await agen.aclose()
 
-    async def _iterate_sync(self, info: ToolInfo, args: dict[str, Any]) -> AsyncIterator[Any]:
+    async def _iterate_sync(self, info: ToolInfo, args: dict[str, Any]) -> AsyncGenerator[Any, None]:
         """Iterate a sync generator one ``next`` at a time in the executor."""
         gen = info.func(**args)  # creating a generator runs none of its code
         pending: ConcurrentFuture[Any] | None = None

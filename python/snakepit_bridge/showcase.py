@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
+from typing import Any
 
 from .adapter import BaseAdapter, ToolContext, tool
 
@@ -94,7 +95,7 @@ class ShowcaseAdapter(BaseAdapter):
             yield {"i": i}
 
     @tool
-    def flood(self, count: int, size: int = 1024) -> Iterator[str]:
+    def flood(self, count: int, size: int = 1024) -> Generator[str, None, None]:
         """Yield count strings of size characters as fast as possible.
 
         flood_report tells how many were produced and whether the generator

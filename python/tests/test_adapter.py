@@ -6,7 +6,8 @@ import contextlib
 import io
 import os
 import unittest
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from unittest import mock
 
 from snakepit_bridge import HOST_TOOLS_UNAVAILABLE, BaseAdapter, HostToolsUnavailable, ToolContext, tool

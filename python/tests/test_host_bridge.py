@@ -44,7 +44,9 @@ class FakeHost(pb_grpc.HostToolServiceServicer):
         if metadata.get(SECRET_METADATA_KEY) != self.secret:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-snakepit-secret")
 
-    def ListHostTools(self, request: pb.ListHostToolsRequest, context: grpc.ServicerContext) -> pb.ListHostToolsResponse:
+    def ListHostTools(
+        self, request: pb.ListHostToolsRequest, context: grpc.ServicerContext
+    ) -> pb.ListHostToolsResponse:
         self._authorize(context)
         return pb.ListHostToolsResponse(
             tools=[
@@ -189,7 +191,9 @@ class HostBridgeSyncTest(unittest.TestCase):
                 try:
                     with self.assertRaises(HostToolError) as raised:
                         bridge.call("greet", {"name": "ada"})
-                    self.assertEqual((raised.exception.kind, raised.exception.type), ("unauthenticated", "Unauthenticated"))
+                    self.assertEqual(
+                        (raised.exception.kind, raised.exception.type), ("unauthenticated", "Unauthenticated")
+                    )
                     with self.assertRaises(HostToolError):
                         bridge.list_tools()
                 finally:
@@ -340,7 +344,9 @@ class WorkerCallsHostTest(unittest.TestCase):
 
     def test_async_tool_host_error(self) -> None:
         error = self.worker.call("acall_host_tool", {"tool": "boom"}).error
-        self.assertEqual((error.kind, error.type, error.message), (Kind.PYTHON_EXCEPTION, "HostToolError", "ValueError: bad input"))
+        self.assertEqual(
+            (error.kind, error.type, error.message), (Kind.PYTHON_EXCEPTION, "HostToolError", "ValueError: bad input")
+        )
 
 
 class ShowcaseCallsHostTest(unittest.TestCase):

@@ -34,7 +34,8 @@ export const command = Command.make("snakepit", {}, () =>
     [
       "snakepit: diagnostics and live control of Snakepit pools of Python workers",
       "",
-      "  snakepit doctor [--python PATH] [--data-dir DIR] [--json]   check everything a pool needs; say what to do",
+      "  snakepit doctor [--python PATH] [--adapter module:Class --python-path DIR] [--data-dir DIR] [--json]",
+      "                                                              check everything a pool needs (and your adapter); say what to do",
       "  snakepit status [--data-dir DIR] [--json]                   runs and workers in the registry, orphans flagged",
       "  snakepit sweep  [--data-dir DIR] [--json]                   kill orphaned workers of dead runs",
       "  snakepit top    [--once] [--interval S] [--run RUNID] [--json]  live view of the running hosts' pools",

@@ -23,7 +23,7 @@ import { count, formatDate, table } from "./internal/format.js"
 import { withHost } from "./internal/hosts.js"
 import * as SharedOptions from "./internal/options.js"
 import { poolJson, renderPool } from "./internal/pools.js"
-import { reportRegistryFailure } from "./internal/registryFailure.js"
+import { existingDataDir, reportRegistryFailure } from "./internal/registryFailure.js"
 
 /**
  * What the OS says about a recorded process: `alive` (and its command line carries the run's id),
@@ -379,6 +379,7 @@ export const status = (options: StatusOptions = {}): Effect.Effect<StatusReport,
   Effect.gen(function* () {
     const json = options.json === true
     const source = yield* dataDirSource(options.dataDir)
+    yield* existingDataDir("status", options.dataDir, source, json)
     const report = yield* inspect.pipe(
       Effect.provide(registryLayer(options.dataDir)),
       Effect.catchTags({

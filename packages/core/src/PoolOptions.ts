@@ -36,7 +36,12 @@ export interface PoolOptions {
   readonly capacity?: number
   /** `module` or `module:Class`. Default: the built-in showcase adapter (env `SNAKEPIT_ADAPTER`). */
   readonly adapter?: string
-  /** Interpreter. Default: `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc. */
+  /**
+   * Interpreter: any Python 3.10+ with grpcio and protobuf, e.g. a venv's, conda env's or uv
+   * venv's `bin/python`, or a name on PATH (a pyenv shim is run once to find the real
+   * interpreter; workers are spawned with that). Pools may use different ones. Default:
+   * `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc.
+   */
   readonly python?: string
   /** Extra PYTHONPATH entries, where your adapter lives (env `SNAKEPIT_PYTHON_PATH`, `:`-separated). */
   readonly pythonPath?: ReadonlyArray<string>

@@ -35,7 +35,7 @@ import {
   type WorkerStartReason
 } from "./errors.js"
 import { findJsonProblem } from "./internal/json.js"
-import { bridgePythonPath, resolvePython } from "./internal/python.js"
+import { bridgePythonPath, pythonNotFoundDetail, resolvePython } from "./internal/python.js"
 import { extractTraceback, LineTail } from "./internal/stderr.js"
 import * as ThreadLimits from "./ThreadLimits.js"
 
@@ -246,13 +246,7 @@ export const make = (
 
     const python = yield* resolvePython(options.python).pipe(
       Effect.mapError((rejections) =>
-        startError(
-          "python_not_found",
-          `no usable Python interpreter: ${rejections.map((r) => `${r.python} (${r.why})`).join("; ")}. ` +
-            "Install grpcio and protobuf for it (Debian: apt-get install python3-grpcio python3-protobuf), " +
-            "or name one with the `python` option or SNAKEPIT_PYTHON.",
-          { tried: rejections.map((r) => r.python) }
-        )
+        startError("python_not_found", pythonNotFoundDetail(rejections), { tried: rejections.map((r) => r.python) })
       )
     )
     const limits = yield* ThreadLimits.resolve(options.threadLimits)

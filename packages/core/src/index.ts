@@ -20,6 +20,8 @@ export * as SnakepitMetrics from "./Metrics.js"
 export * from "./PoolOptions.js"
 /** What an operator sees of a running pool: its report (workers in detail, latency) and its events, as Schemas. */
 export * from "./PoolReport.js"
+/** A configured Python command resolved: its real executable, kind of environment, missing modules, install hint. */
+export * as PythonEnvironment from "./PythonEnvironment.js"
 /** The `Snakepit` service and its types. */
 export * from "./Snakepit.js"
 /** `SnakepitPool.layer(options)`. */

@@ -936,30 +936,26 @@ describe("SnakepitPool", () => {
   })
 
   describe("configuration from the environment", () => {
-    // A provider replaces the whole environment: keep the interpreter the suite was told to use.
-    const envMap = (entries: ReadonlyArray<readonly [string, string]>) =>
-      ConfigProvider.fromMap(
-        new Map([
-          ...entries,
-          ...(process.env.SNAKEPIT_PYTHON ? [["SNAKEPIT_PYTHON", process.env.SNAKEPIT_PYTHON] as const] : [])
-        ])
-      )
     it.live("SNAKEPIT_SIZE through the ConfigProvider sizes the pool; code options win", () =>
       withRun(() =>
         Effect.gen(function* () {
-          const provider = envMap([["SNAKEPIT_SIZE", "1"]])
+          // Over the real environment, so the interpreter is still the suite's (SNAKEPIT_PYTHON).
+          const withEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
+            ConfigProvider.fromMap(new Map(entries)).pipe(ConfigProvider.orElse(() => ConfigProvider.fromEnv()))
           const fromEnv = yield* Effect.scoped(
-            Effect.flatMap(startPool({}), (pool) => pool.stats()).pipe(Effect.withConfigProvider(provider))
+            Effect.flatMap(startPool({}), (pool) => pool.stats()).pipe(
+              Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "1"]]))
+            )
           )
           expect(fromEnv).toMatchObject({ size: 1, ready: 1 })
           const bad = yield* Effect.flip(
-            startPool({}).pipe(Effect.withConfigProvider(envMap([["SNAKEPIT_SIZE", "zero"]])), Effect.scoped)
+            startPool({}).pipe(Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "zero"]])), Effect.scoped)
           )
           expect(bad._tag).toBe("ConfigError")
           if (bad._tag === "ConfigError") expect(bad.key).toBe("SNAKEPIT_SIZE")
           // Through the layer too, with a code option over the environment.
           const context = yield* Layer.build(SnakepitPool.layer({ size: 1, env: { X: "1" } })).pipe(
-            Effect.withConfigProvider(envMap([["SNAKEPIT_SIZE", "3"]]))
+            Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "3"]]))
           )
           expect(yield* Context.get(context, Snakepit).stats()).toMatchObject({ size: 1, ready: 1 })
         })

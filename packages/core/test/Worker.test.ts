@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { RunId } from "@snakepit/registry"
-import { Processes } from "@snakepit/testkit"
+import { Processes, Venv } from "@snakepit/testkit"
 import { Duration, Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { Worker } from "../src/index.js"
 
@@ -78,8 +78,9 @@ describe("Worker", () => {
           expect(missing.reason).toBe("python_not_found")
           expect(missing.tried).toEqual(["/nonexistent/python3"])
           expect(missing.detail).toContain("/nonexistent/python3 (not found)")
-          // An interpreter that exists but cannot import grpc (node stands in for it).
-          const noGrpc = yield* startError({ runId, python: process.execPath })
+          // An interpreter that exists but cannot import grpc.
+          const bare = yield* Venv.make()
+          const noGrpc = yield* startError({ runId, python: bare.python })
           expect(noGrpc.reason).toBe("python_not_found")
           expect(noGrpc.detail).toContain("cannot import grpc")
         })

@@ -64,8 +64,13 @@ export interface SkippedProcess {
 
 /** What one sweep found and did. */
 export interface SweepReport {
-  /** Dead runs whose rows were deleted. */
+  /** Dead runs (their owner died without ending them: killed, crashed) whose rows were deleted. */
   readonly runsSwept: number
+  /**
+   * Runs that ended cleanly (their pools closed) and whose owner has since exited: their rows
+   * were deleted too. Not dead runs: nothing went wrong with them.
+   */
+  readonly endedRunsRemoved: number
   readonly killed: ReadonlyArray<SweptProcess>
   readonly skipped: ReadonlyArray<SkippedProcess>
 }
@@ -130,7 +135,9 @@ export interface RegistryService {
   /**
    * Kills the workers of runs whose owner is dead (pid gone, or reused by a process with
    * another start time), proving each from its OS command line first, plus any live process
-   * carrying a dead run's id; then deletes those runs' rows. Never touches this registry's
+   * carrying a dead run's id; then deletes those runs' rows. Runs that ended cleanly before
+   * their owner exited are counted apart (`endedRunsRemoved`), not as dead runs, and logged
+   * at Info only when something was killed or skipped. Never touches this registry's
    * own runs, runs of live owners, or runs recorded by another host.
    */
   readonly sweep: () => Effect.Effect<SweepReport, RegistryError>
@@ -359,16 +366,17 @@ const make = (options: RegistryOptions) =>
     const sweep = () =>
       Effect.gen(function* () {
         const all = yield* runs
-        const dead = all.filter(
+        // Runs whose owner process is gone, ended cleanly or not.
+        const gone = all.filter(
           (run) =>
             !ownRuns.has(run.runId) && run.host === host && !ProcessInfo.isOwnerAlive(run.ownerPid, run.ownerStartTime)
         )
         const killed: Array<SweptProcess> = []
         const skipped: Array<SkippedProcess> = []
-        if (dead.length > 0) {
+        if (gone.length > 0) {
           const ownPgid = ProcessInfo.processGroup(process.pid)
           const handled = new Set<number>()
-          for (const run of dead) {
+          for (const run of gone) {
             for (const worker of yield* workers(run.runId)) {
               if (worker.pid === null || handled.has(worker.pid)) continue
               handled.add(worker.pid)
@@ -381,14 +389,14 @@ const make = (options: RegistryOptions) =>
           }
           for (const [pid, cmdline] of ProcessInfo.allProcesses()) {
             if (handled.has(pid)) continue
-            const run = dead.find((candidate) => ProcessInfo.carriesRunId(cmdline, candidate.runId))
+            const run = gone.find((candidate) => ProcessInfo.carriesRunId(cmdline, candidate.runId))
             if (run === undefined) continue
             handled.add(pid)
             const outcome = killIfProven(pid, run.runId, null, ownPgid)
             if (outcome._tag === "Killed") killed.push({ pid, runId: run.runId, pgid: outcome.pgid, via: "scan" })
             if (outcome._tag === "Skipped") skipped.push({ pid, runId: run.runId, reason: outcome.reason })
           }
-          for (const run of dead) {
+          for (const run of gone) {
             const socket = run.controlSocket
             if (socket !== null) {
               const removed = Either.try(() => removeStaleSocket(socket))
@@ -400,17 +408,24 @@ const make = (options: RegistryOptions) =>
             yield* sql`DELETE FROM runs WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
           }
         }
-        const report: SweepReport = { runsSwept: dead.length, killed, skipped }
+        // A run that ended cleanly and whose owner has since exited is not dead: its rows are
+        // only tidied away. Only runs whose owner died without ending them are dead.
+        const crashed = gone.filter((run) => run.endedAt === null).length
+        const ended = gone.length - crashed
+        const report: SweepReport = { runsSwept: crashed, endedRunsRemoved: ended, killed, skipped }
         yield* Metric.incrementBy(orphansKilled, killed.length)
-        yield* Effect.logInfo(
-          `snakepit registry sweep: ${dead.length} dead run(s) swept, ${killed.length} orphan process(es) killed` +
+        const log = crashed > 0 || killed.length > 0 || skipped.length > 0 ? Effect.logInfo : Effect.logDebug
+        yield* log(
+          `snakepit registry sweep: ${crashed} dead run(s) swept, ${killed.length} orphan process(es) killed` +
             (killed.length > 0 ? ` (pids ${killed.map((k) => k.pid).join(", ")})` : "") +
             `, ${skipped.length} skipped` +
-            (skipped.length > 0 ? ` (${skipped.map((s) => `${s.pid}: ${s.reason}`).join("; ")})` : "")
+            (skipped.length > 0 ? ` (${skipped.map((s) => `${s.pid}: ${s.reason}`).join("; ")})` : "") +
+            (ended > 0 ? `; ${ended} cleanly ended run(s) cleaned up` : "")
         ).pipe(
           Effect.annotateLogs({
             dataDir,
-            runsSwept: dead.length,
+            runsSwept: crashed,
+            endedRunsRemoved: ended,
             killed: killed.length,
             skipped: skipped.length
           })
@@ -448,4 +463,11 @@ export class Registry extends Context.Tag("@snakepit/registry/Registry")<Registr
    */
   static readonly layer = (options: RegistryOptions = {}): Layer.Layer<Registry, RegistryUnavailable> =>
     Layer.scoped(Registry, make(options))
+
+  /**
+   * The data directory the layer would use for `dataDir` (the option, else `SNAKEPIT_DATA_DIR`,
+   * else the per-user state directory), as an absolute path. Creates nothing.
+   */
+  static readonly resolveDataDir = (dataDir?: string | undefined): Effect.Effect<string, RegistryUnavailable> =>
+    resolveDataDir(dataDir)
 }
