@@ -1,4 +1,9 @@
 import { defineConfig } from "vitest/config"
+import { workerPython } from "./scripts/python.mjs"
+
+// The interpreter the set-up chose (scripts/python.mjs): SNAKEPIT_PYTHON, else the project venv.
+const python = workerPython()
+const pythonEnv: Record<string, string> = python === undefined ? {} : { SNAKEPIT_PYTHON: python }
 
 /** The suites that run real Python workers: they run once per transport. */
 const realWorkerSuites = [
@@ -20,11 +25,15 @@ export default defineConfig({
     projects: [
       {
         extends: true,
-        test: { name: "local", include: ["packages/*/test/**/*.test.ts"], env: { SNAKEPIT_TRANSPORT: "local" } }
+        test: {
+          name: "local",
+          include: ["packages/*/test/**/*.test.ts"],
+          env: { ...pythonEnv, SNAKEPIT_TRANSPORT: "local" }
+        }
       },
       {
         extends: true,
-        test: { name: "grpc", include: realWorkerSuites, env: { SNAKEPIT_TRANSPORT: "grpc" } }
+        test: { name: "grpc", include: realWorkerSuites, env: { ...pythonEnv, SNAKEPIT_TRANSPORT: "grpc" } }
       }
     ]
   }

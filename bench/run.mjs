@@ -7,7 +7,7 @@
 //   npm run bench -- --only=overhead,stream   some groups only (the other rows are null)
 //
 // Writes bench/results/latest.json:
-//   { date, machine: { cores, node, python, grpcio }, rows: [{ id, snakepit, baseline, unit, ratio, target }] }
+//   { date, machine: { cores, node, python, executable, grpcio }, rows: [{ id, snakepit, baseline, unit, ratio, target }] }
 // Exit code: 1 when a benchmark crashes or a worker process survives; a missed target only
 // prints MISS.
 import { spawn, spawnSync } from "node:child_process"
@@ -23,6 +23,7 @@ import { Proto } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
 import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
 import { PythonShell } from "python-shell"
+import { resolveExecutable, workerPython } from "../scripts/python.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, "..")
@@ -32,7 +33,17 @@ const ONLY = argv
   .find((a) => a.startsWith("--only="))
   ?.slice("--only=".length)
   .split(",")
-const PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? "/usr/bin/python3"
+// The interpreter the set-up chose (SNAKEPIT_BENCH_PYTHON, else SNAKEPIT_PYTHON, else the project
+// venv), as the executable it resolves to: pools, baselines and peers all start exactly this
+// program, never a shim (a pyenv shim adds ~270 ms to every process start, baselines included).
+const CONFIGURED_PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? workerPython() ?? "python3"
+const PYTHON = resolveExecutable(CONFIGURED_PYTHON)
+if (PYTHON === undefined) {
+  console.error(
+    `bench: ${CONFIGURED_PYTHON} does not run: run \`npm run setup\` (it makes .venv) or set SNAKEPIT_PYTHON`
+  )
+  process.exit(1)
+}
 const ADAPTER = "snakepit_bridge.showcase:ShowcaseAdapter"
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the overhead rows
@@ -70,7 +81,7 @@ const pyInfo = spawnSync(PYTHON, ["-c", "import sys, grpc; print(sys.version.spl
   encoding: "utf8"
 })
 if (pyInfo.status !== 0) {
-  console.error(`bench: ${PYTHON} cannot import grpc:\n${pyInfo.stderr}`)
+  console.error(`bench: ${PYTHON} (from ${CONFIGURED_PYTHON}) cannot import grpc:\n${pyInfo.stderr}`)
   process.exit(1)
 }
 const [pythonVersion, grpcioVersion] = pyInfo.stdout.trim().split(" ")
@@ -78,6 +89,7 @@ const machine = {
   cores: typeof availableParallelism === "function" ? availableParallelism() : cpus().length,
   node: process.version,
   python: pythonVersion,
+  executable: PYTHON,
   grpcio: grpcioVersion
 }
 
@@ -676,7 +688,8 @@ const benchMem = async () => {
   const measure = (workers) =>
     new Promise((resolve, reject) => {
       const child = spawn(process.execPath, ["--expose-gc", join(here, "mem.mjs"), String(workers), dataDir], {
-        stdio: ["ignore", "pipe", "inherit"]
+        stdio: ["ignore", "pipe", "inherit"],
+        env: { ...process.env, SNAKEPIT_BENCH_PYTHON: PYTHON }
       })
       let out = ""
       child.stdout.on("data", (d) => {
@@ -766,7 +779,7 @@ const table = (rows) => {
 let failed = false
 try {
   log(
-    `${QUICK ? "quick" : "full"} run; ${machine.cores} cores, node ${machine.node}, python ${machine.python}, grpcio ${machine.grpcio}`
+    `${QUICK ? "quick" : "full"} run; ${machine.cores} cores, node ${machine.node}, python ${machine.python} (${machine.executable}), grpcio ${machine.grpcio}`
   )
   if (want("overhead")) await benchOverhead()
   if (want("throughput")) await benchThroughput()

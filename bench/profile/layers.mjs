@@ -18,8 +18,9 @@ import { Snakepit, SnakepitPool, Worker } from "@snakepit/core"
 import { BridgeClient, Proto } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
 import { Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Scope } from "effect"
+import { resolveExecutable, workerPython } from "../../scripts/python.mjs"
 
-const PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? "/usr/bin/python3"
+const PYTHON = resolveExecutable(process.env.SNAKEPIT_BENCH_PYTHON ?? workerPython() ?? "python3")
 const calls = Number(process.argv[2] ?? 2000)
 const only = process.argv[3]?.split(",")
 const ROUNDS = 5

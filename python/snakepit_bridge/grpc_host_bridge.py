@@ -17,10 +17,10 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from .generated import snakepit_bridge_pb2 as pb
-from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 from .dispatch import shielded
 from .errors import CallCancelled
+from .generated import snakepit_bridge_pb2 as pb
+from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 from .host_bridge import DEFAULT_TIMEOUT_S, HostBridge, HostToolError, HostToolsUnavailable, check_args, tool_error
 from .values import ValueEncoder, decode_tagged
 

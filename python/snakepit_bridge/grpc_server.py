@@ -394,7 +394,8 @@ async def serve(
     if unix_socket:
         os.chmod(unix_socket, 0o600)
     await server.start()
-    announce({"port": 0, "address": address} if unix_socket else {"port": bound, "address": f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"})
+    bound_host = f"[{host}]" if ":" in host else host
+    announce({"port": 0, "address": address} if unix_socket else {"port": bound, "address": f"{bound_host}:{bound}"})
     log.info("serving %s on %s (%d tools)", dispatcher.adapter_name, address, len(dispatcher.tools))
     grace = await stop_grace
     await server.stop(grace)

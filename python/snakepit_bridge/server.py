@@ -5,5 +5,7 @@ Kept so that existing scripts keep working; the host starts ``snakepit_bridge`` 
 
 from .cli import main
 
+__all__ = ["main"]
+
 if __name__ == "__main__":
     main()

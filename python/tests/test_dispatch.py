@@ -118,7 +118,7 @@ class Tools(OddAdapter):
         self.runs = 0
 
     @tool
-    def add(self, a: int, b: int = 1) -> int:
+    def add(self, a: int, b: int = 1) -> int:  # type: ignore[override]
         return a + b
 
     @tool
@@ -174,7 +174,7 @@ class Tools(OddAdapter):
         sys.exit(3)
 
     @tool
-    def spin(self, ctx: ToolContext) -> None:
+    def spin(self, ctx: ToolContext) -> None:  # type: ignore[override]
         self.runs += 1
         report = self.reports["spin"] = {"finished": False, "saw_cancelled": None}
         self.entered.set()
@@ -199,7 +199,7 @@ class Tools(OddAdapter):
             ctx.check_cancelled()
 
     @tool
-    async def async_wait(self, ctx: ToolContext) -> None:
+    async def async_wait(self, ctx: ToolContext) -> None:  # type: ignore[override]
         report = self.reports["async_wait"] = {"cancelled": False, "saw_cancelled": None}
         self.entered.set()
         try:
@@ -221,7 +221,7 @@ class Tools(OddAdapter):
             report["closed"] = True
 
     @tool
-    def broken_stream(self) -> Iterator[int]:
+    def broken_stream(self) -> Iterator[int]:  # type: ignore[override]
         yield 1
         raise ValueError("stream broke")
 

@@ -28,6 +28,7 @@ HAVE_GRPC = importlib.util.find_spec("grpc") is not None
 
 if HAVE_GRPC:
     import grpc
+
     from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
     from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
     from snakepit_bridge.grpc_host_bridge import SECRET_METADATA_KEY, GrpcHostBridge
@@ -48,7 +49,7 @@ def _result(value: Any) -> Any:
     return pb.CallHostToolResponse(result_json=data, blobs=[bytes(b) for b in encoder.blobs], tagged=encoder.tagged)
 
 
-class FakeHost(Servicer):  # type: ignore[misc]
+class FakeHost(Servicer):
     """What the TypeScript host serves, reduced to a few tools; it requires the secret."""
 
     def __init__(self, secret: str) -> None:

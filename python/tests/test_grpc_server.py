@@ -21,6 +21,7 @@ HAVE_GRPC = importlib.util.find_spec("grpc") is not None
 
 if HAVE_GRPC:
     import grpc
+
     from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
     from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
     from snakepit_bridge.values import ValueEncoder, decode_tagged

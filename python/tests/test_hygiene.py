@@ -83,7 +83,10 @@ class KillDescendantsTest(unittest.TestCase):
                 helper.stdout.close()
 
     def test_with_nothing_started_it_kills_nothing(self) -> None:
-        code = "from snakepit_bridge import hygiene; hygiene.become_group_leader(); hygiene.kill_descendants(); print('alive')"
+        code = (
+            "from snakepit_bridge import hygiene; hygiene.become_group_leader(); "
+            "hygiene.kill_descendants(); print('alive')"
+        )
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, env=python_env(), timeout=TIMEOUT, check=False
         )

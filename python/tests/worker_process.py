@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 from snakepit_bridge.frames import Frame, FrameReader, FrameWriter
 
@@ -94,8 +94,8 @@ class _Process:
 
     def __init__(self) -> None:
         # Owned by this object and closed in close(), not in a with block.
-        self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115
-        self.stdout_file = tempfile.TemporaryFile()  # noqa: SIM115
+        self.stderr_file = tempfile.TemporaryFile()
+        self.stdout_file = tempfile.TemporaryFile()
         # Processes a test learnt of (a tool's children): killed at close, whatever happened.
         self.extra_pids: list[int] = []
         self._stderr_text = ""
@@ -201,7 +201,7 @@ class LocalWorker(_Process):
                 env=python_env(env, watch_stdin=watch_stdin),
                 pass_fds=(3, 4),
                 # The only way to place the sockets on fds 3 and 4; the tests start workers from one thread.
-                preexec_fn=place_fds,  # noqa: PLW1509
+                preexec_fn=place_fds,
             )
         finally:
             call_child.close()
@@ -361,7 +361,7 @@ class LocalWorker(_Process):
             except OSError:
                 pass
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> LocalWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -427,7 +427,7 @@ class GrpcWorker(_Process):
         assert self.proc.stdout is not None
         return self._stdout_rest + self.proc.stdout.read()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> GrpcWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:

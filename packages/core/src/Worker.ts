@@ -22,7 +22,8 @@ import * as Codec from "./internal/codec.js"
 import * as GrpcProtocol from "./internal/grpc/GrpcProtocol.js"
 import * as LocalProtocol from "./internal/local/LocalProtocol.js"
 import * as WorkerProcess from "./internal/process.js"
-import { bridgePythonPath, resolvePython } from "./internal/python.js"
+import { bridgePythonPath, pythonNotFoundDetail, resolvePython } from "./internal/python.js"
+import { DEFAULT_REQUIRED_MODULES } from "./PythonEnvironment.js"
 import * as ThreadLimits from "./ThreadLimits.js"
 import type { EncodedArgs, ExecuteOptions, PoolWorker, Transport } from "./WorkerFactory.js"
 
@@ -180,18 +181,15 @@ export const make = (
     const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES
     const runId = options.runId ?? (yield* RunId.current)
 
-    const python = yield* resolvePython(options.python, transport === "grpc" ? ["grpc", "google.protobuf"] : []).pipe(
+    // The executable past any shim, resolved once per command; the local transport needs only
+    // the standard library, gRPC also grpcio and protobuf.
+    const python = yield* resolvePython(options.python, transport === "grpc" ? DEFAULT_REQUIRED_MODULES : []).pipe(
       Effect.mapError(
         (rejections) =>
           new WorkerStartError({
             workerId: id,
             reason: "python_not_found",
-            detail:
-              `no usable Python interpreter: ${rejections.map((r) => `${r.python} (${r.why})`).join("; ")}. ` +
-              (transport === "grpc"
-                ? "The gRPC transport needs grpcio and protobuf in that environment (`<python> -m pip install grpcio protobuf`); "
-                : "") +
-              "name an interpreter with the `python` option or SNAKEPIT_PYTHON.",
+            detail: pythonNotFoundDetail(rejections),
             tried: rejections.map((r) => r.python),
             exitCode: null,
             signal: null,

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { RunId } from "@snakepit/registry"
-import { Processes } from "@snakepit/testkit"
+import { Processes, Venv } from "@snakepit/testkit"
 import { Duration, Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { Worker } from "../src/index.js"
 
@@ -81,10 +81,11 @@ describe("Worker", () => {
           // A program that exists but is no Python (node stands in for it).
           const notPython = yield* startError({ runId, python: process.execPath })
           expect(notPython.reason).toBe("python_not_found")
-          expect(notPython.detail).toContain("is not a Python 3.9+ interpreter")
-          // The gRPC transport also needs grpcio, and says so.
-          const noGrpc = yield* startError({ runId, python: process.execPath, transport: "grpc" })
-          expect(noGrpc.detail).toContain("that can import grpc and google.protobuf")
+          // A bare venv runs the local transport, but not gRPC: that one needs grpcio, and says so.
+          const bare = yield* Venv.make()
+          const noGrpc = yield* startError({ runId, python: bare.python, transport: "grpc" })
+          expect(noGrpc.reason).toBe("python_not_found")
+          expect(noGrpc.detail).toContain("cannot import grpc")
         })
       )
     )
