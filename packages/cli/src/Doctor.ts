@@ -11,7 +11,14 @@ import { type AddressInfo, createServer } from "node:net"
 import { delimiter, resolve } from "node:path"
 import { Command, Options } from "@effect/cli"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
-import { Diagnostics, PythonEnvironment, type ResolvedPoolOptions, Worker, type WorkerStartError } from "@snakepit/core"
+import {
+  Diagnostics,
+  PythonEnvironment,
+  type ResolvedPoolOptions,
+  type Transport,
+  Worker,
+  type WorkerStartError
+} from "@snakepit/core"
 import { ProcessInfo, Registry, RunId } from "@snakepit/registry"
 import { Console, Duration, Effect, Either, Option, Schedule, Schema } from "effect"
 import { DiagnosticFailure } from "./errors.js"
@@ -45,6 +52,8 @@ export interface DoctorOptions {
   readonly adapter?: string | undefined
   /** Directories holding your adapter's modules, as the pool's `pythonPath` option. */
   readonly pythonPath?: ReadonlyArray<string> | undefined
+  /** The transport to check for (default: SNAKEPIT_TRANSPORT, else local). */
+  readonly transport?: Transport | undefined
   /** Called with each check as soon as it completes (to print progressively). */
   readonly onCheck?: ((check: Check) => Effect.Effect<void>) | undefined
 }
@@ -133,9 +142,13 @@ const pythonFix = (diagnosis: Diagnostics.PythonDiagnosis): string => {
 const moduleVersions = (environment: PythonEnvironment.PythonEnvironment): string =>
   environment.modules.map((m) => `${PythonEnvironment.pipPackage(m.name)} ${m.version || "?"}`).join(", ")
 
-const checkPython = (options: DoctorOptions) =>
+const checkPython = (options: DoctorOptions, transport: Transport) =>
   Effect.gen(function* () {
-    const diagnosis = yield* Diagnostics.diagnosePython(options.python)
+    // The local transport needs only the standard library; gRPC also grpcio and protobuf.
+    const diagnosis = yield* Diagnostics.diagnosePython(
+      options.python,
+      transport === "grpc" ? PythonEnvironment.DEFAULT_REQUIRED_MODULES : []
+    )
     const source = `candidates from ${SOURCE_LABEL[diagnosis.source]}: ${diagnosis.candidates.join(", ")}`
     const chosen = diagnosis.chosen
     const rejected = diagnosis.tried.filter((t) => !t.accepted)
@@ -152,7 +165,7 @@ const checkPython = (options: DoctorOptions) =>
     // Workers are spawned with the executable: a shim is run once, here, and never per worker.
     const shim = chosen.shim ? `; workers run ${chosen.executable} directly, not through the shim` : ""
     const detail =
-      `${PythonEnvironment.describe(chosen)}, ${moduleVersions(chosen)}${shim}` +
+      `${[PythonEnvironment.describe(chosen), moduleVersions(chosen)].filter((part) => part !== "").join(", ")}${shim}` +
       ` (${source}${rejected.length > 0 ? `; rejected before it: ${rejected.map(describeTried).join("; ")}` : ""})`
     return { check: ok("python", detail), python: chosen }
   })
@@ -196,18 +209,21 @@ const bindOnce = (address: string) =>
     })
   })
 
-const checkLoopback = bindOnce("127.0.0.1").pipe(
-  Effect.map((port) => ok("loopback", `listened on 127.0.0.1:${port} and closed it (workers serve gRPC there)`)),
-  Effect.catchTag("BindFailed", (error) =>
-    Effect.succeed(
-      fail(
-        "loopback",
-        `cannot listen on ${error.address}: ${error.reason}`,
-        "workers serve gRPC on 127.0.0.1: bring the loopback interface up (`ip link set lo up`) or allow local binds in this sandbox or firewall"
+const checkLoopback = (transport: Transport) =>
+  transport === "local"
+    ? Effect.succeed(skip("loopback", "not needed: the local transport listens on no port"))
+    : bindOnce("127.0.0.1").pipe(
+        Effect.map((port) => ok("loopback", `listened on 127.0.0.1:${port} and closed it (workers serve gRPC there)`)),
+        Effect.catchTag("BindFailed", (error) =>
+          Effect.succeed(
+            fail(
+              "loopback",
+              `cannot listen on ${error.address}: ${error.reason}`,
+              "workers serve gRPC on 127.0.0.1: bring the loopback interface up (`ip link set lo up`) or allow local binds in this sandbox or firewall"
+            )
+          )
+        )
       )
-    )
-  )
-)
 
 // ---------------------------------------------------------------------------------------------
 // worker
@@ -225,7 +241,9 @@ const lastLines = (text: string, n: number): string =>
 
 const byHand = (python: string, adapter: string, pythonPath: ReadonlyArray<string>): string => {
   const path = [Diagnostics.bridgeRuntime().path ?? "<bridge>", ...pythonPath].join(delimiter)
-  return `run it by hand to see why: PYTHONPATH=${shellQuote(path)} ${shellQuote(python)} -m snakepit_bridge.server --adapter ${shellQuote(adapter)} --port 0`
+  // Imports, constructs and starts the adapter as a worker would, without a host.
+  const code = `from snakepit_bridge.loading import load_adapter_class as load; load(${JSON.stringify(adapter)})().on_start()`
+  return `run it by hand to see why: PYTHONPATH=${shellQuote(path)} ${shellQuote(python)} -c ${shellQuote(code)}`
 }
 
 const startFix = (error: WorkerStartError, byHandLine: string, python: string, startupTimeout: Duration.Duration) => {
@@ -296,6 +314,7 @@ const checkWorker = (
     const { runId, outcome, survivors } = yield* trialWorker(
       {
         id: "doctor",
+        transport: options.transport ?? pool?.transport ?? "local",
         ...(options.python === undefined ? {} : { python: options.python }),
         startupTimeout,
         ...(pool ? { threadLimits: pool.threadLimits } : {})
@@ -431,6 +450,7 @@ const checkAdapter = (
     const { runId, outcome, survivors } = yield* trialWorker(
       {
         id: "doctor-adapter",
+        transport: options.transport ?? pool?.transport ?? "local",
         adapter,
         pythonPath: pythonPath.map((dir) => resolve(dir)),
         ...(options.python === undefined ? {} : { python: options.python }),
@@ -564,11 +584,12 @@ export const run = (options: DoctorOptions = {}): Effect.Effect<ReadonlyArray<Ch
     yield* record(yield* checkNode)
     const config = yield* checkConfig(options)
     yield* record(config.check)
-    const python = yield* checkPython(options)
+    const transport = options.transport ?? config.pool?.transport ?? "local"
+    const python = yield* checkPython(options, transport)
     yield* record(python.check)
     const bridge = yield* checkBridge
     yield* record(bridge.check)
-    yield* record(yield* checkLoopback)
+    yield* record(yield* checkLoopback(transport))
     yield* record(yield* checkWorker(options, python.python, bridge.found, config.pool))
     if (options.adapter !== undefined || (options.pythonPath?.length ?? 0) > 0) {
       yield* record(yield* checkAdapter(options, python.python, bridge.found, config.pool))
@@ -641,6 +662,14 @@ const pythonPathOption = Options.text("python-path").pipe(
   Options.repeated
 )
 
+/** `--transport local|grpc`. */
+const transportOption = Options.choice("transport", ["local", "grpc"]).pipe(
+  Options.withDescription(
+    "The transport to check for: local (the default; the Python side needs only its standard library) or grpc (needs grpcio and protobuf, and a loopback port). Default: SNAKEPIT_TRANSPORT, else local."
+  ),
+  Options.optional
+)
+
 /** The `doctor` subcommand. */
 export const command = Command.make(
   "doctor",
@@ -648,13 +677,15 @@ export const command = Command.make(
     python: pythonOption,
     adapter: adapterOption,
     pythonPath: pythonPathOption,
+    transport: transportOption,
     dataDir: SharedOptions.dataDir,
     json: SharedOptions.json
   },
-  ({ python, adapter, pythonPath, dataDir, json }) =>
+  ({ python, adapter, pythonPath, transport, dataDir, json }) =>
     Effect.asVoid(
       doctor({
         python: Option.getOrUndefined(python),
+        transport: Option.getOrUndefined(transport),
         adapter: Option.getOrUndefined(adapter),
         pythonPath: pythonPath.flatMap((dirs) => dirs.split(delimiter)).filter((dir) => dir !== ""),
         dataDir: Option.getOrUndefined(dataDir),

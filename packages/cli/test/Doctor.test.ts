@@ -41,7 +41,16 @@ describe("snakepit doctor", () => {
       ])
       expect(checks.filter((c) => c.status === "fail")).toEqual([])
       expect(result.code).toBe(0)
-      expect(checkNamed(checks, "python").detail).toMatch(/Python \d+\.\d+\.\d+.*grpcio \d[\w.]*, protobuf \d[\w.]*/)
+      expect(checkNamed(checks, "python").detail).toMatch(/Python \d+\.\d+\.\d+/)
+      // The default local transport listens on no port: nothing to check there.
+      expect(checkNamed(checks, "loopback")).toMatchObject({ status: "skip" })
+      // For gRPC the interpreter needs grpcio and protobuf, and workers a loopback port.
+      const grpc = yield* runCli("doctor", "--transport", "grpc", "--data-dir", join(dir, "data"), "--json")
+      const grpcChecks = yield* Schema.decodeUnknown(Checks)(grpc.stdout)
+      expect(grpc.code).toBe(0)
+      expect(checkNamed(grpcChecks, "python").detail).toMatch(/grpcio \d[\w.]*, protobuf \d[\w.]*/)
+      expect(checkNamed(grpcChecks, "loopback").status).toBe("ok")
+      expect(checkNamed(grpcChecks, "worker").status).toBe("ok")
       const worker = checkNamed(checks, "worker")
       expect(worker.status).toBe("ok")
       expect(worker.detail).toMatch(/ready in \d+ ms/)
@@ -60,11 +69,12 @@ describe("snakepit doctor", () => {
       const result = yield* runCli("doctor", "--data-dir", dir)
       expect(result.code).toBe(0)
       const lines = result.stdout.split("\n")
-      for (const name of ["node", "config", "python", "bridge", "loopback", "worker", "data-dir", "leftovers"]) {
+      for (const name of ["node", "config", "python", "bridge", "worker", "data-dir", "leftovers"]) {
         expect(lines.some((line) => new RegExp(`^(ok|warn) +${name} `).test(line))).toBe(true)
       }
+      expect(lines.some((line) => /^skip +loopback +not needed: the local transport/.test(line))).toBe(true)
       expect(result.stdout).toMatch(/ok +worker +showcase worker pid \d+ ready in \d+ ms/)
-      expect(lines.at(-1)).toMatch(/^\d+ ok, \d+ warn, 0 FAIL, 0 skipped$/)
+      expect(lines.at(-1)).toMatch(/^\d+ ok, \d+ warn, 0 FAIL, 1 skipped$/)
     })
   )
 
@@ -88,7 +98,7 @@ describe("snakepit doctor", () => {
       expect(text.stdout).toMatch(/^FAIL +python +no usable interpreter .*\/nonexistent\/python3: not found$/m)
       expect(text.stdout).toMatch(/^ +fix: .*--python/m)
       expect(text.stdout).toMatch(/^skip +worker +not started/m)
-      expect(text.stdout).toMatch(/, 1 FAIL, 1 skipped$/)
+      expect(text.stdout).toMatch(/, 1 FAIL, 2 skipped$/)
     })
   )
 
@@ -245,6 +255,8 @@ describe("snakepit doctor --adapter (the user's own adapter, real workers)", () 
         const dir = yield* tempDir
         const venv = yield* Venv.make()
         const { code, checks } = yield* doctorJson(
+          "--transport",
+          "grpc",
           "--python",
           venv.python,
           "--adapter",

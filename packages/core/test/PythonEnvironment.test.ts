@@ -115,10 +115,12 @@ describe("PythonEnvironment.inspect (real interpreters)", () => {
     }).pipe(Effect.provide(NodeContext.layer))
   )
 
-  it.scoped("a worker in a venv without grpc fails with python_not_found naming it, what it lacks, the fix", () =>
+  it.scoped("a gRPC worker in a venv without grpc fails with python_not_found naming it, what it lacks, the fix", () =>
     Effect.gen(function* () {
       const venv = yield* Venv.make()
-      const error = yield* Worker.make({ python: venv.python, runId: RunId.generate() }).pipe(Effect.flip)
+      const error = yield* Worker.make({ python: venv.python, runId: RunId.generate(), transport: "grpc" }).pipe(
+        Effect.flip
+      )
       expect(error._tag).toBe("WorkerStartError")
       if (error._tag !== "WorkerStartError") return
       expect(error.reason).toBe("python_not_found")
