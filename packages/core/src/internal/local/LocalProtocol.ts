@@ -108,7 +108,9 @@ export const make = (
     const breakChannel = (reason: TransportErrorReason, detail: string, wait: Duration.DurationInput) => {
       if (broken !== undefined) return
       broken = { reason, detail, wait }
-      Deferred.unsafeDone(failed, Exit.succeed(`${reason}: ${detail}`))
+      // A lost connection is a process going away: its exit says how (a crash). A worker that
+      // broke the protocol or stopped reading is killed below; it must not be handed out meanwhile.
+      if (reason !== "connection_lost") Deferred.unsafeDone(failed, Exit.succeed(`${reason}: ${detail}`))
       for (const [, pending] of calls) pending.onLost(proc.lost(pending.tool, reason, detail, wait))
       calls.clear()
       controls.clear()
