@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from . import telemetry
 from .errors import CallCancelled
 from .host_bridge import (
     DEFAULT_TIMEOUT_S,
@@ -21,6 +22,7 @@ from .host_bridge import (
     HostToolError,
     HostToolsUnavailable,
 )
+from .telemetry import CallTelemetry, NoSpan, Span
 
 __all__ = [
     "HOST_TOOLS_UNAVAILABLE",
@@ -259,6 +261,24 @@ class ToolContext:
     host_bridge: HostBridge = field(default_factory=HostBridge, repr=False)
     # Set when the host cancels the call (timeout, interruption, stream ended early).
     cancel_event: CancelFlag = field(default_factory=lambda: CancelFlag(), repr=False)
+    # The call's spans and log records (None outside a worker: spans are then no-ops).
+    telemetry: CallTelemetry | None = field(default=None, repr=False)
+
+    def span(self, name: str, **attributes: Any) -> Span | NoSpan:
+        """A span inside the tool, as a context manager (``with`` or ``async with``).
+
+        It nests under the enclosing ``ctx.span`` (or the tool's own span) and travels to the
+        host with the call's outcome, where the host's tracer emits it in the caller's trace
+        with its real start and end times. An exception leaving the block marks it as failed.
+        When the call is not traced it records nothing.
+        """
+        return telemetry.span(self.telemetry, name, attributes)
+
+    @property
+    def trace_id(self) -> str:
+        """The caller's trace id (32 hex digits), or "" when the call is not traced."""
+        tel = self.telemetry
+        return tel.trace_id if tel is not None and tel.sampled else ""
 
     @property
     def cancelled(self) -> bool:

@@ -32,6 +32,7 @@ from .dispatch import Call, Dispatcher, shielded
 from .errors import ToolFailure
 from .frames import Frame, FrameReader, FrameTooLarge, FrameWriter, ProtocolError
 from .host_bridge import DEFAULT_TIMEOUT_S, HostBridge, HostToolError, check_args, tool_error
+from .telemetry import CallTelemetry, Item
 from .values import BadValue
 
 log = logging.getLogger("snakepit_bridge")
@@ -84,18 +85,25 @@ def _int(frame: Frame, key: str) -> int:
 
 
 class _FrameSink:
-    """A call's outcome as frames on the call socket."""
+    """A call's outcome as frames on the call socket; telemetry not sent yet rides along (``tel``)."""
 
-    __slots__ = ("_id", "_tool", "_writer")
+    __slots__ = ("_id", "_tool", "_writer", "telemetry")
 
     def __init__(self, writer: FrameWriter, call_id: int, tool: str) -> None:
         self._writer = writer
         self._id = call_id
         self._tool = tool
+        self.telemetry: CallTelemetry | None = None
+
+    def _with_telemetry(self, header: dict[str, Any]) -> dict[str, Any]:
+        items = self.telemetry.drain() if self.telemetry is not None else None
+        if items is not None:
+            header["tel"] = items
+        return header
 
     def _send(self, header: dict[str, Any]) -> bool:
         try:
-            self._writer.send(header)
+            self._writer.send(self._with_telemetry(header))
             return True
         except (FrameTooLarge, TypeError, ValueError, RecursionError) as exc:
             self.failure(_unsendable(self._tool, exc, self._writer.max_frame))
@@ -108,13 +116,27 @@ class _FrameSink:
         return self._send({"t": "chunk", "i": self._id, "v": value})
 
     def failure(self, failure: ToolFailure) -> None:
-        self._writer.send({"t": "error", "i": self._id, "e": failure.to_json()})
+        self._writer.send(self._with_telemetry({"t": "error", "i": self._id, "e": failure.to_json()}))
 
     def end(self) -> None:
-        self._writer.send({"t": "end", "i": self._id})
+        self._writer.send(self._with_telemetry({"t": "end", "i": self._id}))
 
     def cancelled(self) -> None:
-        self._writer.send({"t": "cancelled", "i": self._id})
+        self._writer.send(self._with_telemetry({"t": "cancelled", "i": self._id}))
+
+
+def _telemetry_sender(writer: FrameWriter, call_id: int) -> Callable[[list[Item]], None]:
+    """Sends a call's spans and log records at once, as ``tel`` frames before its outcome."""
+
+    def send(items: list[Item]) -> None:
+        # Shielded: a cancel striking in the middle of a frame would corrupt the channel.
+        with shielded():
+            try:
+                writer.send({"t": "tel", "i": call_id, "v": items})
+            except (FrameTooLarge, TypeError, ValueError, RecursionError, OSError):
+                pass  # one record the host cannot get; the call goes on
+
+    return send
 
 
 class ChannelHostBridge(HostBridge):
@@ -349,6 +371,8 @@ class LocalTransport:
                 stream=bool(header.get("stream", False)),
                 window=window,
                 attachments=attachments,
+                traceparent=str(header.get("tp", "")),
+                send_telemetry=_telemetry_sender(self.call_writer, call_id),
             )
         except ToolFailure as failure:
             sink.failure(failure)
@@ -356,6 +380,7 @@ class LocalTransport:
         except BadValue as exc:
             sink.failure(ToolFailure(errors.INVALID_ARGUMENTS, "ValueError", str(exc), path=exc.path))
             return
+        sink.telemetry = call.telemetry
         if info.is_async:
             dispatcher.run(call, info, kwargs, sink)
         elif self._threads is None:

@@ -32,7 +32,7 @@ import threading
 import traceback
 from typing import IO, Any, NoReturn
 
-from . import hygiene
+from . import hygiene, telemetry
 from .host_bridge import HostBridge
 
 DEFAULT_ADAPTER = "snakepit_bridge.showcase:ShowcaseAdapter"
@@ -111,8 +111,10 @@ def _configure_logging(level: str, worker_id: str) -> None:
     label = (worker_id or "-").replace("%", "%%")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {label}] %(name)s: %(message)s"))
+    # Records made inside a call go to the host as structured records (telemetry.py), not stderr.
+    handler.addFilter(telemetry.outside_call)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, telemetry.CallLogHandler()]
     root.setLevel(level)
 
 

@@ -31,6 +31,7 @@ from . import errors
 from .adapter import BaseAdapter, CancelFlag, ToolContext, ToolInfo, ToolResult
 from .errors import CallCancelled, ToolFailure
 from .host_bridge import HostBridge
+from .telemetry import CallTelemetry, Item
 
 log = logging.getLogger("snakepit_bridge")
 
@@ -113,11 +114,15 @@ class Call:
         "id",
         "session",
         "started",
+        "telemetry",
         "tool",
     )
 
-    def __init__(self, call_id: object, tool: str, session: str, credit: Credit | None) -> None:
+    def __init__(
+        self, call_id: object, tool: str, session: str, credit: Credit | None, telemetry: CallTelemetry
+    ) -> None:
         self.id = call_id
+        self.telemetry = telemetry
         self.tool = tool
         self.session = session
         self.started = time.monotonic()
@@ -405,8 +410,14 @@ class Dispatcher:
         stream: bool = False,
         window: int = 0,
         attachments: dict[str, bytes] | None = None,
+        traceparent: str = "",
+        send_telemetry: Callable[[list[Item]], None] | None = None,
     ) -> tuple[Call, ToolInfo, dict[str, Any]]:
-        """Finds the tool and binds the arguments; raises ToolFailure when it cannot."""
+        """Finds the tool and binds the arguments; raises ToolFailure when it cannot.
+
+        ``traceparent`` is the caller's span; ``send_telemetry`` delivers the call's spans and log
+        records as they are made (else they wait for its next result or chunk: see telemetry.py).
+        """
         info = self.tools.get(tool)
         if info is None:
             raise ToolFailure(
@@ -423,7 +434,8 @@ class Dispatcher:
             raise ToolFailure(
                 errors.INVALID_ARGUMENTS, "TypeError", f"tool {info.name} streams; call it with executeStream"
             )
-        call = Call(call_id, info.name, session, Credit(window) if stream else None)
+        tel = CallTelemetry(info.name, traceparent, send_telemetry)
+        call = Call(call_id, info.name, session, Credit(window) if stream else None, tel)
         if info.accepts_ctx:
             args = dict(args)
             args["ctx"] = ToolContext(
@@ -434,6 +446,7 @@ class Dispatcher:
                 attachments=dict(attachments or {}),
                 host_bridge=self.host_bridge,
                 cancel_event=call.cancel_requested,
+                telemetry=tel,
             )
         with self._calls_lock:
             self._calls[call_id] = call
@@ -448,15 +461,20 @@ class Dispatcher:
 
     def run(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> None:
         """Runs a prepared call: sync tools in this thread, async tools on the loop."""
+        tel = call.telemetry
+        tel.start_tool_span()
+        if tel.root is not None:
+            sink = _SpanEndingSink(sink, tel)
         if info.is_async:
             self.loop.submit(self._run_async(call, info, kwargs, sink))
             return
         handed_off = False
         try:
-            if info.streaming:
-                self._stream_sync(call, info.func(**kwargs), sink)
-            else:
-                handed_off = self._call_sync(call, info, kwargs, sink)
+            with tel.active():
+                if info.streaming:
+                    self._stream_sync(call, info.func(**kwargs), sink)
+                else:
+                    handed_off = self._call_sync(call, info, kwargs, sink)
         finally:
             if not handed_off:
                 self._finish(call)
@@ -489,7 +507,8 @@ class Dispatcher:
         assert task is not None
         call.attach_task(task, asyncio.get_running_loop())
         try:
-            value = await awaitable
+            with call.telemetry.active():
+                value = await awaitable
         except (asyncio.CancelledError, CallCancelled):
             sink.cancelled()
             return
@@ -539,6 +558,10 @@ class Dispatcher:
         task = asyncio.current_task()
         assert task is not None
         call.attach_task(task, asyncio.get_running_loop())
+        with call.telemetry.active():
+            await self._run_async_tool(call, info, kwargs, sink)
+
+    async def _run_async_tool(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> None:
         try:
             if info.streaming:
                 await self._stream_async(call, info.func(**kwargs), sink)
@@ -584,6 +607,35 @@ class Dispatcher:
                 log.exception("closing the generator of tool %s failed", call.tool)
             if closed_by_cancel:
                 sink.cancelled()
+
+
+class _SpanEndingSink:
+    """Ends the tool's span (with the outcome's status) before the outcome is sent, so it rides along."""
+
+    __slots__ = ("_sink", "_tel")
+
+    def __init__(self, sink: Sink, tel: CallTelemetry) -> None:
+        self._sink = sink
+        self._tel = tel
+
+    def result(self, value: Any) -> None:
+        self._tel.end_tool_span()
+        self._sink.result(value)
+
+    def failure(self, failure: ToolFailure) -> None:
+        self._tel.end_tool_span((failure.type, failure.message, failure.traceback))
+        self._sink.failure(failure)
+
+    def chunk(self, value: Any) -> bool:
+        return self._sink.chunk(value)
+
+    def end(self) -> None:
+        self._tel.end_tool_span()
+        self._sink.end()
+
+    def cancelled(self) -> None:
+        self._tel.end_tool_span(cancelled=True)
+        self._sink.cancelled()
 
 
 _PLAIN = frozenset({dict, list, str, int, float, bool, type(None), bytes, tuple})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import json
 import logging
 import os
 import sys
@@ -28,6 +29,7 @@ from .dispatch import Dispatcher
 from .errors import ToolFailure
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .telemetry import CallTelemetry, Item
 from .values import BadValue, ValueEncoder, decode_tagged
 
 log = logging.getLogger("snakepit_bridge")
@@ -81,39 +83,55 @@ def _encoded_or_failure(tool: str, value: Any, max_bytes: int) -> tuple[bytes, l
 
 
 class _QueueSink:
-    """Outcomes as items of an asyncio queue on the server's loop, from any thread."""
+    """Outcomes as items of an asyncio queue on the server's loop, from any thread.
+
+    Each item carries the call's telemetry made since the last one (JSON, or b"").
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tool: str, max_bytes: int) -> None:
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, Any, bytes]] = asyncio.Queue()
         self._loop = loop
         self._tool = tool
         self._max = max_bytes
+        self.telemetry: CallTelemetry | None = None
 
-    def _put(self, item: tuple[str, Any]) -> None:
+    def _put(self, kind: str, payload: Any) -> None:
         if self._loop.is_closed():
             return
-        self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        items = self.telemetry.drain() if self.telemetry is not None else None
+        tel = _telemetry_json(items) if items is not None else b""
+        self._loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload, tel))
 
     def result(self, value: Any) -> None:
         encoded = _encoded_or_failure(self._tool, value, self._max)
-        self._put(("failure", encoded) if isinstance(encoded, ToolFailure) else ("result", encoded))
+        if isinstance(encoded, ToolFailure):
+            self._put("failure", encoded)
+        else:
+            self._put("result", encoded)
 
     def chunk(self, value: Any) -> bool:
         encoded = _encoded_or_failure(self._tool, value, self._max)
         if isinstance(encoded, ToolFailure):
-            self._put(("failure", encoded))
+            self._put("failure", encoded)
             return False
-        self._put(("chunk", encoded))
+        self._put("chunk", encoded)
         return True
 
     def failure(self, failure: ToolFailure) -> None:
-        self._put(("failure", failure))
+        self._put("failure", failure)
 
     def end(self) -> None:
-        self._put(("end", None))
+        self._put("end", None)
 
     def cancelled(self) -> None:
-        self._put(("cancelled", None))
+        self._put("cancelled", None)
+
+
+def _telemetry_json(items: list[Item]) -> bytes:
+    try:
+        return json.dumps(items, separators=(",", ":"), default=repr).encode()
+    except (TypeError, ValueError, RecursionError):
+        return b""
 
 
 class _TokenCheck(aio.ServerInterceptor):
@@ -263,10 +281,12 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                 stream=stream,
                 window=STREAM_WINDOW,
                 attachments=dict(request.attachments),
+                traceparent=request.traceparent,
             )
         except ToolFailure as failure:
             sink.failure(failure)
             return call_id, sink
+        sink.telemetry = call.telemetry
         if info.is_async:
             self._dispatcher.run(call, info, kwargs, sink)
         else:
@@ -287,7 +307,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         call_id, sink = self._start(request, stream=False)
         answered = False
         try:
-            kind, payload = await sink.queue.get()
+            kind, payload, tel = await sink.queue.get()
             answered = True
         finally:
             # Cancelled by the client (or failing any other way): the tool must hear of it.
@@ -295,13 +315,14 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                 self._dispatcher.cancel(call_id)
         if kind == "result":
             data, blobs, tagged = payload
-            return pb.ExecuteToolResponse(result_json=data, blobs=blobs, tagged=tagged)
+            return pb.ExecuteToolResponse(result_json=data, blobs=blobs, tagged=tagged, telemetry_json=tel)
         if kind == "failure":
-            return pb.ExecuteToolResponse(error=_tool_error(payload))
+            return pb.ExecuteToolResponse(error=_tool_error(payload), telemetry_json=tel)
         return pb.ExecuteToolResponse(
             error=pb.ToolError(
                 kind=pb.ToolError.PYTHON_EXCEPTION, type="CallCancelled", message="the call was cancelled"
-            )
+            ),
+            telemetry_json=tel,
         )
 
     async def ExecuteStreamingTool(self, request: pb.ExecuteToolRequest, context: aio.ServicerContext) -> None:
@@ -311,20 +332,22 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         finished = False
         try:
             while True:
-                kind, payload = await sink.queue.get()
+                kind, payload, tel = await sink.queue.get()
                 if kind in ("chunk", "result"):
                     data, blobs, tagged = payload
                     finished = kind == "result"
-                    await context.write(pb.ToolChunk(data_json=data, blobs=blobs, tagged=tagged))
+                    await context.write(pb.ToolChunk(data_json=data, blobs=blobs, tagged=tagged, telemetry_json=tel))
                     if finished:
                         return
                     self._dispatcher.grant(call_id, 1)
                 elif kind == "failure":
                     finished = True
-                    await context.write(pb.ToolChunk(error=_tool_error(payload)))
+                    await context.write(pb.ToolChunk(error=_tool_error(payload), telemetry_json=tel))
                     return
                 else:
                     finished = True
+                    if tel:
+                        await context.write(pb.ToolChunk(telemetry_json=tel))
                     return
         finally:
             # A client cancel surfaces as CancelledError, or as a failed write: either way the
@@ -334,8 +357,6 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
 
 
 def _decode_args(request: pb.ExecuteToolRequest) -> Any:
-    import json
-
     try:
         args = json.loads(request.args_json) if request.args_json else {}
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

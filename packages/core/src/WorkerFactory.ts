@@ -57,6 +57,70 @@ export interface EncodedArgs {
 }
 
 /**
+ * One thing a tool's call sent back beside its outcome: a span it started or ended (`ctx.span`,
+ * or the tool's own span), a log record it made, or the count of records and spans the worker
+ * dropped (its log rate limit, its span cap). Times are microseconds since the epoch; span ids
+ * are the worker's own (16 hex digits), the call's span being the parent of its top spans.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type TelemetryItem =
+  | {
+      readonly _tag: "SpanStart"
+      readonly spanId: string
+      readonly parentId: string
+      readonly name: string
+      readonly timeMicros: number
+      readonly attributes: Readonly<Record<string, unknown>>
+    }
+  | {
+      readonly _tag: "SpanEnd"
+      readonly spanId: string
+      readonly timeMicros: number
+      readonly attributes: Readonly<Record<string, unknown>>
+      readonly events: ReadonlyArray<{
+        readonly name: string
+        readonly timeMicros: number
+        readonly attributes: Readonly<Record<string, unknown>>
+      }>
+      /** The exception that ended the span, when one did. */
+      readonly error: { readonly type: string; readonly message: string; readonly traceback: string } | undefined
+    }
+  | {
+      readonly _tag: "Log"
+      /** Python's level number: 10 debug, 20 info, 30 warning, 40 error, 50 critical. */
+      readonly level: number
+      readonly logger: string
+      readonly message: string
+      readonly timeMicros: number
+      /** The worker's id of the span the record was made in ("" when not traced). */
+      readonly spanId: string
+      /** Records the worker dropped (rate limit) before this one. */
+      readonly dropped: number
+    }
+  | { readonly _tag: "Dropped"; readonly logs: number; readonly spans: number }
+
+/**
+ * Where a call's telemetry goes. The pool makes one per call; a transport hands the worker the
+ * trace context and delivers what comes back, in order.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface TelemetrySink {
+  /** W3C trace context of the span the call's spans nest under; undefined when not traced. */
+  readonly traceparent: string | undefined
+  /** Items as they arrive, in the order the worker made them. */
+  readonly receive: (items: ReadonlyArray<TelemetryItem>) => void
+  /**
+   * The call is over in the worker (its terminal answer arrived) or will never answer (`lost`
+   * says why): spans it left open end here.
+   */
+  readonly close: (lost?: string) => void
+}
+
+/**
  * Per-call options on a worker.
  *
  * @since 0.1.0
@@ -69,8 +133,8 @@ export interface ExecuteOptions {
   readonly timeout?: Duration.DurationInput
   /** Raw binary values passed beside the arguments, as `ctx.attachments`. */
   readonly attachments?: Readonly<Record<string, Uint8Array>>
-  /** W3C trace context of the caller's span. */
-  readonly traceparent?: string
+  /** The call's trace context and where its spans and log records go. */
+  readonly telemetry?: TelemetrySink
 }
 
 /**
@@ -86,7 +150,7 @@ export interface StreamOptions {
   readonly attachments?: Readonly<Record<string, Uint8Array>>
   /** Chunks the producer may run ahead of the consumer. Default 16. */
   readonly window?: number
-  readonly traceparent?: string
+  readonly telemetry?: TelemetrySink
 }
 
 /**

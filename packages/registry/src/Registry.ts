@@ -439,19 +439,28 @@ const make = (options: RegistryOptions) =>
     return {
       dataDir,
       databasePath,
-      startRun,
-      endRun,
-      setControlSocket,
-      reserveWorker,
-      attachProcess: setProcess("attachProcess", "reserved"),
-      activateWorker: setProcess("activateWorker", "active"),
-      removeWorker,
-      workers,
-      runs,
-      sweep,
+      startRun: untraced(startRun),
+      endRun: untraced(endRun),
+      setControlSocket: untraced(setControlSocket),
+      reserveWorker: untraced(reserveWorker),
+      attachProcess: untraced(setProcess("attachProcess", "reserved")),
+      activateWorker: untraced(setProcess("activateWorker", "active")),
+      removeWorker: untraced(removeWorker),
+      workers: untraced(workers),
+      runs: Effect.withTracerEnabled(runs, false),
+      sweep: untraced(sweep),
       registeredGroups
     } satisfies RegistryService
-  })
+  }).pipe(Effect.withTracerEnabled(false))
+
+/**
+ * The registry's SQL makes no spans: its statements (several per worker start) are bookkeeping,
+ * not the user's work, and would fill the caller's trace (docs/adr/0012).
+ */
+const untraced =
+  <Args extends ReadonlyArray<unknown>, A, E>(f: (...args: Args) => Effect.Effect<A, E>) =>
+  (...args: Args): Effect.Effect<A, E> =>
+    Effect.withTracerEnabled(f(...args), false)
 
 /** The process registry service. */
 export class Registry extends Context.Tag("@snakepit/registry/Registry")<Registry, RegistryService>() {

@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15snakepit_bridge.proto\x12\x12snakepit.bridge.v1\"\x1e\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"h\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0epython_version\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x05 \x01(\t\"\x0f\n\rHealthRequest\"\xa7\x01\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\trss_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63tive_calls\x18\x04 \x01(\x05\x12\x11\n\tuptime_ms\x18\x05 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x30\n\x07running\x18\x07 \x03(\x0b\x32\x1f.snakepit.bridge.v1.RunningCall\"=\n\x0bRunningCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61ncelled_ms\x18\x03 \x01(\x03\"<\n\x12WaitSettledRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"&\n\x13WaitSettledResponse\x12\x0f\n\x07settled\x18\x01 \x01(\x08\"\x93\x02\n\x12\x45xecuteToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12L\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x37.snakepit.bridge.v1.ExecuteToolRequest.AttachmentsEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\r\n\x05\x62lobs\x18\x07 \x03(\x0c\x12\x0e\n\x06tagged\x18\x08 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x90\x02\n\tToolError\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".snakepit.bridge.v1.ToolError.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\"x\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10PYTHON_EXCEPTION\x10\x01\x12\x12\n\x0eTOOL_NOT_FOUND\x10\x02\x12\x15\n\x11INVALID_ARGUMENTS\x10\x03\x12\x19\n\x15UNSERIALIZABLE_RESULT\x10\x04\"\x89\x02\n\x13\x45xecuteToolResponse\x12\x15\n\x0bresult_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12M\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x38.snakepit.bridge.v1.ExecuteToolResponse.AttachmentsEntry\x12\r\n\x05\x62lobs\x18\x04 \x03(\x0c\x12\x0e\n\x06tagged\x18\x05 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\t\n\x07outcome\"\xf3\x01\n\tToolChunk\x12\x13\n\tdata_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12\x43\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32..snakepit.bridge.v1.ToolChunk.AttachmentsEntry\x12\r\n\x05\x62lobs\x18\x04 \x03(\x0c\x12\x0e\n\x06tagged\x18\x05 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\t\n\x07outcome\"S\n\rToolParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x04 \x01(\x0c\"w\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x03(\x0b\x32!.snakepit.bridge.v1.ToolParameter\x12\x11\n\tstreaming\x18\x04 \x01(\x08\"\x16\n\x14\x44\x65scribeToolsRequest\"U\n\x15\x44\x65scribeToolsResponse\x12+\n\x05tools\x18\x01 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\".\n\x18InitializeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1b\n\x19InitializeSessionResponse\"+\n\x15\x43leanupSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\")\n\x16\x43leanupSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x1f\n\x0bStopRequest\x12\x10\n\x08grace_ms\x18\x01 \x01(\x05\"\x0e\n\x0cStopResponse\"\x16\n\x14ListHostToolsRequest\"D\n\x15ListHostToolsResponse\x12+\n\x05tools\x18\x01 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\"\xff\x01\n\x13\x43\x61llHostToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12M\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x38.snakepit.bridge.v1.CallHostToolRequest.AttachmentsEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\r\n\x05\x62lobs\x18\x06 \x03(\x0c\x12\x0e\n\x06tagged\x18\x07 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x87\x01\n\x14\x43\x61llHostToolResponse\x12\x15\n\x0bresult_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12\r\n\x05\x62lobs\x18\x03 \x03(\x0c\x12\x0e\n\x06tagged\x18\x04 \x01(\x08\x42\t\n\x07outcome2\xd8\x06\n\rBridgeService\x12I\n\x04Ping\x12\x1f.snakepit.bridge.v1.PingRequest\x1a .snakepit.bridge.v1.PingResponse\x12O\n\x06Health\x12!.snakepit.bridge.v1.HealthRequest\x1a\".snakepit.bridge.v1.HealthResponse\x12^\n\x0b\x45xecuteTool\x12&.snakepit.bridge.v1.ExecuteToolRequest\x1a\'.snakepit.bridge.v1.ExecuteToolResponse\x12_\n\x14\x45xecuteStreamingTool\x12&.snakepit.bridge.v1.ExecuteToolRequest\x1a\x1d.snakepit.bridge.v1.ToolChunk0\x01\x12\x64\n\rDescribeTools\x12(.snakepit.bridge.v1.DescribeToolsRequest\x1a).snakepit.bridge.v1.DescribeToolsResponse\x12p\n\x11InitializeSession\x12,.snakepit.bridge.v1.InitializeSessionRequest\x1a-.snakepit.bridge.v1.InitializeSessionResponse\x12g\n\x0e\x43leanupSession\x12).snakepit.bridge.v1.CleanupSessionRequest\x1a*.snakepit.bridge.v1.CleanupSessionResponse\x12I\n\x04Stop\x12\x1f.snakepit.bridge.v1.StopRequest\x1a .snakepit.bridge.v1.StopResponse\x12^\n\x0bWaitSettled\x12&.snakepit.bridge.v1.WaitSettledRequest\x1a\'.snakepit.bridge.v1.WaitSettledResponse2\xda\x01\n\x0fHostToolService\x12\x64\n\rListHostTools\x12(.snakepit.bridge.v1.ListHostToolsRequest\x1a).snakepit.bridge.v1.ListHostToolsResponse\x12\x61\n\x0c\x43\x61llHostTool\x12\'.snakepit.bridge.v1.CallHostToolRequest\x1a(.snakepit.bridge.v1.CallHostToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15snakepit_bridge.proto\x12\x12snakepit.bridge.v1\"\x1e\n\x0bPingRequest\x12\x0f\n\x07message\x18\x01 \x01(\t\"h\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x16\n\x0epython_version\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x05 \x01(\t\"\x0f\n\rHealthRequest\"\xa7\x01\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\trss_bytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x61\x63tive_calls\x18\x04 \x01(\x05\x12\x11\n\tuptime_ms\x18\x05 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x30\n\x07running\x18\x07 \x03(\x0b\x32\x1f.snakepit.bridge.v1.RunningCall\"=\n\x0bRunningCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\n\n\x02ms\x18\x02 \x01(\x03\x12\x14\n\x0c\x63\x61ncelled_ms\x18\x03 \x01(\x03\"<\n\x12WaitSettledRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x05\"&\n\x13WaitSettledResponse\x12\x0f\n\x07settled\x18\x01 \x01(\x08\"\x93\x02\n\x12\x45xecuteToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12L\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x37.snakepit.bridge.v1.ExecuteToolRequest.AttachmentsEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0btraceparent\x18\x06 \x01(\t\x12\r\n\x05\x62lobs\x18\x07 \x03(\x0c\x12\x0e\n\x06tagged\x18\x08 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x90\x02\n\tToolError\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".snakepit.bridge.v1.ToolError.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\x12\x17\n\x0f\x61vailable_tools\x18\x05 \x03(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\"x\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10PYTHON_EXCEPTION\x10\x01\x12\x12\n\x0eTOOL_NOT_FOUND\x10\x02\x12\x15\n\x11INVALID_ARGUMENTS\x10\x03\x12\x19\n\x15UNSERIALIZABLE_RESULT\x10\x04\"\xa1\x02\n\x13\x45xecuteToolResponse\x12\x15\n\x0bresult_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12M\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x38.snakepit.bridge.v1.ExecuteToolResponse.AttachmentsEntry\x12\r\n\x05\x62lobs\x18\x04 \x03(\x0c\x12\x0e\n\x06tagged\x18\x05 \x01(\x08\x12\x16\n\x0etelemetry_json\x18\x06 \x01(\x0c\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\t\n\x07outcome\"\x8b\x02\n\tToolChunk\x12\x13\n\tdata_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12\x43\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32..snakepit.bridge.v1.ToolChunk.AttachmentsEntry\x12\r\n\x05\x62lobs\x18\x04 \x03(\x0c\x12\x0e\n\x06tagged\x18\x05 \x01(\x08\x12\x16\n\x0etelemetry_json\x18\x06 \x01(\x0c\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\t\n\x07outcome\"S\n\rToolParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x14\n\x0c\x64\x65\x66\x61ult_json\x18\x04 \x01(\x0c\"w\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x35\n\nparameters\x18\x03 \x03(\x0b\x32!.snakepit.bridge.v1.ToolParameter\x12\x11\n\tstreaming\x18\x04 \x01(\x08\"\x16\n\x14\x44\x65scribeToolsRequest\"U\n\x15\x44\x65scribeToolsResponse\x12+\n\x05tools\x18\x01 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\".\n\x18InitializeSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1b\n\x19InitializeSessionResponse\"+\n\x15\x43leanupSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\")\n\x16\x43leanupSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x1f\n\x0bStopRequest\x12\x10\n\x08grace_ms\x18\x01 \x01(\x05\"\x0e\n\x0cStopResponse\"\x16\n\x14ListHostToolsRequest\"D\n\x15ListHostToolsResponse\x12+\n\x05tools\x18\x01 \x03(\x0b\x32\x1c.snakepit.bridge.v1.ToolSpec\"\xff\x01\n\x13\x43\x61llHostToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\x0c\x12M\n\x0b\x61ttachments\x18\x03 \x03(\x0b\x32\x38.snakepit.bridge.v1.CallHostToolRequest.AttachmentsEntry\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12\r\n\x05\x62lobs\x18\x06 \x03(\x0c\x12\x0e\n\x06tagged\x18\x07 \x01(\x08\x1a\x32\n\x10\x41ttachmentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x87\x01\n\x14\x43\x61llHostToolResponse\x12\x15\n\x0bresult_json\x18\x01 \x01(\x0cH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.snakepit.bridge.v1.ToolErrorH\x00\x12\r\n\x05\x62lobs\x18\x03 \x03(\x0c\x12\x0e\n\x06tagged\x18\x04 \x01(\x08\x42\t\n\x07outcome2\xd8\x06\n\rBridgeService\x12I\n\x04Ping\x12\x1f.snakepit.bridge.v1.PingRequest\x1a .snakepit.bridge.v1.PingResponse\x12O\n\x06Health\x12!.snakepit.bridge.v1.HealthRequest\x1a\".snakepit.bridge.v1.HealthResponse\x12^\n\x0b\x45xecuteTool\x12&.snakepit.bridge.v1.ExecuteToolRequest\x1a\'.snakepit.bridge.v1.ExecuteToolResponse\x12_\n\x14\x45xecuteStreamingTool\x12&.snakepit.bridge.v1.ExecuteToolRequest\x1a\x1d.snakepit.bridge.v1.ToolChunk0\x01\x12\x64\n\rDescribeTools\x12(.snakepit.bridge.v1.DescribeToolsRequest\x1a).snakepit.bridge.v1.DescribeToolsResponse\x12p\n\x11InitializeSession\x12,.snakepit.bridge.v1.InitializeSessionRequest\x1a-.snakepit.bridge.v1.InitializeSessionResponse\x12g\n\x0e\x43leanupSession\x12).snakepit.bridge.v1.CleanupSessionRequest\x1a*.snakepit.bridge.v1.CleanupSessionResponse\x12I\n\x04Stop\x12\x1f.snakepit.bridge.v1.StopRequest\x1a .snakepit.bridge.v1.StopResponse\x12^\n\x0bWaitSettled\x12&.snakepit.bridge.v1.WaitSettledRequest\x1a\'.snakepit.bridge.v1.WaitSettledResponse2\xda\x01\n\x0fHostToolService\x12\x64\n\rListHostTools\x12(.snakepit.bridge.v1.ListHostToolsRequest\x1a).snakepit.bridge.v1.ListHostToolsResponse\x12\x61\n\x0c\x43\x61llHostTool\x12\'.snakepit.bridge.v1.CallHostToolRequest\x1a(.snakepit.bridge.v1.CallHostToolResponseb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'snakepit_bridge_pb2', globals())
@@ -51,45 +51,45 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _TOOLERROR_KIND._serialized_start=966
   _TOOLERROR_KIND._serialized_end=1086
   _EXECUTETOOLRESPONSE._serialized_start=1089
-  _EXECUTETOOLRESPONSE._serialized_end=1354
+  _EXECUTETOOLRESPONSE._serialized_end=1378
   _EXECUTETOOLRESPONSE_ATTACHMENTSENTRY._serialized_start=761
   _EXECUTETOOLRESPONSE_ATTACHMENTSENTRY._serialized_end=811
-  _TOOLCHUNK._serialized_start=1357
-  _TOOLCHUNK._serialized_end=1600
+  _TOOLCHUNK._serialized_start=1381
+  _TOOLCHUNK._serialized_end=1648
   _TOOLCHUNK_ATTACHMENTSENTRY._serialized_start=761
   _TOOLCHUNK_ATTACHMENTSENTRY._serialized_end=811
-  _TOOLPARAMETER._serialized_start=1602
-  _TOOLPARAMETER._serialized_end=1685
-  _TOOLSPEC._serialized_start=1687
-  _TOOLSPEC._serialized_end=1806
-  _DESCRIBETOOLSREQUEST._serialized_start=1808
-  _DESCRIBETOOLSREQUEST._serialized_end=1830
-  _DESCRIBETOOLSRESPONSE._serialized_start=1832
-  _DESCRIBETOOLSRESPONSE._serialized_end=1917
-  _INITIALIZESESSIONREQUEST._serialized_start=1919
-  _INITIALIZESESSIONREQUEST._serialized_end=1965
-  _INITIALIZESESSIONRESPONSE._serialized_start=1967
-  _INITIALIZESESSIONRESPONSE._serialized_end=1994
-  _CLEANUPSESSIONREQUEST._serialized_start=1996
-  _CLEANUPSESSIONREQUEST._serialized_end=2039
-  _CLEANUPSESSIONRESPONSE._serialized_start=2041
-  _CLEANUPSESSIONRESPONSE._serialized_end=2082
-  _STOPREQUEST._serialized_start=2084
-  _STOPREQUEST._serialized_end=2115
-  _STOPRESPONSE._serialized_start=2117
-  _STOPRESPONSE._serialized_end=2131
-  _LISTHOSTTOOLSREQUEST._serialized_start=2133
-  _LISTHOSTTOOLSREQUEST._serialized_end=2155
-  _LISTHOSTTOOLSRESPONSE._serialized_start=2157
-  _LISTHOSTTOOLSRESPONSE._serialized_end=2225
-  _CALLHOSTTOOLREQUEST._serialized_start=2228
-  _CALLHOSTTOOLREQUEST._serialized_end=2483
+  _TOOLPARAMETER._serialized_start=1650
+  _TOOLPARAMETER._serialized_end=1733
+  _TOOLSPEC._serialized_start=1735
+  _TOOLSPEC._serialized_end=1854
+  _DESCRIBETOOLSREQUEST._serialized_start=1856
+  _DESCRIBETOOLSREQUEST._serialized_end=1878
+  _DESCRIBETOOLSRESPONSE._serialized_start=1880
+  _DESCRIBETOOLSRESPONSE._serialized_end=1965
+  _INITIALIZESESSIONREQUEST._serialized_start=1967
+  _INITIALIZESESSIONREQUEST._serialized_end=2013
+  _INITIALIZESESSIONRESPONSE._serialized_start=2015
+  _INITIALIZESESSIONRESPONSE._serialized_end=2042
+  _CLEANUPSESSIONREQUEST._serialized_start=2044
+  _CLEANUPSESSIONREQUEST._serialized_end=2087
+  _CLEANUPSESSIONRESPONSE._serialized_start=2089
+  _CLEANUPSESSIONRESPONSE._serialized_end=2130
+  _STOPREQUEST._serialized_start=2132
+  _STOPREQUEST._serialized_end=2163
+  _STOPRESPONSE._serialized_start=2165
+  _STOPRESPONSE._serialized_end=2179
+  _LISTHOSTTOOLSREQUEST._serialized_start=2181
+  _LISTHOSTTOOLSREQUEST._serialized_end=2203
+  _LISTHOSTTOOLSRESPONSE._serialized_start=2205
+  _LISTHOSTTOOLSRESPONSE._serialized_end=2273
+  _CALLHOSTTOOLREQUEST._serialized_start=2276
+  _CALLHOSTTOOLREQUEST._serialized_end=2531
   _CALLHOSTTOOLREQUEST_ATTACHMENTSENTRY._serialized_start=761
   _CALLHOSTTOOLREQUEST_ATTACHMENTSENTRY._serialized_end=811
-  _CALLHOSTTOOLRESPONSE._serialized_start=2486
-  _CALLHOSTTOOLRESPONSE._serialized_end=2621
-  _BRIDGESERVICE._serialized_start=2624
-  _BRIDGESERVICE._serialized_end=3480
-  _HOSTTOOLSERVICE._serialized_start=3483
-  _HOSTTOOLSERVICE._serialized_end=3701
+  _CALLHOSTTOOLRESPONSE._serialized_start=2534
+  _CALLHOSTTOOLRESPONSE._serialized_end=2669
+  _BRIDGESERVICE._serialized_start=2672
+  _BRIDGESERVICE._serialized_end=3528
+  _HOSTTOOLSERVICE._serialized_start=3531
+  _HOSTTOOLSERVICE._serialized_end=3749
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ import * as Worker from "../Worker.js"
 import type { PoolWorker } from "../WorkerFactory.js"
 import type { PoolContext } from "./poolContext.js"
 import type { Binding, Entry, WaitError } from "./poolState.js"
-import { withCallSpan } from "./tracing.js"
+import { withCallSpan, workerCall, workerStream } from "./tracing.js"
 
 type Lease = Entry<PoolWorker>
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -57,7 +57,11 @@ export const make = (ctx: PoolContext): PoolCalls => {
     Effect.suspend(() => {
       const index = entry.running.indexOf(tool)
       if (index >= 0) entry.running.splice(index, 1)
-      ctx.latencies.record(tool, Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e6, failed)
+      const ms = Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e6
+      ctx.latencies.record(tool, ms, failed)
+      const metrics = ctx.toolMetrics(tool)
+      ;(failed ? metrics.failed : metrics.succeeded).unsafeUpdate(ms / 1000, [])
+      metrics.inFlight.unsafeUpdate(--metrics.running, [])
       state.release(entry, clock.unsafeCurrentTimeMillis())
       return publish
     })
@@ -103,11 +107,19 @@ export const make = (ctx: PoolContext): PoolCalls => {
     return failure._tag === "Some" && failure.value._tag === "CallTimeout"
   }
 
-  /** A lease now runs `tool`: the clock reading its latency starts from. */
-  const begin = (entry: Lease, tool: string, clock: Clock.Clock): bigint => {
+  /** A lease (asked for at `askedNanos`) now runs `tool`: the clock reading its latency starts from. */
+  const begin = (entry: Lease, tool: string, clock: Clock.Clock, askedNanos: bigint): bigint => {
     entry.running.push(tool)
-    return clock.unsafeCurrentTimeNanos()
+    const now = clock.unsafeCurrentTimeNanos()
+    // Synchronous metric updates: this runs on every call (docs/adr/0004).
+    const metrics = ctx.toolMetrics(tool)
+    metrics.queueWait.unsafeUpdate(Number(now - askedNanos) / 1e9, [])
+    metrics.inFlight.unsafeUpdate(++metrics.running, [])
+    return now
   }
+
+  const queueSpan = withCallSpan("snakepit.pool.queue", () => ({ pool: name }))
+  const dropped = { logs: metric.droppedLogs, spans: metric.droppedSpans }
 
   // Queue timeouts: one fiber fails expired waiters, instead of a timeout fiber per waiter
   // (which cost more than the rest of a queued call; see bench/).
@@ -225,13 +237,15 @@ export const make = (ctx: PoolContext): PoolCalls => {
 
   const runOn = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
     const timeout = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-    return entry.worker
-      .executeEncoded(tool, args, {
+    const { id: workerId, pid } = entry.worker
+    return workerCall({ pool: name, tool, session: call.session, workerId, pid }, dropped, (telemetry) =>
+      entry.worker.executeEncoded(tool, args, {
         ...(call.session === undefined ? {} : { session: call.session }),
         ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-        ...(Duration.isFinite(timeout) ? { timeout } : {})
+        ...(Duration.isFinite(timeout) ? { timeout } : {}),
+        telemetry
       })
-      .pipe(
+    ).pipe(
         // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
         Effect.tapErrorTag("CallTimeout", () =>
           entry.worker.health(options.healthCheck.timeout).pipe(
@@ -264,9 +278,10 @@ export const make = (ctx: PoolContext): PoolCalls => {
       countRequest,
       Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
         Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(checkout(call.session, restore), (entry) =>
-            Effect.clockWith((clock) => {
-              const started = begin(entry, tool, clock)
+          Effect.clockWith((clock) => {
+            const asked = clock.unsafeCurrentTimeNanos()
+            return Effect.flatMap(queueSpan(checkout(call.session, restore)), (entry) => {
+              const started = begin(entry, tool, clock, asked)
               return Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
                 Effect.onExit((exit) =>
                   wasCancelled(exit)
@@ -275,12 +290,14 @@ export const make = (ctx: PoolContext): PoolCalls => {
                 )
               )
             })
-          )
+          })
         )
       )
     ).pipe(
       Effect.tapError(() => countError),
-      withCallSpan("snakepit.pool.execute", () => ({ pool: name, tool }))
+      withCallSpan("snakepit.pool.execute", () =>
+        call.session === undefined ? { pool: name, tool } : { pool: name, tool, session: call.session }
+      )
     )
 
   const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
@@ -293,9 +310,10 @@ export const make = (ctx: PoolContext): PoolCalls => {
         // The lease is tied to the stream's scope: held while the stream runs, returned however it
         // ends; a stream ended early (or timed out) first lets its generator stop.
         let ended: "no" | "done" | "failed" = "no"
+        const asked = clock.unsafeCurrentTimeNanos()
         const entry = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(checkout(call.session, restore), (entry) => {
-            const started = begin(entry, tool, clock)
+          Effect.tap(queueSpan(checkout(call.session, restore)), (entry) => {
+            const started = begin(entry, tool, clock, asked)
             return Scope.addFinalizerExit(scope, (exit) =>
               ended === "no"
                 ? finishWhenSettled(entry, tool, clock, started)
@@ -305,12 +323,15 @@ export const make = (ctx: PoolContext): PoolCalls => {
         )
         yield* publish
         const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
+        const { id: workerId, pid } = entry.worker
+        const telemetry = yield* workerStream({ pool: name, tool, session: call.session, workerId, pid }, dropped)
         return entry.worker
           .executeStream(tool, encoded, {
             ...(call.session === undefined ? {} : { session: call.session }),
             ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
             ...(call.buffer === undefined ? {} : { window: call.buffer }),
-            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
+            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {}),
+            telemetry
           })
           .pipe(
             Stream.onEnd(

@@ -43,6 +43,18 @@ export interface PoolContext {
   readonly wakeScaler: () => void
   /** Completes at the next `wakeScaler`; the scaler waits on it between its checks. */
   readonly scalerWoken: () => Deferred.Deferred<void>
+  /** The per-tool metrics of this pool, made once per tool. */
+  readonly toolMetrics: (tool: string) => ToolMetrics
+}
+
+/** One tool's metrics in one pool, tagged once (tagging per call would cost on the hot path). */
+export interface ToolMetrics {
+  readonly succeeded: Metric.Metric.Histogram<number>
+  readonly failed: Metric.Metric.Histogram<number>
+  readonly queueWait: Metric.Metric.Histogram<number>
+  readonly inFlight: Metric.Metric.Gauge<number>
+  /** Calls of the tool running now. */
+  running: number
 }
 
 const poolMetrics = (name: string) => ({
@@ -53,8 +65,15 @@ const poolMetrics = (name: string) => ({
   ready: Metric.tagged(metrics.ready, "pool", name),
   busy: Metric.tagged(metrics.busy, "pool", name),
   queued: Metric.tagged(metrics.queued, "pool", name),
-  stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name)
+  stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name),
+  crashes: Metric.tagged(metrics.crashes, "pool", name),
+  workerRss: Metric.tagged(metrics.workerRss, "pool", name),
+  droppedLogs: Metric.tagged(metrics.droppedLogs, "pool", name),
+  droppedSpans: Metric.tagged(metrics.droppedSpans, "pool", name)
 })
+
+/** Tools with series of their own per pool. */
+const MAX_TOOL_SERIES = 256
 
 /** The shared parts of pool `options.name`, with an empty state. */
 export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet, events: PubSub.PubSub<PoolEvent>) =>
@@ -107,6 +126,25 @@ export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet
       return woken
     }
 
+    const tools = new Map<string, ToolMetrics>()
+    const toolMetrics = (called: string): ToolMetrics => {
+      // Tool names come from callers: past a bound, the rest share one series (no unbounded tags).
+      const tool = tools.size >= MAX_TOOL_SERIES && !tools.has(called) ? "(other)" : called
+      let found = tools.get(tool)
+      if (found === undefined) {
+        const duration = Metric.tagged(Metric.tagged(metrics.callDuration, "pool", name), "tool", tool)
+        found = {
+          succeeded: Metric.tagged(duration, "outcome", "success"),
+          failed: Metric.tagged(duration, "outcome", "failure"),
+          queueWait: Metric.tagged(Metric.tagged(metrics.queueWait, "pool", name), "tool", tool),
+          inFlight: Metric.tagged(Metric.tagged(metrics.inFlight, "pool", name), "tool", tool),
+          running: 0
+        }
+        tools.set(tool, found)
+      }
+      return found
+    }
+
     return {
       name,
       options,
@@ -118,6 +156,7 @@ export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet
       latencies: new Latencies(),
       emit,
       wakeScaler,
-      scalerWoken
+      scalerWoken,
+      toolMetrics
     } satisfies PoolContext
   })

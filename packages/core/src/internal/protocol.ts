@@ -4,7 +4,7 @@
  */
 import { InvalidArguments, PythonError, ToolNotFound, type WorkerCallError } from "../errors.js"
 import type { ToolDescription } from "../Snakepit.js"
-import type { PoolWorker } from "../WorkerFactory.js"
+import type { PoolWorker, TelemetryItem } from "../WorkerFactory.js"
 
 /** The calls of a worker over one transport. */
 export interface Protocol
@@ -70,3 +70,65 @@ export const toolDescription = (spec: RawToolSpec): ToolDescription => ({
     ...(p.defaultJson.length > 0 ? { default: JSON.parse(p.defaultJson) as unknown } : {})
   }))
 })
+
+const record = (value: unknown): Readonly<Record<string, unknown>> =>
+  typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {}
+const text = (value: unknown): string => (typeof value === "string" ? value : "")
+const count = (value: unknown): number => (typeof value === "number" && Number.isFinite(value) ? value : 0)
+
+/**
+ * The telemetry items of a worker's message (a JSON array, docs/protocol.md "Telemetry"), in
+ * domain form. Items it does not know are skipped: a newer worker may send more kinds.
+ */
+export const telemetryItems = (raw: unknown): ReadonlyArray<TelemetryItem> => {
+  if (!Array.isArray(raw)) return []
+  const items: Array<TelemetryItem> = []
+  for (const value of raw) {
+    const item = record(value)
+    switch (item.k) {
+      case "start":
+        items.push({
+          _tag: "SpanStart",
+          spanId: text(item.s),
+          parentId: text(item.p),
+          name: text(item.n),
+          timeMicros: count(item.t),
+          attributes: record(item.a)
+        })
+        break
+      case "end": {
+        const error = item.x === undefined ? undefined : record(item.x)
+        items.push({
+          _tag: "SpanEnd",
+          spanId: text(item.s),
+          timeMicros: count(item.t),
+          attributes: record(item.a),
+          events: (Array.isArray(item.ev) ? item.ev : []).map((e: unknown) => {
+            const event = record(e)
+            return { name: text(event.n), timeMicros: count(event.t), attributes: record(event.a) }
+          }),
+          error:
+            error === undefined
+              ? undefined
+              : { type: text(error.type), message: text(error.message), traceback: text(error.traceback) }
+        })
+        break
+      }
+      case "log":
+        items.push({
+          _tag: "Log",
+          level: count(item.l),
+          logger: text(item.g),
+          message: text(item.m),
+          timeMicros: count(item.t),
+          spanId: text(item.s),
+          dropped: count(item.dropped)
+        })
+        break
+      case "dropped":
+        items.push({ _tag: "Dropped", logs: count(item.logs), spans: count(item.spans) })
+        break
+    }
+  }
+  return items
+}

@@ -148,6 +148,7 @@ export const make = (
           }
           misses = 0
           entry.rssBytes = health.right.rssBytes
+          yield* Metric.set(Metric.tagged(metric.workerRss, "worker", entry.worker.id), health.right.rssBytes)
           const maxRssMb = options.recycle.maxRssMb
           if (maxRssMb !== undefined && health.right.rssBytes > maxRssMb * 1024 * 1024) {
             return { _tag: "Recycle", why: "rss" } as const
@@ -280,7 +281,12 @@ export const make = (
           const outcome = yield* Effect.scoped(serveOnce(slot)).pipe(Effect.ensuring(forget(slot)))
           if (slot.stopped || state.closed) return
           state.counters.restarts++
-          yield* Metric.increment(metric.restarts)
+          yield* Metric.increment(Metric.tagged(metric.restarts, "cause", outcome._tag))
+          if (outcome._tag === "Crashed" || outcome._tag === "Unhealthy") {
+            const cause =
+              outcome._tag === "Unhealthy" ? "unhealthy" : (outcome.signal ?? `exit_${String(outcome.code)}`)
+            yield* Metric.increment(Metric.tagged(metric.crashes, "cause", cause))
+          }
           if (outcome._tag === "Recycle" || outcome._tag === "Restart") {
             yield* driver.reset
             continue

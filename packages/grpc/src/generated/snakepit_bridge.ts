@@ -177,6 +177,12 @@ export interface ExecuteToolResponse {
   attachments: { [key: string]: Buffer };
   blobs: Buffer[];
   tagged: boolean;
+  /**
+   * A chunk with neither outcome carries only telemetry (the last of a stream that ended).
+   * JSON array of the call's spans and log records made since the last message (docs/protocol.md,
+   * "Telemetry"); empty when none.
+   */
+  telemetryJson: Buffer;
 }
 
 export interface ExecuteToolResponse_AttachmentsEntry {
@@ -195,6 +201,12 @@ export interface ToolChunk {
   attachments: { [key: string]: Buffer };
   blobs: Buffer[];
   tagged: boolean;
+  /**
+   * A chunk with neither outcome carries only telemetry (the last of a stream that ended).
+   * JSON array of the call's spans and log records made since the last message (docs/protocol.md,
+   * "Telemetry"); empty when none.
+   */
+  telemetryJson: Buffer;
 }
 
 export interface ToolChunk_AttachmentsEntry {
@@ -1458,7 +1470,7 @@ export const ToolError: MessageFns<ToolError> = {
 };
 
 function createBaseExecuteToolResponse(): ExecuteToolResponse {
-  return { outcome: undefined, attachments: {}, blobs: [], tagged: false };
+  return { outcome: undefined, attachments: {}, blobs: [], tagged: false, telemetryJson: Buffer.alloc(0) };
 }
 
 export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
@@ -1479,6 +1491,9 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
     }
     if (message.tagged !== false) {
       writer.uint32(40).bool(message.tagged);
+    }
+    if (message.telemetryJson.length !== 0) {
+      writer.uint32(50).bytes(message.telemetryJson);
     }
     return writer;
   },
@@ -1539,6 +1554,14 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
             message.tagged = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.telemetryJson = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1578,6 +1601,11 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
         ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
         : [],
       tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
+      telemetryJson: isSet(object.telemetryJson)
+        ? Buffer.from(bytesFromBase64(object.telemetryJson))
+        : isSet(object.telemetry_json)
+        ? Buffer.from(bytesFromBase64(object.telemetry_json))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1602,6 +1630,9 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
     }
     if (message.tagged !== false) {
       obj.tagged = message.tagged;
+    }
+    if (message.telemetryJson.length !== 0) {
+      obj.telemetryJson = base64FromBytes(message.telemetryJson);
     }
     return obj;
   },
@@ -1636,6 +1667,7 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
     );
     message.blobs = object.blobs?.map((e) => e) || [];
     message.tagged = object.tagged ?? false;
+    message.telemetryJson = object.telemetryJson ?? Buffer.alloc(0);
     return message;
   },
 };
@@ -1730,7 +1762,7 @@ export const ExecuteToolResponse_AttachmentsEntry: MessageFns<ExecuteToolRespons
 };
 
 function createBaseToolChunk(): ToolChunk {
-  return { outcome: undefined, attachments: {}, blobs: [], tagged: false };
+  return { outcome: undefined, attachments: {}, blobs: [], tagged: false, telemetryJson: Buffer.alloc(0) };
 }
 
 export const ToolChunk: MessageFns<ToolChunk> = {
@@ -1751,6 +1783,9 @@ export const ToolChunk: MessageFns<ToolChunk> = {
     }
     if (message.tagged !== false) {
       writer.uint32(40).bool(message.tagged);
+    }
+    if (message.telemetryJson.length !== 0) {
+      writer.uint32(50).bytes(message.telemetryJson);
     }
     return writer;
   },
@@ -1811,6 +1846,14 @@ export const ToolChunk: MessageFns<ToolChunk> = {
             message.tagged = reader.bool();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.telemetryJson = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1850,6 +1893,11 @@ export const ToolChunk: MessageFns<ToolChunk> = {
         ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
         : [],
       tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
+      telemetryJson: isSet(object.telemetryJson)
+        ? Buffer.from(bytesFromBase64(object.telemetryJson))
+        : isSet(object.telemetry_json)
+        ? Buffer.from(bytesFromBase64(object.telemetry_json))
+        : Buffer.alloc(0),
     };
   },
 
@@ -1874,6 +1922,9 @@ export const ToolChunk: MessageFns<ToolChunk> = {
     }
     if (message.tagged !== false) {
       obj.tagged = message.tagged;
+    }
+    if (message.telemetryJson.length !== 0) {
+      obj.telemetryJson = base64FromBytes(message.telemetryJson);
     }
     return obj;
   },
@@ -1908,6 +1959,7 @@ export const ToolChunk: MessageFns<ToolChunk> = {
     );
     message.blobs = object.blobs?.map((e) => e) || [];
     message.tagged = object.tagged ?? false;
+    message.telemetryJson = object.telemetryJson ?? Buffer.alloc(0);
     return message;
   },
 };

@@ -16,10 +16,16 @@ import {
   type WorkerCrashed,
   type WorkerStartError
 } from "../../errors.js"
-import type { EncodedArgs, ExecuteOptions, StreamOptions, WorkerHealth } from "../../WorkerFactory.js"
+import type {
+  EncodedArgs,
+  ExecuteOptions,
+  StreamOptions,
+  TelemetrySink,
+  WorkerHealth
+} from "../../WorkerFactory.js"
 import * as Codec from "../codec.js"
 import type { WorkerProcess } from "../process.js"
-import { type Protocol, toolDescription, toolFailure } from "../protocol.js"
+import { type Protocol, telemetryItems, toolDescription, toolFailure } from "../protocol.js"
 
 const READY_PREFIX = "SNAKEPIT_READY "
 
@@ -184,6 +190,17 @@ export const make = (
     }
     let nextRequest = 0
 
+    const receiveTelemetry = (telemetry: TelemetrySink, json: Uint8Array) => {
+      if (json.length === 0) return
+      let raw: unknown
+      try {
+        raw = JSON.parse(Buffer.from(json.buffer, json.byteOffset, json.byteLength).toString("utf8"))
+      } catch {
+        return // telemetry the worker could not encode is lost, never the call
+      }
+      telemetry.receive(telemetryItems(raw))
+    }
+
     const requestOf = (
       tool: string,
       args: EncodedArgs,
@@ -199,7 +216,7 @@ export const make = (
             ),
       sessionId: opts.session ?? "",
       requestId: `r${++nextRequest}`,
-      traceparent: opts.traceparent ?? "",
+      traceparent: opts.telemetry?.traceparent ?? "",
       blobs: blobsOf(args),
       tagged: args.tagged
     })
@@ -207,8 +224,18 @@ export const make = (
     const executeEncoded = (tool: string, args: EncodedArgs, opts: ExecuteOptions = {}) => {
       const timeout = opts.timeout
       const request = requestOf(tool, args, opts)
+      const telemetry = opts.telemetry
       return client.executeTool(request, timeout === undefined ? undefined : { timeout }).pipe(
         Effect.onInterrupt(() => Effect.sync(() => abandon(request.requestId))),
+        // A cancelled or lost RPC brings nothing more back: the call's open spans end with it.
+        telemetry === undefined
+          ? (effect) => effect
+          : Effect.onExit((exit) =>
+              Effect.sync(() => {
+                if (exit._tag === "Success") receiveTelemetry(telemetry, exit.value.telemetryJson)
+                telemetry.close(exit._tag === "Success" ? undefined : "the call did not complete")
+              })
+            ),
         Effect.catchTags({
           GrpcDeadlineExceeded: (error) => {
             if (timeout === undefined) return transportFailure(tool)(error)
@@ -233,6 +260,7 @@ export const make = (
       Stream.suspend(() => {
         const request = requestOf(tool, args, opts)
         const idle = opts.idleTimeout
+        const telemetry = opts.telemetry
         let done = false
         const chunks = client
           .executeStreamingTool(request, idle === undefined ? undefined : { idleTimeout: idle })
@@ -245,6 +273,11 @@ export const make = (
               GrpcUnavailable: (error) => Stream.fromEffect(transportFailure(tool)(error)),
               GrpcMessageTooLarge: (error) => Stream.fromEffect(transportFailure(tool)(error)),
               GrpcFailure: (error) => Stream.fromEffect(transportFailure(tool)(error))
+            }),
+            Stream.filter((chunk) => {
+              if (telemetry !== undefined) receiveTelemetry(telemetry, chunk.telemetryJson)
+              // The last message of a stream may carry only telemetry.
+              return chunk.outcome !== undefined
             }),
             Stream.mapEffect((chunk): Effect.Effect<unknown, WorkerCallError> => {
               const outcome = chunk.outcome
@@ -262,6 +295,7 @@ export const make = (
               Effect.sync(() => {
                 // Ended early, failed or timed out: the worker cancels the generator; learn when it stopped.
                 if (!done) abandon(request.requestId)
+                telemetry?.close(done ? undefined : "the stream did not complete")
               })
             )
           )

@@ -24,10 +24,23 @@ import {
 } from "../../errors.js"
 import type { HostToolsService } from "../../HostTool.js"
 import type { ToolDescription } from "../../Snakepit.js"
-import type { EncodedArgs, ExecuteOptions, StreamOptions, WorkerHealth } from "../../WorkerFactory.js"
+import type {
+  EncodedArgs,
+  ExecuteOptions,
+  StreamOptions,
+  TelemetrySink,
+  WorkerHealth
+} from "../../WorkerFactory.js"
 import * as Codec from "../codec.js"
 import type { WorkerProcess } from "../process.js"
-import { type FailureInfo, type Protocol, type RawToolSpec, toolDescription, toolFailure } from "../protocol.js"
+import {
+  type FailureInfo,
+  type Protocol,
+  type RawToolSpec,
+  telemetryItems,
+  toolDescription,
+  toolFailure
+} from "../protocol.js"
 import { encodeFrame, type Frame, FrameError, FrameReader, frameSize } from "./frames.js"
 
 /** The protocol version this host speaks (the worker announces its own in `ready`). */
@@ -54,6 +67,8 @@ interface Pending {
   onFrame: (frame: Frame) => void
   readonly onLost: (lost: Lost) => void
   abandoned: boolean
+  /** Where the call's spans and log records go. */
+  readonly telemetry: TelemetrySink | undefined
 }
 
 const str = (value: unknown): string => (typeof value === "string" ? value : "")
@@ -111,7 +126,10 @@ export const make = (
       // A lost connection is a process going away: its exit says how (a crash). A worker that
       // broke the protocol or stopped reading is killed below; it must not be handed out meanwhile.
       if (reason !== "connection_lost") Deferred.unsafeDone(failed, Exit.succeed(`${reason}: ${detail}`))
-      for (const [, pending] of calls) pending.onLost(proc.lost(pending.tool, reason, detail, wait))
+      for (const [, pending] of calls) {
+        pending.telemetry?.close(`${reason}: ${detail}`)
+        pending.onLost(proc.lost(pending.tool, reason, detail, wait))
+      }
       calls.clear()
       controls.clear()
       abandoned = 0
@@ -194,7 +212,19 @@ export const make = (
           `a ${String(frame.header.t)} frame for unknown call ${String(frame.header.i)}`
         )
       }
+      const telemetry = pending.telemetry
+      if (frame.header.t === "tel") {
+        telemetry?.receive(telemetryItems(decodeValue(frame)))
+        return
+      }
+      if (telemetry === undefined) {
+        pending.onFrame(frame)
+        return
+      }
+      // What the worker sent with its answer comes first; a terminal answer closes the call's spans.
+      if (frame.header.tel !== undefined) telemetry.receive(telemetryItems(frame.header.tel))
       pending.onFrame(frame)
+      if (frame.header.t !== "chunk") telemetry.close()
     }
 
     const onControlFrame = (frame: Frame) => {
@@ -342,11 +372,13 @@ export const make = (
       callId: number,
       tool: string,
       args: EncodedArgs,
-      session: string | undefined,
+      opts: ExecuteOptions | StreamOptions,
       extra: string
     ) => {
       let header = `{"t":"call","i":${callId},"tool":${JSON.stringify(tool)},"a":${args.json}`
-      if (session !== undefined) header += `,"s":${JSON.stringify(session)}`
+      if (opts.session !== undefined) header += `,"s":${JSON.stringify(opts.session)}`
+      const traceparent = opts.telemetry?.traceparent
+      if (traceparent !== undefined) header += `,"tp":${JSON.stringify(traceparent)}`
       return `${header}${extra}}`
     }
 
@@ -388,7 +420,7 @@ export const make = (
           return
         }
         const callId = nextId++
-        const frame = callFrame(callHeader(callId, tool, args, opts.session, ""), args, opts.attachments)
+        const frame = callFrame(callHeader(callId, tool, args, opts, ""), args, opts.attachments)
         if (!Array.isArray(frame)) {
           resume(
             Effect.fail(
@@ -413,6 +445,7 @@ export const make = (
         const pending: Pending = {
           tool,
           abandoned: false,
+          telemetry: opts.telemetry,
           onFrame: (answer) => {
             const t = answer.header.t
             if (t !== "result" && t !== "error") {
@@ -468,7 +501,7 @@ export const make = (
           }
           callId = nextId++
           const frame = callFrame(
-            callHeader(callId, tool, args, opts.session, `,"stream":true,"w":${window}`),
+            callHeader(callId, tool, args, opts, `,"stream":true,"w":${window}`),
             args,
             opts.attachments
           )
@@ -493,6 +526,7 @@ export const make = (
           pending = {
             tool,
             abandoned: false,
+            telemetry: opts.telemetry,
             onFrame: (answer) => {
               switch (answer.header.t) {
                 case "chunk":
