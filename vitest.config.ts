@@ -12,7 +12,8 @@ const realWorkerSuites = [
   "packages/core/test/Streaming.test.ts",
   "packages/core/test/HostBridge.test.ts",
   "packages/core/test/HostDeath.test.ts",
-  "packages/core/test/Churn.test.ts"
+  "packages/core/test/Churn.test.ts",
+  "packages/core/test/Telemetry.test.ts"
 ]
 
 export default defineConfig({

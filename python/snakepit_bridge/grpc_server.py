@@ -38,6 +38,8 @@ TOKEN_METADATA_KEY = "x-snakepit-token"
 # One chunk at a time from the generator, as each is handed to gRPC: a process that dies after
 # yielding has sent what it yielded. gRPC's own flow control and read-ahead buffer beyond it.
 STREAM_WINDOW = 1
+# Cancelled calls whose telemetry waits for the host's WaitSettled; the oldest go first.
+MAX_CANCELLED_KEPT = 256
 
 _KINDS = {
     errors.PYTHON_EXCEPTION: pb.ToolError.PYTHON_EXCEPTION,
@@ -127,6 +129,18 @@ class _QueueSink:
         self._put("cancelled", None)
 
 
+def _leftover_telemetry(sink: _QueueSink) -> bytes:
+    """The telemetry of a cancelled call's outcomes nobody read, and what it made since."""
+    items: list[Any] = []
+    while not sink.queue.empty():
+        _kind, _payload, tel = sink.queue.get_nowait()
+        if tel:
+            items.extend(json.loads(tel))
+    rest = sink.telemetry.drain() if sink.telemetry is not None else None
+    items.extend(rest or [])
+    return _telemetry_json(items) if items else b""
+
+
 def _telemetry_json(items: list[Item]) -> bytes:
     try:
         return json.dumps(items, separators=(",", ":"), default=repr).encode()
@@ -183,6 +197,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         self._ids = itertools.count(1)
         self._busy = 0
         self._busy_lock = threading.Lock()
+        self._cancelled: dict[str, _QueueSink] = {}
         dispatcher.set_blocked_probe(self._blocked)
 
     def _blocked(self) -> str | None:
@@ -264,9 +279,19 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
             if asyncio.get_running_loop().time() >= deadline:
                 return pb.WaitSettledResponse(settled=False)
             await asyncio.sleep(0.02)
-        return pb.WaitSettledResponse(settled=True)
+        await asyncio.sleep(0)  # the call's last outcome, put from its thread, lands in its queue
+        sink = self._cancelled.pop(request.request_id, None)
+        return pb.WaitSettledResponse(settled=True, telemetry_json=_leftover_telemetry(sink) if sink else b"")
 
     # -- tools ---------------------------------------------------------------- #
+
+    def _abandoned(self, call_id: str, sink: _QueueSink) -> None:
+        """The client cancelled the call: what it still sends waits for WaitSettled."""
+        if sink.telemetry is None:
+            return
+        self._cancelled[call_id] = sink
+        while len(self._cancelled) > MAX_CANCELLED_KEPT:
+            self._cancelled.pop(next(iter(self._cancelled)))
 
     def _start(self, request: pb.ExecuteToolRequest, stream: bool) -> tuple[str, _QueueSink]:
         call_id = request.request_id or f"grpc-{next(self._ids)}"
@@ -312,6 +337,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         finally:
             # Cancelled by the client (or failing any other way): the tool must hear of it.
             if not answered:
+                self._abandoned(call_id, sink)
                 self._dispatcher.cancel(call_id)
         if kind == "result":
             data, blobs, tagged = payload
@@ -353,6 +379,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
             # A client cancel surfaces as CancelledError, or as a failed write: either way the
             # generator must be closed.
             if not finished:
+                self._abandoned(call_id, sink)
                 self._dispatcher.cancel(call_id)
 
 

@@ -80,12 +80,15 @@ export interface BridgeClient {
   readonly cleanupSession: (sessionId: string, options?: RpcOptions) => Effect.Effect<boolean, GrpcError>
   /** Asks the worker to stop serving and exit after `grace`. */
   readonly stop: (grace: Duration.DurationInput, options?: RpcOptions) => Effect.Effect<void, GrpcError>
-  /** Completes once the call with `requestId` no longer runs in the worker; false if it still ran at `timeout`. */
+  /**
+   * Completes once the call with `requestId` no longer runs in the worker (`settled` false if it
+   * still ran at `timeout`), with the telemetry the cancelled call made after its RPC ended.
+   */
   readonly waitSettled: (
     requestId: string,
     timeout: Duration.DurationInput,
     options?: RpcOptions
-  ) => Effect.Effect<boolean, GrpcError>
+  ) => Effect.Effect<WaitSettledResponse, GrpcError>
 }
 
 type Callback<A> = (error: ServiceError | null, response: A) => void
@@ -272,11 +275,8 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
           )
         ),
       waitSettled: (requestId, timeout, rpc) =>
-        Effect.map(
-          unary<WaitSettledResponse>(token, "WaitSettled", rpc, (md, co, cb) =>
-            client.waitSettled({ requestId, timeoutMs: Math.round(Duration.toMillis(timeout)) }, md, co, cb)
-          ),
-          (res) => res.settled
+        unary<WaitSettledResponse>(token, "WaitSettled", rpc, (md, co, cb) =>
+          client.waitSettled({ requestId, timeoutMs: Math.round(Duration.toMillis(timeout)) }, md, co, cb)
         )
     } satisfies BridgeClient
   })

@@ -97,7 +97,8 @@ const chunkOf = (i: number): Proto.ToolChunk => ({
   outcome: { $case: "dataJson", value: json(i) },
   attachments: {},
   blobs: [],
-  tagged: false
+  tagged: false,
+  telemetryJson: Buffer.alloc(0)
 })
 
 /** A result response with no attachments or blobs. */
@@ -105,7 +106,8 @@ const resultOf = (value: Buffer): Proto.ExecuteToolResponse => ({
   outcome: { $case: "resultJson", value },
   attachments: {},
   blobs: [],
-  tagged: false
+  tagged: false,
+  telemetryJson: Buffer.alloc(0)
 })
 
 const dataOf = (chunk: Proto.ToolChunk): unknown =>
@@ -244,7 +246,7 @@ describe("BridgeClient", () => {
         },
         waitSettled: (call, callback) => {
           record(call.metadata)
-          callback(null, { settled: true })
+          callback(null, { settled: true, telemetryJson: Buffer.alloc(0) })
         }
       }
     }
@@ -297,11 +299,11 @@ describe("BridgeClient", () => {
       const client = yield* connect({
         waitSettled: (call, callback) => {
           received.push(call.request)
-          callback(null, { settled: call.request.requestId === "done" })
+          callback(null, { settled: call.request.requestId === "done", telemetryJson: Buffer.alloc(0) })
         }
       })
-      expect(yield* client.waitSettled("done", "2 seconds")).toBe(true)
-      expect(yield* client.waitSettled("running", Duration.millis(250.4))).toBe(false)
+      expect((yield* client.waitSettled("done", "2 seconds")).settled).toBe(true)
+      expect((yield* client.waitSettled("running", Duration.millis(250.4))).settled).toBe(false)
       expect(received).toEqual([
         { requestId: "done", timeoutMs: 2000 },
         { requestId: "running", timeoutMs: 250 }
@@ -330,7 +332,8 @@ describe("BridgeClient", () => {
               },
               attachments: {},
               blobs: [],
-              tagged: false
+              tagged: false,
+              telemetryJson: Buffer.alloc(0)
             })
           } else {
             callback(null, {
@@ -338,7 +341,8 @@ describe("BridgeClient", () => {
               attachments: { out: Buffer.concat([call.request.attachments.blob ?? Buffer.alloc(0), Buffer.from([9])]) },
               // Binary values travel raw: the request's blobs come back reversed, in order.
               blobs: call.request.blobs.map((b) => Buffer.from(b).reverse()),
-              tagged: call.request.tagged
+              tagged: call.request.tagged,
+              telemetryJson: Buffer.alloc(0)
             })
           }
         }
@@ -610,7 +614,8 @@ describe("BridgeClient", () => {
                   outcome: { $case: "dataJson", value: json({ i: written, payload }) },
                   attachments: {},
                   blobs: [],
-                  tagged: false
+                  tagged: false,
+                  telemetryJson: Buffer.alloc(0)
                 })
                 written++
                 if (!more) {

@@ -75,6 +75,11 @@ export interface WaitSettledRequest {
 export interface WaitSettledResponse {
   /** False when the call still ran at timeout_ms. */
   settled: boolean;
+  /**
+   * Once settled: the telemetry the cancelled call made after its RPC ended (JSON array, as in
+   * ExecuteToolResponse), e.g. its own span, ended as cancelled.
+   */
+  telemetryJson: Buffer;
 }
 
 export interface ExecuteToolRequest {
@@ -927,13 +932,16 @@ export const WaitSettledRequest: MessageFns<WaitSettledRequest> = {
 };
 
 function createBaseWaitSettledResponse(): WaitSettledResponse {
-  return { settled: false };
+  return { settled: false, telemetryJson: Buffer.alloc(0) };
 }
 
 export const WaitSettledResponse: MessageFns<WaitSettledResponse> = {
   encode(message: WaitSettledResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.settled !== false) {
       writer.uint32(8).bool(message.settled);
+    }
+    if (message.telemetryJson.length !== 0) {
+      writer.uint32(18).bytes(message.telemetryJson);
     }
     return writer;
   },
@@ -959,6 +967,14 @@ export const WaitSettledResponse: MessageFns<WaitSettledResponse> = {
             message.settled = reader.bool();
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.telemetryJson = Buffer.from(reader.bytes());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -972,13 +988,23 @@ export const WaitSettledResponse: MessageFns<WaitSettledResponse> = {
   },
 
   fromJSON(object: any): WaitSettledResponse {
-    return { settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false };
+    return {
+      settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false,
+      telemetryJson: isSet(object.telemetryJson)
+        ? Buffer.from(bytesFromBase64(object.telemetryJson))
+        : isSet(object.telemetry_json)
+        ? Buffer.from(bytesFromBase64(object.telemetry_json))
+        : Buffer.alloc(0),
+    };
   },
 
   toJSON(message: WaitSettledResponse): unknown {
     const obj: any = {};
     if (message.settled !== false) {
       obj.settled = message.settled;
+    }
+    if (message.telemetryJson.length !== 0) {
+      obj.telemetryJson = base64FromBytes(message.telemetryJson);
     }
     return obj;
   },
@@ -989,6 +1015,7 @@ export const WaitSettledResponse: MessageFns<WaitSettledResponse> = {
   fromPartial<I extends Exact<DeepPartial<WaitSettledResponse>, I>>(object: I): WaitSettledResponse {
     const message = createBaseWaitSettledResponse();
     message.settled = object.settled ?? false;
+    message.telemetryJson = object.telemetryJson ?? Buffer.alloc(0);
     return message;
   },
 };

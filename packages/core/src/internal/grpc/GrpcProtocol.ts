@@ -180,12 +180,23 @@ export const make = (
       settleWaiters = []
       for (const wake of waiters) wake()
     }
-    const abandon = (requestId: string) => {
+    /** The worker is told through the RPC's cancellation; what the call still sends comes with WaitSettled. */
+    const abandon = (requestId: string, telemetry: TelemetrySink | undefined) => {
       abandoned++
       runWatcher(
-        client
-          .waitSettled(requestId, Duration.minutes(10))
-          .pipe(Effect.repeat({ until: (settled) => settled }), Effect.either, Effect.ensuring(Effect.sync(settle)))
+        client.waitSettled(requestId, Duration.minutes(10)).pipe(
+          Effect.repeat({ until: (response) => response.settled }),
+          Effect.tap((response) => {
+            if (telemetry !== undefined) receiveTelemetry(telemetry, response.telemetryJson)
+          }),
+          Effect.either,
+          Effect.ensuring(
+            Effect.sync(() => {
+              telemetry?.close()
+              settle()
+            })
+          )
+        )
       )
     }
     let nextRequest = 0
@@ -225,21 +236,18 @@ export const make = (
       const timeout = opts.timeout
       const request = requestOf(tool, args, opts)
       const telemetry = opts.telemetry
+      let cancelled = false
+      const cancel = () => {
+        cancelled = true
+        abandon(request.requestId, telemetry)
+      }
+      let answered = false
       return client.executeTool(request, timeout === undefined ? undefined : { timeout }).pipe(
-        Effect.onInterrupt(() => Effect.sync(() => abandon(request.requestId))),
-        // A cancelled or lost RPC brings nothing more back: the call's open spans end with it.
-        telemetry === undefined
-          ? (effect) => effect
-          : Effect.onExit((exit) =>
-              Effect.sync(() => {
-                if (exit._tag === "Success") receiveTelemetry(telemetry, exit.value.telemetryJson)
-                telemetry.close(exit._tag === "Success" ? undefined : "the call did not complete")
-              })
-            ),
+        Effect.onInterrupt(() => Effect.sync(cancel)),
         Effect.catchTags({
           GrpcDeadlineExceeded: (error) => {
             if (timeout === undefined) return transportFailure(tool)(error)
-            abandon(request.requestId)
+            cancel()
             return Effect.fail(new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout), workerId: id }))
           },
           GrpcUnavailable: transportFailure(tool),
@@ -247,12 +255,22 @@ export const make = (
           GrpcFailure: transportFailure(tool)
         }),
         Effect.flatMap((response): Effect.Effect<unknown, WorkerCallError> => {
+          answered = true
+          if (telemetry !== undefined) receiveTelemetry(telemetry, response.telemetryJson)
           const outcome = response.outcome
           if (outcome?.$case === "resultJson")
             return Effect.succeed(decodeValue(outcome.value, response.blobs, response.tagged))
           if (outcome?.$case === "error") return Effect.fail(toolFailure(id, tool, failureOf(outcome.value)))
           return Effect.dieMessage(`worker ${id} answered "${tool}" with neither result nor error`)
-        })
+        }),
+        // An answer brought the rest of the call's telemetry; a cancelled call's rest comes with
+        // WaitSettled; a lost call brings nothing more.
+        Effect.ensuring(
+          Effect.sync(() => {
+            if (answered) telemetry?.close()
+            else if (!cancelled) telemetry?.close("the call was lost")
+          })
+        )
       )
     }
 
@@ -294,8 +312,8 @@ export const make = (
             Stream.ensuring(
               Effect.sync(() => {
                 // Ended early, failed or timed out: the worker cancels the generator; learn when it stopped.
-                if (!done) abandon(request.requestId)
-                telemetry?.close(done ? undefined : "the stream did not complete")
+                if (!done) abandon(request.requestId, telemetry)
+                else telemetry?.close()
               })
             )
           )
