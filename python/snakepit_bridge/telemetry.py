@@ -11,7 +11,8 @@ module knows the call it belongs to (a context variable), so that:
   lines, rate-limited per worker: a tool that logs in a tight loop loses records, counted,
   never the channel or the host's memory;
 * when ``opentelemetry-api`` is importable, the tool also runs in an OpenTelemetry context whose
-  current span is the enclosing one, so the user's own OTel instrumentation nests under it.
+  current span is the host's span of the call, so spans of the user's own OpenTelemetry set-up
+  (exported by their SDK) nest under it in the same trace.
 
 Standard library only: OpenTelemetry is imported lazily and only if present.
 """
@@ -220,7 +221,9 @@ class CallTelemetry:
         """Runs the tool's code as part of this call (logs, spans, the OTel context)."""
         span_id = self.root.span_id if self.root is not None else self.parent_id
         token = _current.set((self, span_id))
-        otel = _otel_attach(self.trace_id, span_id) if self.sampled else None
+        # The host's span, not one of ours: the host emits our spans under ids of its own, while
+        # spans the user's OpenTelemetry SDK exports itself must name a parent the trace has.
+        otel = _otel_attach(self.trace_id, self.parent_id) if self.sampled else None
         try:
             yield
         finally:
@@ -243,7 +246,6 @@ class Span:
         "_ended",
         "_error",
         "_events",
-        "_otel",
         "_root",
         "_tel",
         "_token",
@@ -267,7 +269,6 @@ class Span:
         self._ended = False
         self._root = root
         self._token: contextvars.Token[tuple[CallTelemetry, str] | None] | None = None
-        self._otel: Any = None
         start: Item = {"k": "start", "s": self.span_id, "p": parent_id, "n": name, "t": _now_us()}
         if attributes:
             start["a"] = {k: _attribute(v) for k, v in attributes.items()}
@@ -302,15 +303,11 @@ class Span:
 
     def __enter__(self) -> Span:
         self._token = _current.set((self._tel, self.span_id))
-        self._otel = _otel_attach(self._tel.trace_id, self.span_id)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._otel is not None:
-            _otel_detach(self._otel)
-            self._otel = None
         if self._token is not None:
             _current.reset(self._token)
             self._token = None

@@ -8,8 +8,8 @@ import { NodeSdk } from "@effect/opentelemetry"
 import { describe, expect, it } from "@effect/vitest"
 import { SpanStatusCode } from "@opentelemetry/api"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Fixtures, Processes } from "@snakepit/testkit"
-import { Chunk, Effect, Either, HashMap, Layer, Logger, LogLevel, Stream } from "effect"
+import { Fixtures, Processes, Venv } from "@snakepit/testkit"
+import { Chunk, Effect, Either, HashMap, Layer, Logger, LogLevel, Option, Stream } from "effect"
 import { SnakepitMetrics } from "../src/index.js"
 
 const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
@@ -287,4 +287,25 @@ describe("telemetry", () => {
       traced
     ).pipe(Effect.provide(Logger.minimumLogLevel(LogLevel.None)))
   )
+
+  it.live("with opentelemetry-api in the worker's environment, the tool's OpenTelemetry context is its span", (test) => {
+    const t = tracing()
+    return Effect.gen(function* () {
+      // grpcio comes from the suite's interpreter, for the gRPC transport.
+      const venv = yield* Venv.withPackages("otel-api", ["opentelemetry-api"], { shareModulesOf: Venv.suitePython() })
+      if (Option.isNone(venv)) return test.skip("opentelemetry-api could not be installed: no package index reachable")
+      yield* Fixtures.withPool(
+        (pool) =>
+          Effect.gen(function* () {
+            const seen = (yield* pool.execute("otel_parent")) as { trace_id: string; outer: string; inner: string }
+            // The user's own OpenTelemetry spans (exported by their SDK) would nest under the host's
+            // span of the call, an id the exported trace has; ctx.span does not move it.
+            const call = t.named("snakepit.worker.call")
+            expect(seen).toEqual({ trace_id: call.spanContext().traceId, outer: call.spanContext().spanId, inner: call.spanContext().spanId })
+            expect(parentOf(t.named("with otel"))).toBe(t.named("python otel_parent").spanContext().spanId)
+          }),
+        { ...traced, python: venv.value.python }
+      )
+    }).pipe(Effect.provide(t.layer))
+  })
 })

@@ -11,10 +11,20 @@
  * @since 0.1.0
  */
 import { execFileSync } from "node:child_process"
-import { appendFileSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from "node:fs"
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync
+} from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
-import { Effect, type Scope } from "effect"
+import { join, resolve } from "node:path"
+import { Effect, Option, type Scope } from "effect"
 
 /**
  * A virtualenv made for a test.
@@ -114,3 +124,80 @@ export const make = (options: VenvOptions = {}): Effect.Effect<Venv, Error, Scop
       })
     )
   )
+
+/**
+ * Options of {@link withPackages}.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface PackagesOptions {
+  /** Where the venvs are kept. Default `.test-venvs` in the current directory (git-ignored). */
+  readonly dir?: string
+  /** Let it see this interpreter's site-packages too (a `.pth` file), e.g. the suite's grpcio. */
+  readonly shareModulesOf?: string
+}
+
+const pipTimeoutMs = 180_000
+
+/**
+ * A virtualenv with `packages` installed by pip from the package index pip is configured for,
+ * kept between runs under `options.dir` (made again when the list changes). `None` when they
+ * cannot be installed (no index reachable): a test of an optional dependency then skips, saying
+ * why. Made in a temporary directory beside its place and renamed into it, so that two suites
+ * making it at once never see half a venv.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const withPackages = (
+  name: string,
+  packages: ReadonlyArray<string>,
+  options: PackagesOptions = {}
+): Effect.Effect<Option.Option<Venv>, Error> =>
+  Effect.try({
+    try: (): Option.Option<Venv> => {
+      const dir = resolve(options.dir ?? ".test-venvs")
+      const wanted = JSON.stringify({ packages: [...packages].sort(), shared: options.shareModulesOf ?? null })
+      const prefix = join(dir, name)
+      const stamp = join(prefix, "snakepit-packages.json")
+      const venvPython = join(prefix, "bin", "python")
+      if (existsSync(stamp) && readFileSync(stamp, "utf8") === wanted) {
+        return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
+      }
+      mkdirSync(dir, { recursive: true })
+      const building = mkdtempSync(join(dir, `.${name}-`))
+      try {
+        execFileSync(baseOf(suitePython()), ["-m", "venv", building], { stdio: "ignore", timeout: 120_000 })
+        const python = join(building, "bin", "python")
+        try {
+          execFileSync(python, ["-m", "pip", "install", "--quiet", ...packages], {
+            stdio: "ignore",
+            timeout: pipTimeoutMs
+          })
+        } catch {
+          return Option.none()
+        }
+        if (options.shareModulesOf !== undefined) {
+          writeFileSync(join(sitePackagesOf(python), "snakepit_test_shared.pth"), `${sitePackagesOf(options.shareModulesOf)}\n`)
+        }
+        writeFileSync(join(building, "snakepit-packages.json"), wanted)
+        // Another suite may have finished the same venv meanwhile: keep it, it may be in use.
+        if (existsSync(stamp) && readFileSync(stamp, "utf8") === wanted) {
+          return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
+        }
+        rmSync(prefix, { recursive: true, force: true })
+        try {
+          renameSync(building, prefix)
+        } catch (error) {
+          // Another suite renamed its own in first: use that one.
+          if (!existsSync(stamp)) throw error
+        }
+      } finally {
+        rmSync(building, { recursive: true, force: true })
+      }
+      // A venv's scripts carry its path: made elsewhere and moved, it is run by its interpreter only.
+      return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
+    },
+    catch: (error) => new Error(`cannot make the venv ${name}: ${error}`)
+  })
