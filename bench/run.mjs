@@ -17,6 +17,8 @@ import { availableParallelism, cpus, loadavg, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
+import { NodeSdk } from "@effect/opentelemetry"
+import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Snakepit, SnakepitPool } from "@snakepit/core"
 import { RunId } from "@snakepit/registry"
 import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
@@ -57,7 +59,7 @@ const ONLY = argv
   ?.slice("--only=".length)
   .split(",")
 const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the call rows
-const GROUPS = ["overhead", "throughput", "peer", "stream", "startup", "mem"]
+const GROUPS = ["overhead", "tracing", "throughput", "peer", "stream", "startup", "mem"]
 const unknown = ONLY?.filter((group) => !GROUPS.includes(group)) ?? []
 if (unknown.length > 0) {
   console.error(`bench: unknown group(s) ${unknown.join(", ")}; the groups are ${GROUPS.join(", ")}`)
@@ -69,6 +71,7 @@ const CFG = QUICK
   ? {
       // Warm-ups as long as the full run's: a cold JIT would make the ratios meaningless.
       overhead: { calls: 300, rounds: 3, warmup: 300 },
+      tracing: { calls: 300, rounds: 3, warmup: 300 },
       // The default capacity 1 (reported in the notes only) is not measured.
       throughput: { sizes: [2, 8], roundMs: 400, rounds: 2, warmupMs: 200, capacity1: false },
       peer: { processes: 2, roundMs: 500, rounds: 2, warmupMs: 200 },
@@ -79,6 +82,7 @@ const CFG = QUICK
     }
   : {
       overhead: { calls: 2000, rounds: 10, warmup: 300 },
+      tracing: { calls: 2000, rounds: 10, warmup: 300 },
       throughput: { sizes: [2, 8], roundMs: 1000, rounds: 6, warmupMs: 500, capacity1: true },
       peer: { processes: 2, roundMs: 1000, rounds: 6, warmupMs: 500 },
       stream: { chunks: 100_000, rounds: 2, warmup: 5_000 },
@@ -141,6 +145,7 @@ const median = (xs) => percentile(xs, 50)
 const PY_SHELL = "python-shell"
 const RAW_GRPC = "raw grpc-js"
 const GRPC_POOL = "gRPC pool"
+const UNTRACED = "same pool, untraced"
 /**
  * Every row: [id, unit, target, baseline]. The target is the bound from the issues' tables (null:
  * the row only reports); latency and startup must stay at or below it, rates at or above.
@@ -151,6 +156,10 @@ const ROWS = [
   ["overhead_p50_grpc", "ms", 1.15, RAW_GRPC],
   ["overhead_p99_grpc", "ms", null, RAW_GRPC],
   ["local_vs_grpc_overhead_p50", "ms", 0.35, GRPC_POOL],
+  ["traced_p50_local", "ms", 1.25, UNTRACED],
+  ["traced_p99_local", "ms", null, UNTRACED],
+  ["traced_p50_grpc", "ms", 1.25, UNTRACED],
+  ["traced_p99_grpc", "ms", null, UNTRACED],
   ["throughput_pool2_local", "calls/s", null, PY_SHELL],
   ["throughput_pool2_grpc", "calls/s", 0.9, RAW_GRPC],
   ["throughput_pool8_local", "calls/s", null, PY_SHELL],
@@ -288,6 +297,43 @@ const poolLatencies = (pool) => (n, out) =>
     })
   )
 
+/**
+ * An OpenTelemetry tracer as an application sets one up (@effect/opentelemetry's NodeSdk, a
+ * batching processor), exporting to nowhere: what tracing costs, without an exporter's I/O.
+ */
+const startTracer = async () => {
+  let exported = 0
+  const exporter = {
+    export: (spans, done) => {
+      exported += spans.length
+      done({ code: 0 })
+    },
+    shutdown: () => Promise.resolve()
+  }
+  const runtime = ManagedRuntime.make(
+    NodeSdk.layer(() => ({ resource: { serviceName: "bench" }, spanProcessor: new BatchSpanProcessor(exporter) }))
+  )
+  const tracer = await runtime.runPromise(Effect.tracer)
+  return { tracer, exported: () => exported, close: () => runtime.dispose() }
+}
+
+/** `poolLatencies` with every call traced by `tracer` (each call its own trace). */
+const tracedLatencies = (pool, tracer) => (n, out) =>
+  pool.run(
+    Effect.withTracer(
+      Effect.gen(function* () {
+        for (let i = 0; i < n; i++) {
+          const t0 = performance.now()
+          const value = yield* pool.service.execute("echo", { value: PAYLOAD })
+          const dt = performance.now() - t0
+          checkEcho(value)
+          out?.push(dt)
+        }
+      }),
+      tracer
+    )
+  )
+
 /** Latencies of `n` sequential echoes through `call`, appended to `out`. */
 const promiseLatencies = (call) => async (n, out) => {
   for (let i = 0; i < n; i++) {
@@ -419,6 +465,40 @@ const benchOverhead = () =>
       .join(", ")
     log(`overhead: ${per * rounds} calls each, p50 / p99 ms: ${line}`)
     notes.push(`overhead: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up; p50 / p99 ms: ${line}`)
+  })
+
+/**
+ * tracing: the overhead group's echo through one pool per transport, traced (an OpenTelemetry
+ * tracer: the pool's spans, the worker's tool span coming back) and untraced, taking turns in the
+ * same rounds on the same pool.
+ */
+const benchTracing = () =>
+  scoped(async (use) => {
+    const { calls, rounds, warmup } = CFG.tracing
+    const otel = use(await startTracer(), (t) => t.close())
+    const [local, grpc] = await Promise.all([usePool(use, 1, "local"), GRPC ? usePool(use, 1, "grpc") : undefined])
+    const sides = {
+      local: poolLatencies(local),
+      localTraced: tracedLatencies(local, otel.tracer),
+      ...(GRPC ? { grpc: poolLatencies(grpc), grpcTraced: tracedLatencies(grpc, otel.tracer) } : {})
+    }
+    for (const side of Object.values(sides)) await side(warmup)
+    const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
+    const per = Math.ceil(calls / rounds)
+    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
+    const p = (name, q) => (samples[name]?.length ? percentile(samples[name], q) : null)
+    record("traced_p50_local", p("localTraced", 50), p("local", 50))
+    record("traced_p99_local", p("localTraced", 99), p("local", 99))
+    record("traced_p50_grpc", p("grpcTraced", 50), p("grpc", 50))
+    record("traced_p99_grpc", p("grpcTraced", 99), p("grpc", 99))
+    const line = Object.keys(sides)
+      .map((name) => `${name} ${fixed(p(name, 50))} / ${fixed(p(name, 99))}`)
+      .join(", ")
+    log(`tracing: ${per * rounds} calls each, p50 / p99 ms: ${line}; ${otel.exported()} spans exported`)
+    notes.push(
+      `tracing: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up, traced calls exporting ` +
+        `4 spans each (pool, queue, worker call, the Python tool's) through a BatchSpanProcessor; p50 / p99 ms: ${line}`
+    )
   })
 
 /**
@@ -718,6 +798,7 @@ try {
   }
   const groups = [
     ["overhead", benchOverhead],
+    ["tracing", benchTracing],
     ["throughput", benchThroughput],
     ["peer", benchPeer],
     ["stream", benchStream],

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextvars
 import importlib
 import logging
-import os
+import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -64,7 +63,8 @@ def _now_us() -> int:
 
 
 def _span_id() -> str:
-    return os.urandom(8).hex()
+    # Unique within the call is what matters: the host gives each span an id of its own.
+    return f"{_random.getrandbits(64) or 1:016x}"
 
 
 def _attribute(value: Any) -> Any:
@@ -98,6 +98,7 @@ class LogLimiter:
 
 
 LIMITER = LogLimiter()
+_random = random.Random()
 
 
 class CallTelemetry:
@@ -216,20 +217,31 @@ class CallTelemetry:
             return active[1]
         return self.root.span_id if self.root is not None else ""
 
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """Runs the tool's code as part of this call (logs, spans, the OTel context)."""
-        span_id = self.root.span_id if self.root is not None else self.parent_id
-        token = _current.set((self, span_id))
+    def active(self) -> _Active:
+        """Runs the tool's code as part of this call (logs, spans, the OTel context): ``with``."""
+        return _Active(self)
+
+
+class _Active:
+    """The context manager of :meth:`CallTelemetry.active` (a class: cheaper than a generator)."""
+
+    __slots__ = ("_otel", "_tel", "_token")
+
+    def __init__(self, tel: CallTelemetry) -> None:
+        self._tel = tel
+
+    def __enter__(self) -> None:
+        tel = self._tel
+        span_id = tel.root.span_id if tel.root is not None else tel.parent_id
+        self._token = _current.set((tel, span_id))
         # The host's span, not one of ours: the host emits our spans under ids of its own, while
         # spans the user's OpenTelemetry SDK exports itself must name a parent the trace has.
-        otel = _otel_attach(self.trace_id, self.parent_id) if self.sampled else None
-        try:
-            yield
-        finally:
-            if otel is not None:
-                _otel_detach(otel)
-            _current.reset(token)
+        self._otel = _otel_attach(tel.trace_id, tel.parent_id) if tel.sampled else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._otel is not None:
+            _otel_detach(self._otel)
+        _current.reset(self._token)
 
 
 # The call (and span) the running code belongs to: set in the tool's thread or task.

@@ -70,7 +70,6 @@ describe("telemetry", () => {
             expect(span.spanContext().traceId).toBe(request.spanContext().traceId)
           }
           expect(parentOf(execute)).toBe(request.spanContext().spanId)
-          expect(parentOf(t.named("snakepit.pool.queue"))).toBe(execute.spanContext().spanId)
           expect(parentOf(call)).toBe(execute.spanContext().spanId)
           expect(parentOf(tool)).toBe(call.spanContext().spanId)
           expect(parentOf(outer)).toBe(tool.spanContext().spanId)
@@ -84,6 +83,12 @@ describe("telemetry", () => {
           expect(nanos(inner.startTime)).toBeGreaterThanOrEqual(nanos(outer.startTime))
           expect(nanos(inner.endTime)).toBeLessThanOrEqual(nanos(outer.endTime))
           expect(nanos(inner.duration)).toBeGreaterThanOrEqual(2e6)
+          // A call that had to wait for the (only) worker did so in a span of its own.
+          yield* Effect.all([pool.execute("ping"), pool.execute("ping")], { concurrency: 2 })
+          const queue = t.named("snakepit.pool.queue")
+          const waited = t.spans().find((s) => s.spanContext().spanId === parentOf(queue))
+          expect(waited?.name).toBe("snakepit.pool.execute")
+          expect(waited?.attributes.tool).toBe("ping")
           // The registry's SQL is not in the user's trace.
           expect(t.spans().filter((s) => s.name.startsWith("sql"))).toEqual([])
         }),

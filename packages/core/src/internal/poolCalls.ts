@@ -118,8 +118,10 @@ export const make = (ctx: PoolContext): PoolCalls => {
     return now
   }
 
-  const queueSpan = withCallSpan("snakepit.pool.queue", () => ({ pool: name }))
   const dropped = { logs: metric.droppedLogs, spans: metric.droppedSpans }
+
+  /** A caller that waits for a worker does so in a span of its own (none when one was idle). */
+  const queueSpan = withCallSpan("snakepit.pool.queue", () => ({ pool: name }))
 
   // Queue timeouts: one fiber fails expired waiters, instead of a timeout fiber per waiter
   // (which cost more than the rest of a queued call; see bench/).
@@ -173,7 +175,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const takeAny = (restore: Restore) =>
     Effect.suspend(() => {
       const idle = state.takeIdle()
-      return idle ? Effect.succeed(idle) : waitFor(undefined, restore)
+      return idle ? Effect.succeed(idle) : queueSpan(waitFor(undefined, restore))
     })
 
   const cleanupInWorker = (session: string, binding: Binding<PoolWorker>) =>
@@ -215,7 +217,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
         case "strict_fail_fast":
           return yield* new WorkerBusy({ workerId: home.worker.id, session })
         case "strict_queue":
-          return yield* waitFor(home, restore).pipe(
+          return yield* queueSpan(waitFor(home, restore)).pipe(
             Effect.mapError((e) =>
               e._tag === "SessionWorkerUnavailable" ? new SessionWorkerUnavailable({ ...e, session }) : e
             )
@@ -246,20 +248,20 @@ export const make = (ctx: PoolContext): PoolCalls => {
         telemetry
       })
     ).pipe(
-        // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
-        Effect.tapErrorTag("CallTimeout", () =>
-          entry.worker.health(options.healthCheck.timeout).pipe(
-            Effect.either,
-            Effect.flatMap((health) =>
-              Either.isLeft(health)
-                ? Effect.sync(() =>
-                    state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
-                  )
-                : Effect.void
-            )
+      // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+      Effect.tapErrorTag("CallTimeout", () =>
+        entry.worker.health(options.healthCheck.timeout).pipe(
+          Effect.either,
+          Effect.flatMap((health) =>
+            Either.isLeft(health)
+              ? Effect.sync(() =>
+                  state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
+                )
+              : Effect.void
           )
         )
       )
+    )
   }
 
   const countError = Effect.zipRight(
@@ -280,7 +282,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
         Effect.uninterruptibleMask((restore) =>
           Effect.clockWith((clock) => {
             const asked = clock.unsafeCurrentTimeNanos()
-            return Effect.flatMap(queueSpan(checkout(call.session, restore)), (entry) => {
+            return Effect.flatMap(checkout(call.session, restore), (entry) => {
               const started = begin(entry, tool, clock, asked)
               return Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
                 Effect.onExit((exit) =>
@@ -312,7 +314,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
         let ended: "no" | "done" | "failed" = "no"
         const asked = clock.unsafeCurrentTimeNanos()
         const entry = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(queueSpan(checkout(call.session, restore)), (entry) => {
+          Effect.tap(checkout(call.session, restore), (entry) => {
             const started = begin(entry, tool, clock, asked)
             return Scope.addFinalizerExit(scope, (exit) =>
               ended === "no"
