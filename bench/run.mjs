@@ -497,7 +497,7 @@ const benchTracing = () =>
     log(`tracing: ${per * rounds} calls each, p50 / p99 ms: ${line}; ${otel.exported()} spans exported`)
     notes.push(
       `tracing: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up, traced calls exporting ` +
-        `4 spans each (pool, queue, worker call, the Python tool's) through a BatchSpanProcessor; p50 / p99 ms: ${line}`
+        `3 spans each (the pool's, the worker call's, the Python tool's) through a BatchSpanProcessor; p50 / p99 ms: ${line}`
     )
   })
 
