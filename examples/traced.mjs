@@ -49,8 +49,10 @@ const tree = (spans) => {
       .map((key) => `${key}=${span.attributes[key]}`)
       .join(" ")
     lines.push(`${prefix}${last ? "└─ " : "├─ "}${span.name}  ${ms(span)} ms  ${attributes}`.trimEnd())
-    const kids = (children.get(span.spanContext().spanId) ?? []).sort((a, b) => a.startTime[0] - b.startTime[0] || a.startTime[1] - b.startTime[1])
-    kids.forEach((kid, i) => walk(kid, `${prefix}${last ? "   " : "│  "}`, i === kids.length - 1))
+    const kids = (children.get(span.spanContext().spanId) ?? []).sort(
+      (a, b) => a.startTime[0] - b.startTime[0] || a.startTime[1] - b.startTime[1]
+    )
+    for (const [i, kid] of kids.entries()) walk(kid, `${prefix}${last ? "   " : "│  "}`, i === kids.length - 1)
   }
   const roots = (children.get("root") ?? []).filter((s) => s.name === "GET /recommendations")
   for (const root of roots) walk(root, "", true)

@@ -3,14 +3,18 @@
  * spans a tool makes arrive as children of the host's, its log records reach Effect's Logger,
  * and the registry's SQL stays out of the user's trace.
  */
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { NodeSdk } from "@effect/opentelemetry"
 import { describe, expect, it } from "@effect/vitest"
 import { SpanStatusCode } from "@opentelemetry/api"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import { RunId } from "@snakepit/registry"
 import { Fixtures, Processes, Venv } from "@snakepit/testkit"
 import { Chunk, Effect, Either, HashMap, Layer, Logger, LogLevel, Option, Stream } from "effect"
-import { SnakepitMetrics } from "../src/index.js"
+import { Snakepit, SnakepitMetrics, SnakepitPool } from "../src/index.js"
 
 const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
 const traced = { size: 1, adapter: "traced", pythonPath: [fixtures] } as const
@@ -25,7 +29,12 @@ const tracing = () => {
   const spans = () => exporter.getFinishedSpans()
   const named = (name: string): ReadableSpan => {
     const found = spans().find((s) => s.name === name)
-    if (found === undefined) throw new Error(`no span ${name} among ${spans().map((s) => s.name).join(", ")}`)
+    if (found === undefined)
+      throw new Error(
+        `no span ${name} among ${spans()
+          .map((s) => s.name)
+          .join(", ")}`
+      )
     return found
   }
   const awaitSpan = (name: string) =>
@@ -89,11 +98,29 @@ describe("telemetry", () => {
           const waited = t.spans().find((s) => s.spanContext().spanId === parentOf(queue))
           expect(waited?.name).toBe("snakepit.pool.execute")
           expect(waited?.attributes.tool).toBe("ping")
-          // The registry's SQL is not in the user's trace.
-          expect(t.spans().filter((s) => s.name.startsWith("sql"))).toEqual([])
         }),
       traced
     ).pipe(Effect.provide(t.layer))
+  })
+
+  it.live("the registry's SQL stays out of the user's trace", () => {
+    const t = tracing()
+    const runId = RunId.generate()
+    const dataDir = mkdtempSync(join(tmpdir(), "snakepit-data-"))
+    return Effect.scoped(
+      Effect.gen(function* () {
+        const pool = yield* Snakepit
+        yield* pool.execute("ping").pipe(Effect.withSpan("request"))
+      }).pipe(Effect.provide(Layer.provide(SnakepitPool.layer({ ...traced, dataDir }), RunId.RunId.fixed(runId))))
+    ).pipe(
+      Effect.zipRight(Processes.awaitRunGone(runId)),
+      Effect.tap(() => {
+        // The pool's start, its call and its close made spans, none of them the registry's statements.
+        expect(t.spans().map((s) => s.name)).toContain("snakepit.worker.call")
+        expect(t.spans().filter((s) => s.name.startsWith("sql"))).toEqual([])
+      }),
+      Effect.provide(Layer.merge(t.layer, Logger.minimumLogLevel(LogLevel.Warning)))
+    )
   })
 
   it.live("async tools nest their spans too", () => {
@@ -139,7 +166,12 @@ describe("telemetry", () => {
           const stream = t.named("snakepit.worker.stream")
           const tool = t.named("python numbers")
           expect(parentOf(tool)).toBe(stream.spanContext().spanId)
-          expect(t.spans().filter((s) => s.name === "produce").map((s) => s.attributes.i)).toEqual([0, 1, 2])
+          expect(
+            t
+              .spans()
+              .filter((s) => s.name === "produce")
+              .map((s) => s.attributes.i)
+          ).toEqual([0, 1, 2])
 
           // Cancelled after one chunk: the Python span ends (marked cancelled) once the generator stops.
           yield* Stream.runCollect(pool.executeStream("anumbers", { count: 10_000 }).pipe(Stream.take(1)))
@@ -293,24 +325,32 @@ describe("telemetry", () => {
     ).pipe(Effect.provide(Logger.minimumLogLevel(LogLevel.None)))
   )
 
-  it.live("with opentelemetry-api in the worker's environment, the tool's OpenTelemetry context is its span", (test) => {
-    const t = tracing()
-    return Effect.gen(function* () {
-      // grpcio comes from the suite's interpreter, for the gRPC transport.
-      const venv = yield* Venv.withPackages("otel-api", ["opentelemetry-api"], { shareModulesOf: Venv.suitePython() })
-      if (Option.isNone(venv)) return test.skip("opentelemetry-api could not be installed: no package index reachable")
-      yield* Fixtures.withPool(
-        (pool) =>
-          Effect.gen(function* () {
-            const seen = (yield* pool.execute("otel_parent")) as { trace_id: string; outer: string; inner: string }
-            // The user's own OpenTelemetry spans (exported by their SDK) would nest under the host's
-            // span of the call, an id the exported trace has; ctx.span does not move it.
-            const call = t.named("snakepit.worker.call")
-            expect(seen).toEqual({ trace_id: call.spanContext().traceId, outer: call.spanContext().spanId, inner: call.spanContext().spanId })
-            expect(parentOf(t.named("with otel"))).toBe(t.named("python otel_parent").spanContext().spanId)
-          }),
-        { ...traced, python: venv.value.python }
-      )
-    }).pipe(Effect.provide(t.layer))
-  })
+  it.live(
+    "with opentelemetry-api in the worker's environment, the tool's OpenTelemetry context is its span",
+    (test) => {
+      const t = tracing()
+      return Effect.gen(function* () {
+        // grpcio comes from the suite's interpreter, for the gRPC transport.
+        const venv = yield* Venv.withPackages("otel-api", ["opentelemetry-api"], { shareModulesOf: Venv.suitePython() })
+        if (Option.isNone(venv))
+          return test.skip("opentelemetry-api could not be installed: no package index reachable")
+        yield* Fixtures.withPool(
+          (pool) =>
+            Effect.gen(function* () {
+              const seen = (yield* pool.execute("otel_parent")) as { trace_id: string; outer: string; inner: string }
+              // The user's own OpenTelemetry spans (exported by their SDK) would nest under the host's
+              // span of the call, an id the exported trace has; ctx.span does not move it.
+              const call = t.named("snakepit.worker.call")
+              expect(seen).toEqual({
+                trace_id: call.spanContext().traceId,
+                outer: call.spanContext().spanId,
+                inner: call.spanContext().spanId
+              })
+              expect(parentOf(t.named("with otel"))).toBe(t.named("python otel_parent").spanContext().spanId)
+            }),
+          { ...traced, python: venv.value.python }
+        )
+      }).pipe(Effect.provide(t.layer))
+    }
+  )
 })

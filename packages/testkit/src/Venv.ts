@@ -179,7 +179,10 @@ export const withPackages = (
           return Option.none()
         }
         if (options.shareModulesOf !== undefined) {
-          writeFileSync(join(sitePackagesOf(python), "snakepit_test_shared.pth"), `${sitePackagesOf(options.shareModulesOf)}\n`)
+          writeFileSync(
+            join(sitePackagesOf(python), "snakepit_test_shared.pth"),
+            `${sitePackagesOf(options.shareModulesOf)}\n`
+          )
         }
         writeFileSync(join(building, "snakepit-packages.json"), wanted)
         // Another suite may have finished the same venv meanwhile: keep it, it may be in use.

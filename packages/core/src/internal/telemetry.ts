@@ -13,18 +13,7 @@
  *
  * @internal
  */
-import {
-  Clock,
-  Context,
-  Effect,
-  Exit,
-  type Fiber,
-  LogLevel,
-  Metric,
-  Option,
-  Runtime,
-  type Tracer
-} from "effect"
+import { Clock, Context, Effect, Exit, type Fiber, LogLevel, Metric, Option, Runtime, type Tracer } from "effect"
 import type { TelemetryItem, TelemetrySink } from "../WorkerFactory.js"
 
 /** Whom the call's records are about. */

@@ -92,7 +92,10 @@ export const workerCall = <A, E>(
  * A stream's telemetry sink; under a recording tracer with a `snakepit.worker.stream` span that
  * lasts as long as the scope (the stream), the parent of the spans Python made.
  */
-export const workerStream = (info: CallInfo, dropped: DroppedMetrics): Effect.Effect<TelemetrySink, never, Scope.Scope> =>
+export const workerStream = (
+  info: CallInfo,
+  dropped: DroppedMetrics
+): Effect.Effect<TelemetrySink, never, Scope.Scope> =>
   Effect.withFiberRuntime((fiber) => {
     if (fiber.currentTracer === nativeTracer) return Effect.succeed(makeSink(fiber, info, undefined, dropped))
     return Effect.map(

@@ -16,13 +16,7 @@ import {
   type WorkerCrashed,
   type WorkerStartError
 } from "../../errors.js"
-import type {
-  EncodedArgs,
-  ExecuteOptions,
-  StreamOptions,
-  TelemetrySink,
-  WorkerHealth
-} from "../../WorkerFactory.js"
+import type { EncodedArgs, ExecuteOptions, StreamOptions, TelemetrySink, WorkerHealth } from "../../WorkerFactory.js"
 import * as Codec from "../codec.js"
 import type { WorkerProcess } from "../process.js"
 import { type Protocol, telemetryItems, toolDescription, toolFailure } from "../protocol.js"

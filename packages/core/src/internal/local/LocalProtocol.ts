@@ -24,13 +24,7 @@ import {
 } from "../../errors.js"
 import type { HostToolsService } from "../../HostTool.js"
 import type { ToolDescription } from "../../Snakepit.js"
-import type {
-  EncodedArgs,
-  ExecuteOptions,
-  StreamOptions,
-  TelemetrySink,
-  WorkerHealth
-} from "../../WorkerFactory.js"
+import type { EncodedArgs, ExecuteOptions, StreamOptions, TelemetrySink, WorkerHealth } from "../../WorkerFactory.js"
 import * as Codec from "../codec.js"
 import type { WorkerProcess } from "../process.js"
 import {
