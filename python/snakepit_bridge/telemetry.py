@@ -182,11 +182,10 @@ class CallTelemetry:
 
     def log(self, record: logging.LogRecord, message: str, span_id: str) -> None:
         if not LIMITER.allow():
+            # Counted, and reported once with the call's outcome (a report per drop would be a flood too).
             with self._lock:
                 self._dropped_logs += 1
             return
-        with self._lock:
-            dropped, self._dropped_logs = self._dropped_logs, 0
         item: Item = {
             "k": "log",
             "l": record.levelno,
@@ -196,8 +195,6 @@ class CallTelemetry:
         }
         if span_id:
             item["s"] = span_id
-        if dropped:
-            item["dropped"] = dropped
         self._add(item, eager=True)
 
     def drain(self) -> list[Item] | None:

@@ -354,7 +354,13 @@ describe("pool on TestClock", () => {
       expect(yield* pool.execute("echo", { value: 1 })).toBe(1)
       expect(spans).toEqual([])
       expect(yield* pool.execute("echo", { value: 2 }).pipe(Effect.withTracer(recording))).toBe(2)
-      expect(spans).toEqual([{ name: "snakepit.pool.execute", attributes: { pool: "default", tool: "echo" } }])
+      expect(spans).toEqual([
+        { name: "snakepit.pool.execute", attributes: { pool: "default", tool: "echo" } },
+        {
+          name: "snakepit.worker.call",
+          attributes: { pool: "default", tool: "echo", worker: expect.any(String), pid: expect.any(Number) }
+        }
+      ])
     })
   )
 

@@ -351,6 +351,8 @@ describe("telemetry", () => {
           { ...traced, python: venv.value.python }
         )
       }).pipe(Effect.provide(t.layer))
-    }
+    },
+    // The first run makes the venv: pip on a loaded machine can take minutes.
+    300_000
   )
 })

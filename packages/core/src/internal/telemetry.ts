@@ -66,30 +66,37 @@ export interface DroppedMetrics {
 
 /**
  * The sink of one call, run by `fiber` (the caller's). `span` is the call's span when a recording
- * tracer is installed; without it Python records no spans and only its logs come back.
+ * tracer is installed; without it Python records no spans and only its logs come back. A class,
+ * not closures: one is made per call, traced or not.
  */
-export const makeSink = (
-  fiber: Fiber.RuntimeFiber<unknown, unknown>,
-  info: CallInfo,
-  span: Tracer.Span | undefined,
-  dropped: DroppedMetrics
-): TelemetrySink => {
-  const tracer = span === undefined ? undefined : fiber.currentTracer
-  const open = new Map<string, Tracer.Span>()
-  let runtime: Runtime.Runtime<never> | undefined
-  let closed = false
+class CallSink implements TelemetrySink {
+  readonly traceparent: string | undefined
+  /** The worker's open spans by its ids; made at the first span. */
+  private open: Map<string, Tracer.Span> | undefined
+  private runtime: Runtime.Runtime<never> | undefined
+  private closed = false
 
-  const run = (effect: Effect.Effect<void>) => {
-    // The caller's loggers and log level, as they were when the call began.
-    runtime ??= Runtime.make({
-      context: fiber.currentContext,
-      fiberRefs: fiber.getFiberRefs(),
-      runtimeFlags: Runtime.defaultRuntime.runtimeFlags
-    })
-    Runtime.runFork(runtime)(effect)
+  constructor(
+    private readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    private readonly info: CallInfo,
+    private readonly span: Tracer.Span | undefined,
+    private readonly dropped: DroppedMetrics
+  ) {
+    this.traceparent = span === undefined ? undefined : traceparentOf(span)
   }
 
-  const annotations = (spanId: string): Record<string, unknown> => {
+  private run(effect: Effect.Effect<void>) {
+    // The caller's loggers and log level, as they are when the first record arrives.
+    this.runtime ??= Runtime.make({
+      context: this.fiber.currentContext,
+      fiberRefs: this.fiber.getFiberRefs(),
+      runtimeFlags: Runtime.defaultRuntime.runtimeFlags
+    })
+    Runtime.runFork(this.runtime)(effect)
+  }
+
+  private annotations(spanId: string): Record<string, unknown> {
+    const { info, span } = this
     const annotated: Record<string, unknown> = {
       pool: info.pool,
       worker: info.workerId,
@@ -99,83 +106,98 @@ export const makeSink = (
     if (info.session !== undefined) annotated.session = info.session
     if (span !== undefined) {
       annotated.traceId = span.traceId
-      annotated.spanId = open.get(spanId)?.spanId ?? span.spanId
+      annotated.spanId = this.open?.get(spanId)?.spanId ?? span.spanId
     }
     return annotated
   }
 
-  const reportDropped = (logs: number, spans: number) => {
+  private reportDropped(logs: number, spans: number) {
+    const { info, dropped } = this
     const tagged = (counter: Metric.Metric.Counter<number>) =>
       Metric.tagged(Metric.tagged(counter, "pool", info.pool), "tool", info.tool)
-    run(
+    this.run(
       Effect.logWarning(
         `worker ${info.workerId}: "${info.tool}" made more than the worker forwards; dropped ` +
           `${logs} log record(s) (rate limit) and ${spans} span(s) (per-call cap)`
       ).pipe(
         Effect.zipRight(logs > 0 ? Metric.incrementBy(tagged(dropped.logs), logs) : Effect.void),
         Effect.zipRight(spans > 0 ? Metric.incrementBy(tagged(dropped.spans), spans) : Effect.void),
-        Effect.annotateLogs(annotations(""))
+        Effect.annotateLogs(this.annotations(""))
       )
     )
   }
 
-  const receive = (items: ReadonlyArray<TelemetryItem>) => {
+  private start(item: Extract<TelemetryItem, { _tag: "SpanStart" }>) {
+    const span = this.span
+    if (span === undefined || this.closed) return
+    this.open ??= new Map()
+    const open = this.open
+    const child = this.fiber.currentTracer.span(
+      item.name,
+      Option.some(open.get(item.parentId) ?? span),
+      Context.empty(),
+      [],
+      nanos(item.timeMicros),
+      "internal"
+    )
+    for (const [key, value] of Object.entries(item.attributes)) child.attribute(key, value)
+    open.set(item.spanId, child)
+  }
+
+  private end(item: Extract<TelemetryItem, { _tag: "SpanEnd" }>) {
+    const child = this.open?.get(item.spanId)
+    if (child === undefined) return
+    this.open?.delete(item.spanId)
+    for (const [key, value] of Object.entries(item.attributes)) child.attribute(key, value)
+    for (const event of item.events) child.event(event.name, nanos(event.timeMicros), event.attributes)
+    const error = item.error
+    child.end(
+      nanos(item.timeMicros),
+      error === undefined ? Exit.void : Exit.fail(new PythonException(error.type, error.message, error.traceback))
+    )
+  }
+
+  receive(items: ReadonlyArray<TelemetryItem>) {
     for (const item of items) {
       switch (item._tag) {
-        case "SpanStart": {
-          if (tracer === undefined || span === undefined || closed) break
-          const parent = open.get(item.parentId) ?? span
-          const child = tracer.span(
-            item.name,
-            Option.some(parent),
-            Context.empty(),
-            [],
-            nanos(item.timeMicros),
-            "internal"
-          )
-          for (const [key, value] of Object.entries(item.attributes)) child.attribute(key, value)
-          open.set(item.spanId, child)
+        case "SpanStart":
+          this.start(item)
           break
-        }
-        case "SpanEnd": {
-          const child = open.get(item.spanId)
-          if (child === undefined) break
-          open.delete(item.spanId)
-          for (const [key, value] of Object.entries(item.attributes)) child.attribute(key, value)
-          for (const event of item.events) child.event(event.name, nanos(event.timeMicros), event.attributes)
-          const error = item.error
-          child.end(
-            nanos(item.timeMicros),
-            error === undefined ? Exit.void : Exit.fail(new PythonException(error.type, error.message, error.traceback))
-          )
+        case "SpanEnd":
+          this.end(item)
           break
-        }
-        case "Log": {
-          if (item.dropped > 0) reportDropped(item.dropped, 0)
-          run(
+        case "Log":
+          if (item.dropped > 0) this.reportDropped(item.dropped, 0)
+          this.run(
             Effect.logWithLevel(levelOf(item.level), item.message).pipe(
-              Effect.annotateLogs({ ...annotations(item.spanId), logger: item.logger })
+              Effect.annotateLogs({ ...this.annotations(item.spanId), logger: item.logger })
             )
           )
           break
-        }
         case "Dropped":
-          if (item.logs > 0 || item.spans > 0) reportDropped(item.logs, item.spans)
+          if (item.logs > 0 || item.spans > 0) this.reportDropped(item.logs, item.spans)
           break
       }
     }
   }
 
-  const close = (lost?: string) => {
-    if (closed) return
-    closed = true
-    if (open.size === 0) return
+  close(lost?: string) {
+    if (this.closed) return
+    this.closed = true
+    const open = this.open
+    if (open === undefined || open.size === 0) return
     // Spans the worker never ended: it crashed in them, or the call was lost.
-    const end = Context.get(fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeNanos()
+    const end = Context.get(this.fiber.currentDefaultServices, Clock.Clock).unsafeCurrentTimeNanos()
     const exit = Exit.fail(new CallLost(lost ?? "the worker ended the call without ending this span"))
     for (const child of [...open.values()].reverse()) child.end(end, exit)
     open.clear()
   }
-
-  return { traceparent: span === undefined ? undefined : traceparentOf(span), receive, close }
 }
+
+/** The telemetry sink of one call (see {@link CallSink}). */
+export const makeSink = (
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  info: CallInfo,
+  span: Tracer.Span | undefined,
+  dropped: DroppedMetrics
+): TelemetrySink => new CallSink(fiber, info, span, dropped)
