@@ -22,7 +22,7 @@ import {
 import { type CallError, QueueFull, SessionWorkerUnavailable, WorkerBusy } from "../errors.js"
 import type { CallOptions, ToolDescription } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
-import type { PoolWorker } from "../WorkerFactory.js"
+import type { PoolWorker, TelemetrySink } from "../WorkerFactory.js"
 import type { PoolContext } from "./poolContext.js"
 import type { Binding, Entry, WaitError } from "./poolState.js"
 import { withCallSpan, workerCall, workerStream } from "./tracing.js"
@@ -60,8 +60,8 @@ export const make = (ctx: PoolContext): PoolCalls => {
       const ms = Number(clock.unsafeCurrentTimeNanos() - startedNanos) / 1e6
       ctx.latencies.record(tool, ms, failed)
       const metrics = ctx.toolMetrics(tool)
-      ;(failed ? metrics.failed : metrics.succeeded).unsafeUpdate(ms / 1000, [])
-      metrics.inFlight.unsafeUpdate(--metrics.running, [])
+      metrics.duration(ms / 1000, failed)
+      metrics.inFlight(--metrics.running)
       state.release(entry, clock.unsafeCurrentTimeMillis())
       return publish
     })
@@ -113,8 +113,8 @@ export const make = (ctx: PoolContext): PoolCalls => {
     const now = clock.unsafeCurrentTimeNanos()
     // Synchronous metric updates: this runs on every call (docs/adr/0004).
     const metrics = ctx.toolMetrics(tool)
-    metrics.queueWait.unsafeUpdate(Number(now - askedNanos) / 1e9, [])
-    metrics.inFlight.unsafeUpdate(++metrics.running, [])
+    metrics.queueWait(Number(now - askedNanos) / 1e9)
+    metrics.inFlight(++metrics.running)
     return now
   }
 
@@ -237,30 +237,37 @@ export const make = (ctx: PoolContext): PoolCalls => {
 
   // ---- calls --------------------------------------------------------------------------
 
-  const runOn = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
+  const runOn = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions, telemetry: TelemetrySink) => {
     const timeout = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-    const { id: workerId, pid } = entry.worker
-    return workerCall({ pool: name, tool, session: call.session, workerId, pid }, dropped, (telemetry) =>
-      entry.worker.executeEncoded(tool, args, {
+    return entry.worker
+      .executeEncoded(tool, args, {
         ...(call.session === undefined ? {} : { session: call.session }),
         ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
         ...(Duration.isFinite(timeout) ? { timeout } : {}),
         telemetry
       })
-    ).pipe(
-      // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
-      Effect.tapErrorTag("CallTimeout", () =>
-        entry.worker.health(options.healthCheck.timeout).pipe(
-          Effect.either,
-          Effect.flatMap((health) =>
-            Either.isLeft(health)
-              ? Effect.sync(() =>
-                  state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
-                )
-              : Effect.void
+      .pipe(
+        // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+        Effect.tapErrorTag("CallTimeout", () =>
+          entry.worker.health(options.healthCheck.timeout).pipe(
+            Effect.either,
+            Effect.flatMap((health) =>
+              Either.isLeft(health)
+                ? Effect.sync(() =>
+                    state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
+                  )
+                : Effect.void
+            )
           )
         )
       )
+  }
+
+  /** `runOn` with the call's telemetry, in the worker call's span when traced. */
+  const traced = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
+    const { id: workerId, pid } = entry.worker
+    return workerCall({ pool: name, tool, session: call.session, workerId, pid }, dropped, (telemetry) =>
+      runOn(entry, tool, args, call, telemetry)
     )
   }
 
@@ -284,7 +291,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
             const asked = clock.unsafeCurrentTimeNanos()
             return Effect.flatMap(checkout(call.session, restore), (entry) => {
               const started = begin(entry, tool, clock, asked)
-              return Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
+              return Effect.zipRight(publish, restore(traced(entry, tool, encoded, call))).pipe(
                 Effect.onExit((exit) =>
                   wasCancelled(exit)
                     ? finishWhenSettled(entry, tool, clock, started)
