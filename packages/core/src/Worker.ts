@@ -184,19 +184,23 @@ export const make = (
     // The executable past any shim, resolved once per command; the local transport needs only
     // the standard library, gRPC also grpcio and protobuf.
     const python = yield* resolvePython(options.python, transport === "grpc" ? DEFAULT_REQUIRED_MODULES : []).pipe(
-      Effect.mapError(
-        (rejections) =>
-          new WorkerStartError({
-            workerId: id,
-            reason: "python_not_found",
-            detail: pythonNotFoundDetail(rejections),
-            tried: rejections.map((r) => r.python),
-            exitCode: null,
-            signal: null,
-            stderrTail: "",
-            traceback: null
-          })
-      )
+      Effect.mapError((rejections) => {
+        // Out of file descriptors or processes is the host's trouble, not a missing interpreter.
+        const exhausted = rejections.find((r) => r.exhausted !== undefined)?.exhausted
+        return new WorkerStartError({
+          workerId: id,
+          reason: exhausted === undefined ? "python_not_found" : "spawn_failed",
+          detail:
+            exhausted === undefined
+              ? pythonNotFoundDetail(rejections)
+              : `could not run ${rejections[0]?.python ?? "python"}: this host is out of ${exhausted === "EMFILE" || exhausted === "ENFILE" ? "file descriptors" : "processes or memory"} (${exhausted}); raise its limits (\`ulimit -n\`, \`ulimit -u\`) or run fewer workers`,
+          tried: rejections.map((r) => r.python),
+          exitCode: null,
+          signal: null,
+          stderrTail: "",
+          traceback: null
+        })
+      })
     )
     const limits = yield* ThreadLimits.resolve(options.threadLimits)
     const pythonPath = [bridgePythonPath(), ...(options.pythonPath ?? []), process.env.PYTHONPATH]
