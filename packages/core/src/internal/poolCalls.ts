@@ -81,7 +81,9 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const finishWhenSettled = (entry: Lease, tool: string, clock: Clock.Clock, startedNanos: bigint) =>
     FiberSet.run(
       ctx.background,
-      entry.worker.settled.pipe(
+      // Forked from a finalizer, this fiber would inherit its uninterruptibility, and the
+      // timeout could never interrupt a wait for a tool that does not stop.
+      Effect.interruptible(entry.worker.settled).pipe(
         Effect.timeout(options.cancelGrace),
         Effect.catchTag("TimeoutException", () =>
           Effect.zipRight(
