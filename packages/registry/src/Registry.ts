@@ -19,7 +19,14 @@ import Database from "better-sqlite3"
 import { Clock, Context, Duration, Effect, Layer, Metric, Option, Schema, String as Str } from "effect"
 import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
-import { describeError, diskFullFix, isDiskFull, prepareDatabase, resolveDataDir, restrictCompanions } from "./internal/database.js"
+import {
+  describeError,
+  diskFullFix,
+  isDiskFull,
+  prepareDatabase,
+  resolveDataDir,
+  restrictCompanions
+} from "./internal/database.js"
 import * as RunLock from "./internal/runLock.js"
 import * as Ownership from "./Ownership.js"
 import * as ProcessInfo from "./ProcessInfo.js"
@@ -364,7 +371,10 @@ const make = (options: RegistryOptions) =>
     /** How many `startRun`s of each run this instance holds (each holds one count of the run lock). */
     const heldRuns = new Map<string, number>()
     /** Registered workers, by `<run>/<worker>`: their group and the start time of its leader. */
-    const groups = new Map<string, { readonly pgid: number; readonly leader: number; readonly startTime: string | null }>()
+    const groups = new Map<
+      string,
+      { readonly pgid: number; readonly leader: number; readonly startTime: string | null }
+    >()
     const host = hostname()
 
     // Whatever ends this registry, its locks go with it (the kernel would release them at exit anyway).

@@ -6,7 +6,7 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
-import { Effect, Scope } from "effect"
+import { Effect, Exit, Scope } from "effect"
 import { Registry } from "../src/index.js"
 import {
   awaitRunDead,
@@ -49,7 +49,12 @@ describe("run locks (real processes)", () => {
       expect(yield* registry.liveness(run!)).toEqual({ alive: true, lock: "held", ownerAlive: true })
       // The rows can say anything: the lock still says alive.
       const owner = yield* deadOwner
-      yield* craft(registry.databasePath, "UPDATE runs SET owner_pid = ?, owner_start_time = ?", owner.pid, owner.startTime)
+      yield* craft(
+        registry.databasePath,
+        "UPDATE runs SET owner_pid = ?, owner_start_time = ?",
+        owner.pid,
+        owner.startTime
+      )
       const [crafted] = yield* registry.runs
       expect(yield* registry.liveness(crafted!)).toEqual({ alive: true, lock: "held", ownerAlive: false })
 
@@ -108,7 +113,7 @@ describe("run locks (real processes)", () => {
       const registry = yield* registryFrom(Registry.layer({ dataDir: dir })).pipe(Scope.extend(scope))
       yield* registry.startRun(runId)
       expect(rawProbe(lockFile(dir, runId))).toBe("SQLITE_BUSY")
-      yield* Scope.close(scope, Effect.void)
+      yield* Scope.close(scope, Exit.void)
       expect(existsSync(lockFile(dir, runId))).toBe(false)
       const [run] = yield* observer.runs
       // Not ended (endRun was never called), and still alive while its owner, this process, is.

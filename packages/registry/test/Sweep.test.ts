@@ -25,58 +25,60 @@ import {
 const killedCount = Metric.value(orphansKilled).pipe(Effect.map((state) => state.count))
 
 describe("Registry.sweep (real processes)", () => {
-  it.scopedLive("sweeps the genuine orphans of a host killed with -9: workers with their groups, and their sessions", () =>
-    Effect.gen(function* () {
-      const dir = yield* tempDir
-      const registry = yield* registryIn(dir)
-      // Two workers that stay, one that exits at once: each leaves a grandchild in its group and
-      // one in a group of its own (same session). None carries the run id but the workers.
-      const host = yield* startHost({ dataDir: dir, runId: newRunId(), workers: 2, exited: 1 })
-      const [first, second, exited] = host.workers
-      expect(host.processes.every(ProcessInfo.isAlive)).toBe(true)
-      expect(ProcessInfo.isAlive(exited!.pid)).toBe(false)
-      yield* killHost(host)
-      yield* awaitRunDead(registry, host.runId)
+  it.scopedLive(
+    "sweeps the genuine orphans of a host killed with -9: workers with their groups, and their sessions",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const registry = yield* registryIn(dir)
+        // Two workers that stay, one that exits at once: each leaves a grandchild in its group and
+        // one in a group of its own (same session). None carries the run id but the workers.
+        const host = yield* startHost({ dataDir: dir, runId: newRunId(), workers: 2, exited: 1 })
+        const [first, second, exited] = host.workers
+        expect(host.processes.every(ProcessInfo.isAlive)).toBe(true)
+        expect(ProcessInfo.isAlive(exited!.pid)).toBe(false)
+        yield* killHost(host)
+        yield* awaitRunDead(registry, host.runId)
 
-      const before = yield* killedCount
-      const lines: Array<string> = []
-      const report = yield* registry.sweep().pipe(
-        Effect.provide(
-          Logger.replace(
-            Logger.defaultLogger,
-            Logger.make(({ message }) => lines.push(String(message)))
+        const before = yield* killedCount
+        const lines: Array<string> = []
+        const report = yield* registry.sweep().pipe(
+          Effect.provide(
+            Logger.replace(
+              Logger.defaultLogger,
+              Logger.make(({ message }) => lines.push(String(message)))
+            )
           )
         )
-      )
 
-      expect(report.runsSwept).toBe(1)
-      expect(report.skipped).toEqual([])
-      const { runId } = host
-      expect(report.killed).toEqual(
-        expect.arrayContaining([
-          // live workers: with their groups (their in-group grandchildren go with them)
-          { pid: first!.pid, runId, pgid: first!.pid, via: "row" },
-          { pid: second!.pid, runId, pgid: second!.pid, via: "row" },
-          // grandchildren that left the group, and those of the worker that is gone: by session
-          { pid: first!.outOfGroup, runId, pgid: null, via: "session" },
-          { pid: second!.outOfGroup, runId, pgid: null, via: "session" },
-          { pid: exited!.inGroup, runId, pgid: null, via: "session" },
-          { pid: exited!.outOfGroup, runId, pgid: null, via: "session" }
-        ])
-      )
-      expect(report.killed).toHaveLength(6)
-      yield* awaitGone(host.processes)
-      expect(yield* registry.runs).toEqual([])
-      expect(yield* registry.workers()).toEqual([])
-      expect(existsSync(join(dir, "runs", `${runId}.lock`))).toBe(false)
-      expect((yield* killedCount) - before).toBe(6)
-      expect(lines.filter((line) => line.includes("sweep"))).toHaveLength(1)
-      expect(lines.find((line) => line.includes("sweep"))).toContain("6 orphan process(es) killed")
+        expect(report.runsSwept).toBe(1)
+        expect(report.skipped).toEqual([])
+        const { runId } = host
+        expect(report.killed).toEqual(
+          expect.arrayContaining([
+            // live workers: with their groups (their in-group grandchildren go with them)
+            { pid: first!.pid, runId, pgid: first!.pid, via: "row" },
+            { pid: second!.pid, runId, pgid: second!.pid, via: "row" },
+            // grandchildren that left the group, and those of the worker that is gone: by session
+            { pid: first!.outOfGroup, runId, pgid: null, via: "session" },
+            { pid: second!.outOfGroup, runId, pgid: null, via: "session" },
+            { pid: exited!.inGroup, runId, pgid: null, via: "session" },
+            { pid: exited!.outOfGroup, runId, pgid: null, via: "session" }
+          ])
+        )
+        expect(report.killed).toHaveLength(6)
+        yield* awaitGone(host.processes)
+        expect(yield* registry.runs).toEqual([])
+        expect(yield* registry.workers()).toEqual([])
+        expect(existsSync(join(dir, "runs", `${runId}.lock`))).toBe(false)
+        expect((yield* killedCount) - before).toBe(6)
+        expect(lines.filter((line) => line.includes("sweep"))).toHaveLength(1)
+        expect(lines.find((line) => line.includes("sweep"))).toContain("6 orphan process(es) killed")
 
-      // a second sweep finds nothing left
-      const again = yield* registry.sweep()
-      expect(again).toEqual({ runsSwept: 0, endedRunsRemoved: 0, killed: [], skipped: [] })
-    })
+        // a second sweep finds nothing left
+        const again = yield* registry.sweep()
+        expect(again).toEqual({ runsSwept: 0, endedRunsRemoved: 0, killed: [], skipped: [] })
+      })
   )
 
   it.scopedLive("a crafted runs row naming a live host's run id with a dead owner pid kills nothing of it", () =>
@@ -262,7 +264,12 @@ describe("Registry.sweep (real processes)", () => {
         hostname(),
         Date.now()
       )
-      db.prepare("INSERT INTO workers VALUES ('w', ?, ?, ?, 'active', ?)").run(deadRun, carrier.pid, carrier.pid, Date.now())
+      db.prepare("INSERT INTO workers VALUES ('w', ?, ?, ?, 'active', ?)").run(
+        deadRun,
+        carrier.pid,
+        carrier.pid,
+        Date.now()
+      )
       db.close()
       chmodSync(join(dir, "registry.db"), 0o600)
 

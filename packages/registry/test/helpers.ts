@@ -176,7 +176,9 @@ export const startHost = (options: {
   Effect.gen(function* () {
     const started: Array<number> = []
     const child = yield* Effect.acquireRelease(
-      Effect.sync(() => spawn(process.execPath, [hostScript, JSON.stringify(options)], { stdio: ["ignore", "pipe", "inherit"] })),
+      Effect.sync(() =>
+        spawn(process.execPath, [hostScript, JSON.stringify(options)], { stdio: ["ignore", "pipe", "inherit"] })
+      ),
       (child) =>
         Effect.sync(() => {
           if (child.pid !== undefined) killQuietly(child.pid)
@@ -195,7 +197,9 @@ export const startHost = (options: {
     )
     const output = yield* Schema.decodeUnknown(HostOutput)(line)
     for (const worker of output.workers) started.push(worker.pid, worker.inGroup, worker.outOfGroup)
-    const processes = output.workers.flatMap((w) => (w.exited ? [w.inGroup, w.outOfGroup] : [w.pid, w.inGroup, w.outOfGroup]))
+    const processes = output.workers.flatMap((w) =>
+      w.exited ? [w.inGroup, w.outOfGroup] : [w.pid, w.inGroup, w.outOfGroup]
+    )
     return { child, ...output, processes } satisfies Host
   })
 
@@ -211,7 +215,10 @@ export const awaitRunDead = (registry: RegistryService, runId: string) =>
     if (liveness.alive) return yield* Effect.fail(new Error(`run ${runId} still alive: ${JSON.stringify(liveness)}`))
   }).pipe(
     Effect.retry(Schedule.spaced(Duration.millis(25))),
-    Effect.timeoutFail({ duration: Duration.seconds(10), onTimeout: () => new Error(`run ${runId} still alive after 10 s`) })
+    Effect.timeoutFail({
+      duration: Duration.seconds(10),
+      onTimeout: () => new Error(`run ${runId} still alive after 10 s`)
+    })
   )
 
 /** SIGKILLs the host process (not its workers, which are detached) and waits until it is gone. */

@@ -198,7 +198,8 @@ const probe = (file: string, busyTimeoutMs: number): Probe => {
   if (found._tag !== "File") return found
   for (const suffix of COMPANIONS) {
     const companion = inspectPath(`${file}${suffix}`)
-    if (companion._tag === "Corrupt") return { _tag: "Unusable", reason: companion.reason, fix: removeLinkFix(`${file}${suffix}`) }
+    if (companion._tag === "Corrupt")
+      return { _tag: "Unusable", reason: companion.reason, fix: removeLinkFix(`${file}${suffix}`) }
     if (companion._tag !== "File" && companion._tag !== "Missing") return companion
   }
   let db: Database.Database | undefined
