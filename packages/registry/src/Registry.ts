@@ -21,8 +21,8 @@ import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
 import {
   describeError,
+  diskFull,
   diskFullFix,
-  isDiskFull,
   prepareDatabase,
   resolveDataDir,
   restrictCompanions
@@ -319,7 +319,7 @@ const sweepWorker = (row: WorkerRecord, state: SweepState): void => {
   }
 }
 
-const causeOf = (error: { readonly cause?: unknown }): unknown => error.cause
+const causeOf = (error: unknown): unknown => (error as { readonly cause?: unknown } | undefined)?.cause
 
 const make = (options: RegistryOptions) =>
   Effect.gen(function* () {
@@ -328,10 +328,16 @@ const make = (options: RegistryOptions) =>
     const dataDir = yield* resolveDataDir(options.dataDir)
     const databasePath = yield* prepareDatabase(dataDir, busyMs)
     /** A failure that makes the registry unusable; a full file system gets its own fix. */
-    const unavailable = (reason: string, error?: { readonly cause?: unknown }) =>
-      error !== undefined && (isDiskFull(error) || isDiskFull(causeOf(error)))
-        ? new RegistryUnavailable({ dataDir, reason: `its file system is full: ${reason}`, fix: diskFullFix(dataDir) })
+    const unavailable = (reason: string, error?: unknown) => {
+      const full = error === undefined ? undefined : (diskFull(error, dataDir) ?? diskFull(causeOf(error), dataDir))
+      return full !== undefined
+        ? new RegistryUnavailable({
+            dataDir,
+            reason: `its file system is full (${full}): ${reason}`,
+            fix: diskFullFix(dataDir)
+          })
         : new RegistryUnavailable({ dataDir, reason })
+    }
 
     const sql = yield* SqliteClient.make({
       filename: databasePath,
@@ -393,7 +399,7 @@ const make = (options: RegistryOptions) =>
       (operation: string) =>
       <A, R>(effect: Effect.Effect<A, SqlError.SqlError, R>) =>
         Effect.mapError(effect, (error) =>
-          isDiskFull(error.cause)
+          diskFull(error.cause, dataDir) !== undefined
             ? unavailable(`${operation} could not write (${describeFailure(error)})`, error)
             : new RegistryError({ operation, reason: describeFailure(error) })
         )
@@ -405,8 +411,8 @@ const make = (options: RegistryOptions) =>
         yield* Effect.try({
           try: () => RunLock.acquire(dataDir, runId),
           catch: (error) =>
-            isDiskFull(error)
-              ? unavailable(`cannot create the lock of run ${runId} (${describeError(error)})`, error as Error)
+            diskFull(error, dataDir) !== undefined
+              ? unavailable(`cannot create the lock of run ${runId} (${describeError(error)})`, error)
               : new RegistryError({ operation: "startRun", reason: describeError(error) })
         })
         heldRuns.set(runId, (heldRuns.get(runId) ?? 0) + 1)

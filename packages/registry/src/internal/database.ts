@@ -20,6 +20,7 @@ import {
   readlinkSync,
   renameSync,
   type Stats,
+  statfsSync,
   statSync
 } from "node:fs"
 import { homedir } from "node:os"
@@ -50,10 +51,25 @@ const codeOf = (error: unknown): string | undefined => {
 /** Codes that mean the file system (or the user's quota) is full. */
 const FULL = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"])
 
-/** True when `error` says the file system is full (ENOSPC, EDQUOT, SQLITE_FULL). */
-export const isDiskFull = (error: unknown): boolean => {
+/** Below this much free space, an I/O error while writing the registry is taken for a full disk. */
+const NEARLY_FULL_BYTES = 1024 * 1024
+
+/**
+ * Why `error` means the file system of `dataDir` is full, or undefined: its code says so
+ * (ENOSPC, EDQUOT, SQLITE_FULL), or it is an I/O error and statfs shows (almost) no space left.
+ * SQLite reports a -shm file it cannot grow as SQLITE_IOERR_SHMSIZE, not as SQLITE_FULL.
+ */
+export const diskFull = (error: unknown, dataDir: string): string | undefined => {
   const code = codeOf(error)
-  return code !== undefined && FULL.has(code)
+  if (code !== undefined && FULL.has(code)) return code
+  if (code === undefined || !/^(SQLITE_IOERR|SQLITE_CANTOPEN|EIO$)/.test(code)) return undefined
+  try {
+    const { bavail, bsize } = statfsSync(dataDir)
+    const free = Number(bavail) * Number(bsize)
+    return free < NEARLY_FULL_BYTES ? `${code}, with ${Math.floor(free / 1024)} kB free on its file system` : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** What to do when the data directory's file system is full. */
@@ -139,7 +155,7 @@ type Probe =
   | { readonly _tag: "Missing" }
   | { readonly _tag: "Healthy" }
   | { readonly _tag: "Corrupt"; readonly reason: string }
-  | { readonly _tag: "Unusable"; readonly reason: string; readonly fix?: string }
+  | { readonly _tag: "Unusable"; readonly reason: string; readonly fix?: string; readonly error?: unknown }
 
 const CORRUPT_CODES = new Set(["SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CORRUPT_VTAB", "SQLITE_CORRUPT_SEQUENCE"])
 
@@ -210,7 +226,7 @@ const probe = (file: string, busyTimeoutMs: number): Probe => {
   } catch (error) {
     const code = codeOf(error)
     if (code !== undefined && CORRUPT_CODES.has(code)) return { _tag: "Corrupt", reason: describeError(error) }
-    return { _tag: "Unusable", reason: `cannot open ${file} (${describeError(error)})` }
+    return { _tag: "Unusable", reason: `cannot open ${file} (${describeError(error)})`, error }
   } finally {
     db?.close()
   }
@@ -272,16 +288,19 @@ export const prepareDatabase = (dataDir: string, busyTimeoutMs: number): Effect.
   Effect.gen(function* () {
     const unavailable = (reason: string, fix?: string) =>
       new RegistryUnavailable(fix === undefined ? { dataDir, reason } : { dataDir, reason, fix })
-    const failure = (what: string) => (error: unknown) =>
-      isDiskFull(error)
-        ? unavailable(`its file system is full: ${what} failed (${describeError(error)})`, diskFullFix(dataDir))
-        : unavailable(`${what} failed (${describeError(error)})`)
+    /** The failure of `what`: a full file system is said as such, with its fix. */
+    const failure = (what: string, otherwise: string) => (error: unknown) => {
+      const full = diskFull(error, dataDir)
+      return full !== undefined
+        ? unavailable(
+            `its file system is full (${full}): ${what} failed (${describeError(error)})`,
+            diskFullFix(dataDir)
+          )
+        : unavailable(`${otherwise} (${describeError(error)})`)
+    }
     yield* Effect.try({
       try: () => mkdirSync(dataDir, { recursive: true, mode: 0o700 }),
-      catch: (error) =>
-        isDiskFull(error)
-          ? failure("creating the data directory")(error)
-          : unavailable(`cannot create the data directory (${describeError(error)})`)
+      catch: failure("creating the data directory", "cannot create the data directory")
     })
     const problem = checkPrivateDirectory(dataDir, true)
     if (problem !== undefined) return yield* unavailable(problem.reason, problem.fix)
@@ -291,7 +310,11 @@ export const prepareDatabase = (dataDir: string, busyTimeoutMs: number): Effect.
     })
     const file = join(dataDir, DATABASE_FILE)
     const found = probe(file, busyTimeoutMs)
-    if (found._tag === "Unusable") return yield* unavailable(found.reason, found.fix)
+    if (found._tag === "Unusable") {
+      return yield* found.error === undefined
+        ? unavailable(found.reason, found.fix)
+        : failure(`opening ${file}`, `cannot open ${file}`)(found.error)
+    }
     if (found._tag === "Corrupt") {
       const now = yield* Clock.currentTimeMillis
       const movedTo = yield* Effect.try({
@@ -310,10 +333,7 @@ export const prepareDatabase = (dataDir: string, busyTimeoutMs: number): Effect.
         if ((created.stats.mode & 0o777) !== 0o600) chmodSync(file, 0o600)
         restrictCompanions(file)
       },
-      catch: (error) =>
-        isDiskFull(error)
-          ? failure(`creating ${file}`)(error)
-          : unavailable(`cannot open ${file} for writing with mode 0600 (${describeError(error)})`)
+      catch: failure(`creating ${file}`, `cannot open ${file} for writing with mode 0600`)
     })
     // WAL is a property of the file: set once here, where a failure (a full disk, typically) is
     // typed, rather than in the SQL client's constructor, where it would be a defect.
@@ -326,7 +346,7 @@ export const prepareDatabase = (dataDir: string, busyTimeoutMs: number): Effect.
           db.close()
         }
       },
-      catch: failure(`opening ${file} in WAL mode`)
+      catch: failure(`opening ${file} in WAL mode`, `cannot open ${file} in WAL mode`)
     })
     return file
   })
