@@ -9,11 +9,28 @@ import type * as ThreadLimits from "./ThreadLimits.js"
 /** How calls with a `session` are routed to the session's worker. */
 export type Affinity = "hint" | "strict_queue" | "strict_fail_fast"
 
+/**
+ * A pool's size: a fixed number of workers, or the bounds of an elastic pool, which starts
+ * `min` workers, adds workers while callers wait longer than `scaleUpAfter` (up to `max`) and
+ * retires workers idle longer than `idleTimeout` (down to `min`).
+ */
+export type PoolSize = number | { readonly min: number; readonly max: number }
+
 /** Options of one pool. Every field is optional; see {@link ResolvedPoolOptions} for the defaults. */
 export interface PoolOptions {
-  /** Number of workers. Default 2 (env `SNAKEPIT_SIZE`). */
-  readonly size?: number
-  /** Workers that must be ready for the layer to start. Default: `size`. */
+  /** Number of workers, or `{ min, max }` for an elastic pool. Default 2 (env `SNAKEPIT_SIZE`: `4` or `2..8`). */
+  readonly size?: PoolSize
+  /**
+   * Elastic pools: add a worker (up to `max`) when a caller has waited this long for one.
+   * Default 1 second (env `SNAKEPIT_SCALE_UP_AFTER`).
+   */
+  readonly scaleUpAfter?: Duration.DurationInput
+  /**
+   * Elastic pools: retire a worker idle this long (down to `min`; never a live session's
+   * worker). Default 5 minutes (env `SNAKEPIT_IDLE_TIMEOUT`; may be infinite).
+   */
+  readonly idleTimeout?: Duration.DurationInput
+  /** Workers that must be ready for the layer to start. Default: `size` (its `min`). */
   readonly minReady?: number
   /** Calls one worker serves at once. Default 1. */
   readonly capacity?: number
@@ -101,12 +118,23 @@ export interface PoolOptions {
 export interface SnakepitOptions extends PoolOptions {
   /** Named pools; calls choose one with `opts.pool`. The first is the default. */
   readonly pools?: Readonly<Record<string, PoolOptions>>
+  /**
+   * Serve the control API (`Control`) on a 0600 unix socket in the data dir, for `snakepit
+   * status`, `top`, `restart`, `resize`, `drain`, `events`. Default true (env `SNAKEPIT_CONTROL`).
+   * Needs the process registry (it records the socket's path); there is never a TCP listener.
+   */
+  readonly control?: boolean
 }
 
 /** Every option with its value decided. */
 export interface ResolvedPoolOptions {
   readonly name: string
+  /** Workers started with the pool: the fixed size, or an elastic pool's `min`. */
   readonly size: number
+  /** Most workers: `size` for a fixed pool. */
+  readonly maxSize: number
+  readonly scaleUpAfter: Duration.Duration
+  readonly idleTimeout: Duration.Duration
   readonly minReady: number
   readonly capacity: number
   readonly adapter: string

@@ -5,12 +5,15 @@
  */
 import { HostBridgeServer } from "@snakepit/grpc"
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
-import { Effect, Layer, Option, type Scope, Stream } from "effect"
+import { Effect, Layer, Option, PubSub, type Scope, Stream } from "effect"
+import * as Control from "./Control.js"
 import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
-import { resolveSnakepitOptions } from "./internal/config.js"
+import { resolveControl, resolveSnakepitOptions } from "./internal/config.js"
+import * as ControlServer from "./internal/controlServer.js"
 import * as Pool from "./internal/pool.js"
 import type { SnakepitOptions } from "./PoolOptions.js"
+import type { PoolEvent } from "./PoolReport.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
 
@@ -24,13 +27,14 @@ const dataDirError = (dataDir: string, message: string) =>
  * A run that cannot be recorded (a full disk, a run id another live process holds) fails the
  * pool with a ConfigError for `dataDir`: no worker could be recorded either.
  */
+const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
+  effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
+
 const startRun = Effect.gen(function* () {
   const registry = yield* Effect.serviceOption(Registry)
-  if (Option.isNone(registry)) return
+  if (Option.isNone(registry)) return Option.none()
   const { dataDir } = registry.value
   const runId = yield* RunId.current
-  const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
-    effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
   yield* registry.value.startRun(runId).pipe(
     Effect.catchTags({
       RegistryError: (e) => Effect.fail(dataDirError(dataDir, `the registry cannot record run ${runId}: ${e.reason}`)),
@@ -39,7 +43,23 @@ const startRun = Effect.gen(function* () {
   )
   yield* Effect.addFinalizer(() => logged(registry.value.endRun(runId)))
   yield* logged(registry.value.sweep())
+  return Option.some({ registry: registry.value, runId })
 })
+
+/**
+ * Serves the control API on `<dataDir>/control/<runId>.sock` and records the path in the run's
+ * row. A socket that cannot be served is logged, never fatal: the pools work without it.
+ */
+const startControl = (
+  service: SnakepitService,
+  run: { readonly registry: Registry["Type"]; readonly runId: string }
+) => {
+  const socket = Control.socketPath(run.registry.dataDir, run.runId)
+  return ControlServer.serve(service, { socket, runId: run.runId }).pipe(
+    Effect.zipRight(logged(run.registry.setControlSocket(run.runId, socket))),
+    Effect.catchTag("ControlServeError", (e) => Effect.logWarning(`control socket ${e.socket} not served: ${e.reason}`))
+  )
+}
 
 /**
  * When `HostTools` are provided, serves them on a loopback bridge for the pools' lifetime and
@@ -66,11 +86,16 @@ export const make = (
 ): Effect.Effect<SnakepitService, PoolStartError | ConfigError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const resolved = yield* resolveSnakepitOptions(options)
-    yield* startRun
+    const control = yield* resolveControl(options.control)
+    const run = yield* startRun
     const hostEnv = yield* startHostBridge
-    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }), {
-      concurrency: "unbounded"
-    })
+    // Sliding: a subscriber that falls behind loses the oldest events, never slows a pool down.
+    const events = yield* PubSub.sliding<PoolEvent>(1024)
+    const pools = yield* Effect.forEach(
+      resolved,
+      (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }, events),
+      { concurrency: "unbounded" }
+    )
     const names = pools.map((pool) => pool.name)
 
     const poolOf = (name: string | undefined): Effect.Effect<Pool.Pool, PoolNotFound> => {
@@ -79,17 +104,14 @@ export const make = (
     }
 
     // The one lookup path for stop and restart, by id or by handle (LESSONS #2, #3).
-    const locate = (ref: WorkerRef) =>
+    const owner = (ref: WorkerRef) =>
       Effect.suspend(() => {
         const workerId = typeof ref === "string" ? ref : ref.id
-        for (const pool of pools) {
-          const entry = pool.find(workerId)
-          if (entry && entry.retiring === undefined) return Effect.succeed({ pool, entry })
-        }
-        return Effect.fail(new WorkerNotFound({ workerId }))
+        const pool = pools.find((p) => p.hasWorker(workerId))
+        return pool ? Effect.succeed({ pool, workerId }) : Effect.fail(new WorkerNotFound({ workerId }))
       })
 
-    return Snakepit.of({
+    const service = Snakepit.of({
       pools: names,
       execute: (tool, args, callOptions = {}) =>
         Effect.flatMap(poolOf(callOptions.pool), (pool) => pool.execute(tool, args, callOptions)),
@@ -99,9 +121,15 @@ export const make = (
       stats: (pool) => Effect.flatMap(poolOf(pool), (p) => p.stats),
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),
-      stopWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.stopWorker(entry)),
-      restartWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.restartWorker(entry))
+      stopWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.stopWorker(workerId)),
+      restartWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.restartWorker(workerId)),
+      resize: (size, pool) => Effect.flatMap(poolOf(pool), (p) => p.resize(size)),
+      drain: (pool) => Effect.flatMap(poolOf(pool), (p) => p.drain),
+      report: (pool) => Effect.flatMap(poolOf(pool), (p) => p.report),
+      events: Stream.fromPubSub(events)
     })
+    if (control && Option.isSome(run)) yield* startControl(service, run.value)
+    return service
   })
 
 /** The `Snakepit` service for a `WorkerFactory` you provide (the testkit's fake, for instance). */

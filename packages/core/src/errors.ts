@@ -172,6 +172,15 @@ export class PoolClosed extends Schema.TaggedError<PoolClosed>()("PoolClosed", {
   }
 }
 
+/** `drain` was called on the pool: it finishes the calls in flight and takes no new ones. */
+export class PoolDraining extends Schema.TaggedError<PoolDraining>()("PoolDraining", {
+  pool: Schema.String
+}) {
+  override get message() {
+    return `pool "${this.pool}" is draining: it takes no new calls`
+  }
+}
+
 /** An option or environment variable has a bad value. */
 export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError", {
   /** The option path or environment variable, e.g. `threadLimits.openblas` or `SNAKEPIT_SIZE`. */
@@ -233,4 +242,5 @@ export type CallError =
   | WorkerBusy
   | SessionWorkerUnavailable
   | PoolClosed
+  | PoolDraining
   | PoolNotFound

@@ -857,6 +857,15 @@ describe("SnakepitPool", () => {
         expect(failure._tag).toBe("PythonError")
         expect(failure.traceback).toContain("ValueError")
         expect(yield* Effect.promise(() => pool.stats())).toMatchObject({ size: 2, requests: 2, errors: 1 })
+        const report = yield* Effect.promise(() => pool.report())
+        expect(report).toMatchObject({ pool: "default", min: 2, max: 2, draining: false })
+        expect(report.tools.map((t) => [t.tool, t.calls, t.errors])).toEqual([
+          ["add", 1, 0],
+          ["fail", 1, 1]
+        ])
+        expect(yield* rejection(pool.resize({ min: 3, max: 1 }))).toMatchObject({ _tag: "ConfigError", key: "size" })
+        yield* Effect.promise(() => pool.drain())
+        expect(yield* rejection(pool.execute("add", { a: 1, b: 1 }))).toMatchObject({ _tag: "PoolDraining" })
         yield* Effect.promise(() => pool.close())
         expect(workerPids.filter(Processes.isAlive)).toEqual([])
         const closed = yield* rejection(pool.execute("add", { a: 1, b: 1 }))

@@ -9,14 +9,16 @@
  *
  * @since 0.1.0
  */
+import { lstatSync, rmSync } from "node:fs"
 import { hostname } from "node:os"
+import { dirname, join, resolve } from "node:path"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlError from "@effect/sql/SqlError"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import Database from "better-sqlite3"
-import { Clock, Context, Duration, Effect, Layer, Metric, Option, Schema, String as Str } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Metric, Option, Schema, String as Str } from "effect"
 import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
 import {
@@ -39,7 +41,9 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   ownerStartTime: Schema.String,
   host: Schema.String,
   startedAt: Schema.DateFromNumber,
-  endedAt: Schema.NullOr(Schema.DateFromNumber)
+  endedAt: Schema.NullOr(Schema.DateFromNumber),
+  /** The unix socket its control API listens on, when it serves one. */
+  controlSocket: Schema.NullOr(Schema.String)
 }) {}
 
 /** The state of a worker row: reserved before its process is spawned, active once ready. */
@@ -151,6 +155,8 @@ export interface RegistryService {
    * sweep after the owner is gone.
    */
   readonly endRun: (runId: string) => Effect.Effect<void, RegistryError>
+  /** Records (or clears, with null) the unix socket the run's control API listens on. */
+  readonly setControlSocket: (runId: string, socket: string | null) => Effect.Effect<void, RegistryError>
   /** Inserts a `reserved` worker row, before the process is spawned. */
   readonly reserveWorker: (worker: WorkerKey) => Effect.Effect<void, RegistryError>
   /**
@@ -223,8 +229,13 @@ const migrations = Migrator.fromRecord({
     yield* sql`DROP TABLE workers`
     yield* sql`ALTER TABLE workers_by_run RENAME TO workers`
   }),
+  // Where a live run serves its control API (a 0600 unix socket), for `snakepit status` and `top`.
+  "3_runs_control_socket": Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`ALTER TABLE runs ADD COLUMN control_socket TEXT NULL`
+  }),
   // What the OS said of the pid when it was recorded: a pid is ours only while it still says so.
-  "3_workers_start_time": Effect.gen(function* () {
+  "4_workers_start_time": Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     yield* sql`ALTER TABLE workers ADD COLUMN start_time TEXT NULL`
   })
@@ -320,6 +331,21 @@ const sweepWorker = (row: WorkerRecord, state: SweepState): void => {
 }
 
 const causeOf = (error: unknown): unknown => (error as { readonly cause?: unknown } | undefined)?.cause
+
+/**
+ * Removes a dead run's control socket file, if it is still there and still a socket, and only
+ * where Snakepit puts them (`<dataDir>/control/<runId>.sock`): the path comes from a row, and a
+ * row may name any file.
+ */
+const removeStaleSocket = (dataDir: string, runId: string, socket: string): void => {
+  const expected = join(dataDir, "control", `${runId}.sock`)
+  if (resolve(socket) !== expected || dirname(expected) !== join(dataDir, "control")) return
+  try {
+    if (lstatSync(expected).isSocket()) rmSync(expected)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error
+  }
+}
 
 const make = (options: RegistryOptions) =>
   Effect.gen(function* () {
@@ -422,7 +448,7 @@ const make = (options: RegistryOptions) =>
           VALUES (${runId}, ${process.pid}, ${start}, ${host}, ${now}, NULL)
           ON CONFLICT (run_id) DO UPDATE SET owner_pid = excluded.owner_pid,
             owner_start_time = excluded.owner_start_time, host = excluded.host,
-            started_at = excluded.started_at, ended_at = NULL`.pipe(
+            started_at = excluded.started_at, ended_at = NULL, control_socket = NULL`.pipe(
           failWrite("startRun"),
           Effect.tapError(() => Effect.sync(() => releaseOne(runId)))
         )
@@ -448,11 +474,17 @@ const make = (options: RegistryOptions) =>
         }
         const now = yield* Clock.currentTimeMillis
         // Marked ended before the lock goes, so that no moment shows it dead.
-        yield* sql`UPDATE runs SET ended_at = ${now} WHERE run_id = ${runId}`.pipe(
+        yield* sql`UPDATE runs SET ended_at = ${now}, control_socket = NULL WHERE run_id = ${runId}`.pipe(
           failWith("endRun"),
           Effect.ensuring(Effect.sync(() => releaseOne(runId)))
         )
       })
+
+    const setControlSocket = (runId: string, socket: string | null) =>
+      sql`UPDATE runs SET control_socket = ${socket} WHERE run_id = ${runId}`.pipe(
+        Effect.asVoid,
+        failWith("setControlSocket")
+      )
 
     const reserveWorker = ({ workerId, runId }: { readonly workerId: string; readonly runId: string }) =>
       Effect.gen(function* () {
@@ -532,6 +564,13 @@ const make = (options: RegistryOptions) =>
             })
           }
           for (const run of gone) {
+            const socket = run.controlSocket
+            if (socket !== null) {
+              const removed = Either.try(() => removeStaleSocket(dataDir, run.runId, socket))
+              if (Either.isLeft(removed)) {
+                yield* Effect.logWarning(`snakepit registry sweep: cannot remove ${socket}: ${String(removed.left)}`)
+              }
+            }
             yield* sql`DELETE FROM workers WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
             yield* sql`DELETE FROM runs WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
             RunLock.removeIfFree(dataDir, run.runId)
@@ -583,6 +622,7 @@ const make = (options: RegistryOptions) =>
       databasePath,
       startRun,
       endRun,
+      setControlSocket,
       reserveWorker,
       attachProcess: setProcess("attachProcess", "reserved"),
       activateWorker: setProcess("activateWorker", "active"),
