@@ -1,6 +1,6 @@
 /**
  * Run locks with real processes: a run is alive while its host holds the OS lock of its run,
- * whatever the rows say, and dead once the kernel has released it (ADR 0006).
+ * whatever the rows say, and dead once the kernel has released it (ADR 0011).
  */
 import { existsSync, readdirSync, writeFileSync } from "node:fs"
 import { join } from "node:path"

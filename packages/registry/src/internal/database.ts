@@ -1,7 +1,7 @@
 /**
  * Finding, checking and preparing the registry database file before the SQL client opens it.
  *
- * Nothing in the data directory is trusted blindly (ADR 0006): the directory must be this user's
+ * Nothing in the data directory is trusted blindly (ADR 0011): the directory must be this user's
  * and writable by nobody else, and `registry.db` and its `-wal`/`-shm` companions must be plain
  * files of ours, checked with lstat before anything opens, creates or chmods them (a link there
  * is refused, never followed). A full file system is said as such, with the fix.

@@ -1,7 +1,7 @@
 /**
  * The run lock: a live host holds an OS lock for each of its runs, and a run is dead only when
  * its lock is free. The kernel releases the lock when the process dies, however it dies, so
- * liveness never rests on a row anyone could write (ADR 0006).
+ * liveness never rests on a row anyone could write (ADR 0011).
  *
  * Node has no flock; SQLite's unix VFS takes POSIX fcntl locks. Each run has a file
  * `<dataDir>/runs/<runId>.lock`, opened with better-sqlite3 in `locking_mode=EXCLUSIVE` inside a
