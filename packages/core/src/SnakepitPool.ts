@@ -21,15 +21,15 @@ import { WorkerFactory } from "./WorkerFactory.js"
 const dataDirError = (dataDir: string, message: string) =>
   new ConfigError({ key: "dataDir", value: dataDir, reason: message })
 
+const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
+  effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
+
 /**
  * With a process registry: records this run (its lock, then its row), then sweeps what dead runs
  * left behind (workers whose host died without cleaning up), before any worker of ours starts.
  * A run that cannot be recorded (a full disk, a run id another live process holds) fails the
  * pool with a ConfigError for `dataDir`: no worker could be recorded either.
  */
-const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
-  effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
-
 const startRun = Effect.gen(function* () {
   const registry = yield* Effect.serviceOption(Registry)
   if (Option.isNone(registry)) return Option.none()

@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Processes } from "@snakepit/testkit"
 import { Duration, Effect } from "effect"
+import { createPool } from "../src/index.js"
 
 const httpHost = fileURLToPath(new URL("./fixtures/hosts/http-host.mjs", import.meta.url))
 
@@ -102,6 +103,13 @@ describe("createPool and signals (a real HTTP service)", () => {
       // Nothing closed the pool: the workers follow their host through their parent-death watch.
       yield* Processes.awaitGone(service.workers, Duration.seconds(5))
       yield* Processes.awaitRunGone(service.runId, Duration.seconds(5))
+    })
+  )
+
+  it.live("handleSignals that is not a boolean is a ConfigError naming it, before anything starts", () =>
+    Effect.promise(async () => {
+      const error = await createPool({ handleSignals: "no" as unknown as boolean }).catch((e: unknown) => e)
+      expect(error).toMatchObject({ _tag: "ConfigError", key: "handleSignals", value: "no" })
     })
   )
 })
