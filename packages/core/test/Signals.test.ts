@@ -19,6 +19,8 @@ interface Serving {
   readonly runId: string
   readonly port: number
   readonly workers: ReadonlyArray<number>
+  /** How many listeners the signal has once the pool serves. */
+  readonly listeners: number
 }
 
 /** Starts the HTTP service (killed when the scope closes) and waits until it serves. */
@@ -87,6 +89,7 @@ describe("createPool and signals (a real HTTP service)", () => {
   it.scopedLive("with no application handler, SIGTERM closes the pool and ends the process by the signal", () =>
     Effect.gen(function* () {
       const service = yield* startService({ signal: "SIGTERM", handler: "none" })
+      expect(service.listeners).toBe(1) // createPool's own
       service.host.child.kill("SIGTERM")
       expect(yield* service.host.exited()).toEqual({ code: null, signal: "SIGTERM" })
       // Closed before the signal ended it: the workers were stopped, not left to their death watch.
@@ -98,6 +101,7 @@ describe("createPool and signals (a real HTTP service)", () => {
   it.scopedLive("handleSignals: false adds no handler: SIGTERM ends the process at once, and no worker survives", () =>
     Effect.gen(function* () {
       const service = yield* startService({ signal: "SIGTERM", handler: "none", handleSignals: false })
+      expect(service.listeners).toBe(0)
       service.host.child.kill("SIGTERM")
       expect(yield* service.host.exited()).toEqual({ code: null, signal: "SIGTERM" })
       // Nothing closed the pool: the workers follow their host through their parent-death watch.
