@@ -112,7 +112,13 @@ describe("createPool and signals (a real HTTP service)", () => {
 
   it.live("handleSignals that is not a boolean is a ConfigError naming it, before anything starts", () =>
     Effect.promise(async () => {
-      const error = await createPool({ handleSignals: "no" as unknown as boolean }).catch((e: unknown) => e)
+      const error = await createPool({ handleSignals: "no" as unknown as boolean }).then(
+        async (pool) => {
+          await pool.close() // a pool must not outlive a failing test
+          return pool
+        },
+        (e: unknown) => e
+      )
       expect(error).toMatchObject({ _tag: "ConfigError", key: "handleSignals", value: "no" })
     })
   )
