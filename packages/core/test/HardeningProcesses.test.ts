@@ -9,7 +9,7 @@ import { delimiter, dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Fixtures, Processes } from "@snakepit/testkit"
-import { Effect, Metric } from "effect"
+import { Effect, Fiber, Metric } from "effect"
 import { createPool, SnakepitMetrics } from "../src/index.js"
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -202,6 +202,75 @@ describe("[slow] odd arguments are InvalidArguments with a path, and the pool se
             expect((yield* pool.stats()).restarts).toBe(0)
           }),
         { size: 1, ...tools }
+      ),
+    60_000
+  )
+})
+
+describe("[slow] sessions are safe by default", () => {
+  it.live(
+    "the issue's repro: alice's get waits for her busy worker and finds her value",
+    () =>
+      Fixtures.withPool(
+        (pool) =>
+          Effect.gen(function* () {
+            yield* pool.execute("session_put", { key: "k", value: "alice's" }, { session: "alice" })
+            const long = yield* Effect.fork(pool.execute("sleep", { ms: 500 }, { session: "alice" }))
+            yield* pool
+              .stats()
+              .pipe(
+                Effect.delay("10 millis"),
+                Effect.repeat({ until: (stats) => stats.busy === 1 }),
+                Effect.timeout("10 seconds")
+              )
+            // The other worker is idle, but it does not hold alice's state: the default waits.
+            expect(yield* pool.execute("session_get", { key: "k" }, { session: "alice" })).toBe("alice's")
+            yield* Fiber.join(long)
+          }),
+        { size: 2 }
+      ),
+    60_000
+  )
+})
+
+describe("[slow] a bad call option never takes a worker", () => {
+  it.live(
+    "the issue's options on a pool of 2, then two calls at once still run side by side",
+    () =>
+      Fixtures.withPool(
+        (pool) =>
+          Effect.gen(function* () {
+            const bad: ReadonlyArray<Record<string, unknown>> = [
+              { timeout: "abc" },
+              { timeout: "infinity" },
+              { timeout: {} },
+              { timeout: Number.NaN },
+              { timeout: -5 },
+              { attachments: { photo: "not bytes" } }
+            ]
+            for (const options of bad) {
+              const error = yield* Effect.flip(pool.execute("echo", { value: 1 }, options as never))
+              expect(error._tag, JSON.stringify(options)).toBe("InvalidArguments")
+            }
+            expect(yield* pool.stats()).toMatchObject({ busy: 0, ready: 2 })
+            // Both workers still take calls: two at once are both running.
+            const both = yield* Effect.fork(
+              Effect.all([pool.execute("sleep", { ms: 1_000 }), pool.execute("sleep", { ms: 1_000 })], {
+                concurrency: 2
+              })
+            )
+            const running = yield* pool
+              .stats()
+              .pipe(
+                Effect.delay("20 millis"),
+                Effect.repeat({ until: (stats) => stats.busy === 2 }),
+                Effect.timeout("10 seconds")
+              )
+            expect(running.busy).toBe(2)
+            yield* Fiber.join(both)
+            expect(yield* pool.stats()).toMatchObject({ busy: 0, ready: 2, restarts: 0 })
+          }),
+        { size: 2, queue: { timeout: "1 second" } }
       ),
     60_000
   )
