@@ -106,7 +106,7 @@ describe("sessions are safe by default", () => {
       yield* settle
       yield* pool.execute("echo", { value: 2 }, { session: "bob" })
       const [first, second, third] = fake.calls.filter((c) => c.session === "bob")
-      expect(first!.sessionMoved).toBe(false)
+      expect(first!.sessionMoved).toBeUndefined()
       expect(second!.workerId).toBe(first!.workerId)
       expect(third!.workerId).not.toBe(first!.workerId)
       expect(third!.sessionMoved).toBe(true)

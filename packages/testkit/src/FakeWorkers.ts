@@ -36,7 +36,7 @@ export interface FakeWorker {
     readonly tool: string
     readonly args: Record<string, unknown>
     readonly session: string | undefined
-    /** The pool told the tool its session moved (`ctx.session_moved`). */
+    /** Present (true) only when the pool told the tool its session moved (`ctx.session_moved`). */
     readonly sessionMoved?: boolean
   }>
   /** Sessions the pool asked it to clean up. */
@@ -78,7 +78,7 @@ export interface FakeCall {
   readonly tool: string
   readonly args: Record<string, unknown>
   readonly session: string | undefined
-  /** The pool told the tool its session moved (`ctx.session_moved`). */
+  /** Present (true) only when the pool told the tool its session moved (`ctx.session_moved`). */
   readonly sessionMoved?: boolean
 }
 
@@ -180,7 +180,12 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
         Effect.gen(function* () {
           if (yield* Deferred.isDone(exit)) return yield* crashed(tool)
           const args = argsJson.value as Record<string, unknown>
-          const call = { tool, args, session: callOptions.session, sessionMoved: callOptions.sessionMoved === true }
+          const call = {
+            tool,
+            args,
+            session: callOptions.session,
+            ...(callOptions.sessionMoved === true ? { sessionMoved: true } : {})
+          }
           fake.calls.push(call)
           calls.push({ workerId: id, ...call })
           const handler = tools[tool]
