@@ -3,7 +3,9 @@
  * channel and gRPC) implement it, and map the worker's failures to the same typed errors here.
  */
 import { InvalidArguments, PythonError, ToolNotFound, type WorkerCallError } from "../errors.js"
+import { Option, Schema } from "effect"
 import type { ToolDescription } from "../Snakepit.js"
+import * as Tool from "../Tool.js"
 import type { PoolWorker } from "../WorkerFactory.js"
 
 /** The calls of a worker over one transport. */
@@ -56,6 +58,21 @@ export interface RawToolSpec {
     /** JSON text of the default; "" when none (or not representable). */
     readonly defaultJson: string
   }>
+  /** `{params, returns}` as the worker sent it (JSON text or a value), when it did. */
+  readonly types?: unknown
+}
+
+const decodeTypes = Schema.decodeUnknownOption(Tool.ToolTypes)
+const typesOf = (raw: unknown) =>
+  Option.getOrUndefined(
+    decodeTypes(typeof raw === "string" ? (raw === "" ? undefined : safeParse(raw)) : raw)
+  )
+const safeParse = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
 }
 
 /** The domain description of a tool. */
@@ -68,5 +85,8 @@ export const toolDescription = (spec: RawToolSpec): ToolDescription => ({
     type: p.type,
     required: p.required,
     ...(p.defaultJson.length > 0 ? { default: JSON.parse(p.defaultJson) as unknown } : {})
-  }))
+  })),
+  ...withTypes(typesOf(spec.types))
 })
+
+const withTypes = (types: Tool.ToolTypes | undefined) => (types === undefined ? {} : { types })

@@ -216,6 +216,8 @@ export interface ToolSpec {
   description: string;
   parameters: ToolParameter[];
   streaming: boolean;
+  /** JSON: {"params": {name: type}, "returns": type}, the annotations as types (annotations.py). */
+  typesJson: string;
 }
 
 export interface DescribeToolsRequest {
@@ -2119,7 +2121,7 @@ export const ToolParameter: MessageFns<ToolParameter> = {
 };
 
 function createBaseToolSpec(): ToolSpec {
-  return { name: "", description: "", parameters: [], streaming: false };
+  return { name: "", description: "", parameters: [], streaming: false, typesJson: "" };
 }
 
 export const ToolSpec: MessageFns<ToolSpec> = {
@@ -2135,6 +2137,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     }
     if (message.streaming !== false) {
       writer.uint32(32).bool(message.streaming);
+    }
+    if (message.typesJson !== "") {
+      writer.uint32(42).string(message.typesJson);
     }
     return writer;
   },
@@ -2184,6 +2189,14 @@ export const ToolSpec: MessageFns<ToolSpec> = {
             message.streaming = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.typesJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2204,6 +2217,11 @@ export const ToolSpec: MessageFns<ToolSpec> = {
         ? object.parameters.map((e: any) => ToolParameter.fromJSON(e))
         : [],
       streaming: isSet(object.streaming) ? globalThis.Boolean(object.streaming) : false,
+      typesJson: isSet(object.typesJson)
+        ? globalThis.String(object.typesJson)
+        : isSet(object.types_json)
+        ? globalThis.String(object.types_json)
+        : "",
     };
   },
 
@@ -2221,6 +2239,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     if (message.streaming !== false) {
       obj.streaming = message.streaming;
     }
+    if (message.typesJson !== "") {
+      obj.typesJson = message.typesJson;
+    }
     return obj;
   },
 
@@ -2233,6 +2254,7 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     message.description = object.description ?? "";
     message.parameters = object.parameters?.map((e) => ToolParameter.fromPartial(e)) || [];
     message.streaming = object.streaming ?? false;
+    message.typesJson = object.typesJson ?? "";
     return message;
   },
 };
