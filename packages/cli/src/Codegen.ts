@@ -192,7 +192,9 @@ export const codegen = (options: {
           ...(options.python === undefined ? {} : { python: options.python })
         })
       ),
-      Effect.tapError((error) => Console.error(`snakepit codegen: cannot describe ${options.adapter}: ${error.message}`)),
+      Effect.tapError((error) =>
+        Console.error(`snakepit codegen: cannot describe ${options.adapter}: ${error.message}`)
+      ),
       Effect.mapError((error) => new DiagnosticFailure({ command: "codegen", problems: [error.message] }))
     )
     const source = render(options.adapter, service, tools)

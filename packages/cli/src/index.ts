@@ -7,14 +7,14 @@
 
 /** The command line: `Cli.run(argv)` returns the exit code. */
 export * as Cli from "./Cli.js"
+/** `snakepit codegen`: `Codegen.render(adapter, service, tools)` writes a typed client; `Codegen.codegen(options)` starts the adapter and writes or checks it. */
+export * as Codegen from "./Codegen.js"
 /** `snakepit doctor`: `Doctor.run(options)` returns every check; `Doctor.doctor` also prints them. */
 export * as Doctor from "./Doctor.js"
 /** Typed failures of the commands. */
 export * from "./errors.js"
 /** `snakepit restart|stop|resize|drain|events`: act on running hosts through their control sockets. */
 export * as Operate from "./Operate.js"
-/** `snakepit codegen`: `Codegen.render(adapter, service, tools)` writes a typed client; `Codegen.codegen(options)` starts the adapter and writes or checks it. */
-export * as Codegen from "./Codegen.js"
 /** `snakepit status`: `Status.inspect` reads the registry against the OS; `Status.status` also prints it. */
 export * as Status from "./Status.js"
 /** `snakepit sweep`: `Sweep.sweep(options)` kills proven orphans of dead runs and prints what it killed. */

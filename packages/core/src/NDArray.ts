@@ -58,7 +58,11 @@ export interface TypedArrays {
  */
 export type TypedArray = TypedArrays[DType] | Uint8ClampedArray
 
-type Constructor = { readonly BYTES_PER_ELEMENT: number; new (buffer: ArrayBuffer, offset: number, length: number): TypedArray; new (length: number): TypedArray }
+type Constructor = {
+  readonly BYTES_PER_ELEMENT: number
+  new (buffer: ArrayBuffer, offset: number, length: number): TypedArray
+  new (length: number): TypedArray
+}
 
 const CONSTRUCTORS: Record<DType, Constructor> = {
   bool: Uint8Array,
@@ -119,7 +123,8 @@ export class NDArray<D extends DType = DType> {
     }
     let size = 1
     for (const n of shape) {
-      if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`shape ${JSON.stringify(shape)} is not a list of sizes`)
+      if (!Number.isSafeInteger(n) || n < 0)
+        throw new RangeError(`shape ${JSON.stringify(shape)} is not a list of sizes`)
       size *= n
     }
     if (size !== data.length) {
@@ -140,16 +145,16 @@ export class NDArray<D extends DType = DType> {
    * aligned for the dtype, else a copy. Throws a `RangeError` when the sizes do not match.
    */
   static fromBytes(dtype: DType, shape: ReadonlyArray<number>, bytes: Uint8Array): NDArray {
-    const constructor = CONSTRUCTORS[dtype]
-    const width = constructor.BYTES_PER_ELEMENT
+    const Typed = CONSTRUCTORS[dtype]
+    const width = Typed.BYTES_PER_ELEMENT
     if (bytes.byteLength % width !== 0) {
       throw new RangeError(`${bytes.byteLength} bytes are not a whole number of ${dtype} values`)
     }
     const length = bytes.byteLength / width
     const data =
       bytes.byteOffset % width === 0
-        ? new constructor(bytes.buffer as ArrayBuffer, bytes.byteOffset, length)
-        : new constructor(bytes.slice().buffer as ArrayBuffer, 0, length)
+        ? new Typed(bytes.buffer as ArrayBuffer, bytes.byteOffset, length)
+        : new Typed(bytes.slice().buffer as ArrayBuffer, 0, length)
     return new NDArray(dtype, data as TypedArrays[DType], shape)
   }
 

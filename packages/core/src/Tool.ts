@@ -13,8 +13,8 @@ import type { Table } from "apache-arrow"
 import { Effect, type ParseResult, Schema, Stream } from "effect"
 import type { CallError } from "./errors.js"
 import * as Arrow from "./internal/arrow.js"
-import { Snakepit } from "./Snakepit.js"
 import type { CallOptions } from "./Snakepit.js"
+import { Snakepit } from "./Snakepit.js"
 
 /**
  * A typed tool. `A` is what the caller passes (encoded with `args` before it is sent), `R` what
@@ -23,10 +23,10 @@ import type { CallOptions } from "./Snakepit.js"
  * @since 0.3.0
  * @category models
  */
-export interface Tool<A, R, Streaming extends boolean = boolean> {
+export interface Tool<A, R, Streaming extends boolean = boolean, AI = A, RI = R> {
   readonly name: string
-  readonly args: Schema.Schema<A, any>
-  readonly result: Schema.Schema<R, any>
+  readonly args: Schema.Schema<A, AI>
+  readonly result: Schema.Schema<R, RI>
   /** A generator tool: call it with {@link stream}. */
   readonly streaming: Streaming
 }
@@ -37,7 +37,8 @@ export interface Tool<A, R, Streaming extends boolean = boolean> {
  * @since 0.3.0
  * @category models
  */
-export type Any = Tool<any, any, boolean>
+// biome-ignore lint/suspicious/noExplicitAny: A and I are invariant in Schema, so only `any` admits every tool.
+export type Any = Tool<any, any, boolean, any, any>
 
 /**
  * A typed tool from its name and Schemas (`streaming: true` for a generator tool, whose
@@ -61,14 +62,14 @@ export const make = <A, AI, R, RI, Streaming extends boolean = false>(options: {
   readonly args: Schema.Schema<A, AI>
   readonly result: Schema.Schema<R, RI>
   readonly streaming?: Streaming
-}): Tool<A, R, Streaming> => ({
+}): Tool<A, R, Streaming, AI, RI> => ({
   name: options.name,
   args: options.args,
   result: options.result,
   streaming: (options.streaming ?? false) as Streaming
 })
 
-const encodeArgs = <A, R>(tool: Tool<A, R>, args: A) => Schema.encode(tool.args)(args)
+const encodeArgs = <A, AI>(schema: Schema.Schema<A, AI>, args: A) => Schema.encode(schema)(args)
 
 /**
  * Calls a unary tool: encodes `args`, runs it on the pool, decodes its result.
@@ -76,13 +77,13 @@ const encodeArgs = <A, R>(tool: Tool<A, R>, args: A) => Schema.encode(tool.args)
  * @since 0.3.0
  * @category calls
  */
-export const execute = <A, R>(
-  tool: Tool<A, R, false>,
+export const execute = <A, R, AI, RI>(
+  tool: Tool<A, R, false, AI, RI>,
   args: A,
   options?: CallOptions
 ): Effect.Effect<R, CallError | ParseResult.ParseError, Snakepit> =>
   Effect.flatMap(Snakepit, (snakepit) =>
-    encodeArgs(tool, args).pipe(
+    encodeArgs(tool.args, args).pipe(
       Effect.flatMap((encoded) => snakepit.execute(tool.name, encoded, options)),
       Effect.flatMap(Schema.decodeUnknown(tool.result))
     )
@@ -95,14 +96,14 @@ export const execute = <A, R>(
  * @since 0.3.0
  * @category calls
  */
-export const stream = <A, R>(
-  tool: Tool<A, R, true>,
+export const stream = <A, R, AI, RI>(
+  tool: Tool<A, R, true, AI, RI>,
   args: A,
   options?: CallOptions
 ): Stream.Stream<R, CallError | ParseResult.ParseError, Snakepit> =>
   Stream.unwrap(
     Effect.map(Snakepit, (snakepit) =>
-      Stream.fromEffect(encodeArgs(tool, args)).pipe(
+      Stream.fromEffect(encodeArgs(tool.args, args)).pipe(
         Stream.flatMap((encoded) => snakepit.executeStream(tool.name, encoded, options)),
         Stream.mapEffect(Schema.decodeUnknown(tool.result))
       )
@@ -116,9 +117,9 @@ export const stream = <A, R>(
  * @category models
  */
 export type Client<Tools extends Record<string, Any>> = {
-  readonly [K in keyof Tools]: Tools[K] extends Tool<infer A, infer R, true>
+  readonly [K in keyof Tools]: Tools[K] extends Tool<infer A, infer R, true, infer _AI, infer _RI>
     ? (args: A, options?: CallOptions) => Stream.Stream<R, CallError | ParseResult.ParseError>
-    : Tools[K] extends Tool<infer A, infer R, false>
+    : Tools[K] extends Tool<infer A, infer R, false, infer _AI, infer _RI>
       ? (args: A, options?: CallOptions) => Effect.Effect<R, CallError | ParseResult.ParseError>
       : never
 }
@@ -130,7 +131,9 @@ export type Client<Tools extends Record<string, Any>> = {
  * @since 0.3.0
  * @category constructors
  */
-export const client = <Tools extends Record<string, Any>>(tools: Tools): Effect.Effect<Client<Tools>, never, Snakepit> =>
+export const client = <Tools extends Record<string, Any>>(
+  tools: Tools
+): Effect.Effect<Client<Tools>, never, Snakepit> =>
   Effect.map(Snakepit, (snakepit) => {
     const methods: Record<string, unknown> = {}
     for (const [key, tool] of Object.entries(tools)) {

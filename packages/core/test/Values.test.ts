@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { NDArray, Snakepit, type SnakepitOptions, type SnakepitService, Tool } from "@snakepit/core"
 import { Fixtures, Venv } from "@snakepit/testkit"
-import { tableFromArrays, type Table } from "apache-arrow"
+import { type Table, tableFromArrays } from "apache-arrow"
 import { Effect, Schema } from "effect"
 
 const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
@@ -17,7 +17,8 @@ const dataVenv = Venv.withPackages({
   imports: ["numpy", "pandas", "pyarrow", "pydantic"],
   shareModulesOf: Venv.suitePython()
 })
-if (dataVenv._tag === "Unavailable") console.warn(`Values.test.ts: numpy/pandas/pyarrow tests SKIPPED: ${dataVenv.reason}`)
+if (dataVenv._tag === "Unavailable")
+  console.warn(`Values.test.ts: numpy/pandas/pyarrow tests SKIPPED: ${dataVenv.reason}`)
 
 const options = (python: string, transport: "local" | "grpc"): SnakepitOptions => ({
   size: 1,
@@ -28,8 +29,11 @@ const options = (python: string, transport: "local" | "grpc"): SnakepitOptions =
   callTimeout: "60 seconds"
 })
 
-const withRich = <A, E>(python: string, transport: "local" | "grpc", use: (pool: SnakepitService) => Effect.Effect<A, E>) =>
-  Fixtures.withPool(use, options(python, transport))
+const withRich = <A, E>(
+  python: string,
+  transport: "local" | "grpc",
+  use: (pool: SnakepitService) => Effect.Effect<A, E>
+) => Fixtures.withPool(use, options(python, transport))
 
 const bytesOf = (value: unknown) => Buffer.from(value as Uint8Array)
 
@@ -55,7 +59,11 @@ describe.skipIf(dataVenv._tag !== "Ready")("with numpy, pandas and pyarrow", () 
             expect(seen).toMatchObject({ type: "numpy.ndarray", dtype, shape, writable: true })
             expect(Buffer.compare(bytesOf(seen.bytes), Buffer.from(got.bytes))).toBe(0)
           }
-          const fortran = (yield* pool.execute("ndarray", { dtype: "float64", shape: [2, 3], fortran: true })) as NDArray
+          const fortran = (yield* pool.execute("ndarray", {
+            dtype: "float64",
+            shape: [2, 3],
+            fortran: true
+          })) as NDArray
           expect(Array.from(fortran.data as Float64Array)).toEqual([0, 1, 2, 3, 4, 5])
           const bare = new Float64Array([1.5, -2, Number.MAX_VALUE, Number.MIN_VALUE])
           const echoed = (yield* pool.execute("echo", { value: bare })) as NDArray

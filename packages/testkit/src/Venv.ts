@@ -165,19 +165,37 @@ export const withPackages = (options: {
       return { _tag: "Ready", python: venvPython }
     }
     rmSync(options.dir, { recursive: true, force: true })
-    execFileSync(options.base ?? baseOf(suitePython()), ["-m", "venv", options.dir], { stdio: "ignore", timeout: 120_000 })
+    execFileSync(options.base ?? baseOf(suitePython()), ["-m", "venv", options.dir], {
+      stdio: "ignore",
+      timeout: 120_000
+    })
     execFileSync(
       venvPython,
-      ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--retries", "0", "--timeout", "10", ...options.packages],
+      [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "0",
+        "--timeout",
+        "10",
+        ...options.packages
+      ],
       // A user-level `user = true` pip setting would refuse to install into a venv.
       { stdio: ["ignore", "ignore", "pipe"], timeout: 900_000, env: { ...process.env, PIP_USER: "0" } }
     )
   } catch (error) {
     rmSync(options.dir, { recursive: true, force: true })
     const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim().split("\n").slice(-3).join(" ") ?? ""
-    return { _tag: "Unavailable", reason: `cannot install ${options.packages.join(" ")} from the package index: ${stderr || String(error)}` }
+    return {
+      _tag: "Unavailable",
+      reason: `cannot install ${options.packages.join(" ")} from the package index: ${stderr || String(error)}`
+    }
   }
-  if (!imports()) return { _tag: "Unavailable", reason: `${venvPython} still cannot import ${options.imports.join(", ")}` }
+  if (!imports())
+    return { _tag: "Unavailable", reason: `${venvPython} still cannot import ${options.imports.join(", ")}` }
   share()
   return { _tag: "Ready", python: venvPython }
 }

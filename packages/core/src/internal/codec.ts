@@ -212,7 +212,9 @@ const decodeKind = (kind: unknown, record: Record<string, unknown>, blobs: Reado
     case "ndarray": {
       const { dtype, shape } = record
       if (!isDType(dtype) || !Array.isArray(shape)) {
-        throw new MalformedValue(`an ndarray value with dtype ${JSON.stringify(dtype)} and shape ${JSON.stringify(shape)}`)
+        throw new MalformedValue(
+          `an ndarray value with dtype ${JSON.stringify(dtype)} and shape ${JSON.stringify(shape)}`
+        )
       }
       try {
         return NDArray.fromBytes(dtype, shape as ReadonlyArray<number>, blobOf(kind, record, blobs))

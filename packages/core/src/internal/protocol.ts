@@ -2,8 +2,9 @@
  * What a transport adds to the process half of a worker: the calls. Both transports (the local
  * channel and gRPC) implement it, and map the worker's failures to the same typed errors here.
  */
-import { InvalidArguments, PythonError, ToolNotFound, type WorkerCallError } from "../errors.js"
+
 import { Option, Schema } from "effect"
+import { InvalidArguments, PythonError, ToolNotFound, type WorkerCallError } from "../errors.js"
 import type { ToolDescription } from "../Snakepit.js"
 import * as Tool from "../Tool.js"
 import type { PoolWorker } from "../WorkerFactory.js"
@@ -64,9 +65,7 @@ export interface RawToolSpec {
 
 const decodeTypes = Schema.decodeUnknownOption(Tool.ToolTypes)
 const typesOf = (raw: unknown) =>
-  Option.getOrUndefined(
-    decodeTypes(typeof raw === "string" ? (raw === "" ? undefined : safeParse(raw)) : raw)
-  )
+  Option.getOrUndefined(decodeTypes(typeof raw === "string" ? (raw === "" ? undefined : safeParse(raw)) : raw))
 const safeParse = (text: string): unknown => {
   try {
     return JSON.parse(text)
