@@ -216,7 +216,7 @@ export interface ToolSpec {
   description: string;
   parameters: ToolParameter[];
   streaming: boolean;
-  /** JSON: {"params": {name: type}, "returns": type}, the annotations as types (annotations.py). */
+  /** JSON: {"params": {name: type}, "returns": type}, the annotations as types (typeinfo.py). */
   typesJson: string;
 }
 
