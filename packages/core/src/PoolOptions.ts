@@ -137,6 +137,13 @@ export interface PoolOptions {
   /** Largest message in either direction, on either transport. Default 64 MiB. */
   readonly maxMessageBytes?: number
   /**
+   * Check each call's arguments against the tool's Python annotations before it runs: a value
+   * that does not fit is `InvalidArguments` naming the parameter and the expected type. An
+   * adapter can opt in on its own (`validate_arguments = True`). Default false (env
+   * `SNAKEPIT_VALIDATE_ARGUMENTS`).
+   */
+  readonly validateArguments?: boolean
+  /**
    * How the host talks to its workers. `local` (default): a private socket pair each worker
    * inherits; no port, no secret, only the standard library in Python, and the fastest. `grpc`:
    * gRPC with a per-worker token, for users who want gRPC tooling (needs grpcio and protobuf in
@@ -208,6 +215,7 @@ export interface ResolvedPoolOptions {
   readonly drainTimeout: Duration.Duration
   readonly cancelGrace: Duration.Duration
   readonly maxMessageBytes: number
+  readonly validateArguments: boolean
   readonly transport: Transport
   readonly grpc: { readonly listen: "loopback" | "unix" }
   readonly dataDir: string | undefined

@@ -15,9 +15,10 @@ import { delimiter, join } from "node:path"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { BridgeClient } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
-import { Config, Duration, Effect, type Scope } from "effect"
+import { Config, Duration, Effect, Fiber, type Scope } from "effect"
 import { type ConfigError, InvalidArguments, WorkerStartError } from "./errors.js"
 import type { HostToolsService } from "./HostTool.js"
+import * as Arrow from "./internal/arrow.js"
 import * as Codec from "./internal/codec.js"
 import * as GrpcProtocol from "./internal/grpc/GrpcProtocol.js"
 import * as LocalProtocol from "./internal/local/LocalProtocol.js"
@@ -79,6 +80,8 @@ export interface WorkerOptions {
   readonly gracefulTimeout?: Duration.DurationInput
   /** Largest message in either direction. Default 64 MiB. */
   readonly maxMessageBytes?: number
+  /** Check arguments against the tools' annotations before they run (`--validate-arguments`). */
+  readonly validateArguments?: boolean
   /** Run id passed as `--snakepit-run-id`. Default: the `RunId` service, else this process's. */
   readonly runId?: string
   /** Working directory of the worker. */
@@ -222,9 +225,12 @@ export const make = (
       String(maxMessageBytes),
       ...(transport === "local" ? ["--concurrency", String(options.concurrency ?? 1)] : []),
       ...(transport === "local" && options.hostTools !== undefined ? ["--host-tools"] : []),
+      ...(options.validateArguments === true ? ["--validate-arguments"] : []),
       ...(unixDir === undefined ? [] : ["--unix-socket", join(unixDir, "worker.sock")])
     ]
 
+    // Loads while the worker starts, so that a first Arrow table finds it (see internal/arrow.ts).
+    const arrowLoaded = yield* Effect.fork(Arrow.load)
     const proc = yield* WorkerProcess.spawn({
       workerId: id,
       runId,
@@ -265,6 +271,7 @@ export const make = (
           })
 
     yield* proc.activate
+    yield* Fiber.join(arrowLoaded)
 
     return {
       id,

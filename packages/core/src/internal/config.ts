@@ -31,6 +31,7 @@
  * | drainTimeout      | 30 seconds                                |                                 |
  * | cancelGrace       | 5 seconds                                 | SNAKEPIT_CANCEL_GRACE           |
  * | maxMessageBytes   | 64 MiB                                    | SNAKEPIT_MAX_MESSAGE_BYTES      |
+ * | validateArguments | false                                     | SNAKEPIT_VALIDATE_ARGUMENTS     |
  * | transport         | "local"                                   | SNAKEPIT_TRANSPORT              |
  * | grpc.listen       | "loopback"                                | SNAKEPIT_GRPC_LISTEN            |
  * | dataDir           | undefined (a per-user directory)          | SNAKEPIT_DATA_DIR               |
@@ -76,6 +77,7 @@ const DEFAULTS = {
   drainTimeout: Duration.seconds(30),
   cancelGrace: Duration.seconds(5),
   maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  validateArguments: false,
   transport: "local" as Transport,
   grpc: { listen: "loopback" as "loopback" | "unix" }
 } as const
@@ -384,6 +386,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
     }),
     healthCheck: defined({ interval: yield* envDuration("SNAKEPIT_HEALTH_INTERVAL", TIMEOUT) }),
     maxMessageBytes: yield* envInteger("SNAKEPIT_MAX_MESSAGE_BYTES"),
+    validateArguments: yield* fromEnv("SNAKEPIT_VALIDATE_ARGUMENTS", toBooleanInput, boolean),
     cancelGrace: yield* envDuration("SNAKEPIT_CANCEL_GRACE", TIMEOUT),
     transport: yield* fromEnv("SNAKEPIT_TRANSPORT", same, oneOf(TRANSPORTS)),
     grpc: defined({ listen: yield* fromEnv("SNAKEPIT_GRPC_LISTEN", same, oneOf(LISTENS)) }),
@@ -546,6 +549,11 @@ const resolvePool = (
         "maxMessageBytes",
         options.maxMessageBytes ?? DEFAULTS.maxMessageBytes,
         integerAtLeast(1024, "expected an integer of at least 1024")
+      ),
+      validateArguments: yield* field(
+        "validateArguments",
+        options.validateArguments ?? DEFAULTS.validateArguments,
+        boolean
       ),
       transport: yield* field("transport", options.transport ?? DEFAULTS.transport, oneOf(TRANSPORTS)),
       grpc: { listen: yield* field("grpc.listen", grpc.listen ?? DEFAULTS.grpc.listen, oneOf(LISTENS)) },

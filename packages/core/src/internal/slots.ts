@@ -125,6 +125,7 @@ export const make = (
       startupTimeout: options.startupTimeout,
       gracefulTimeout: options.gracefulTimeout,
       maxMessageBytes: options.maxMessageBytes,
+      validateArguments: options.validateArguments,
       transport: options.transport,
       concurrency: options.capacity,
       grpcListen: options.grpc.listen,
