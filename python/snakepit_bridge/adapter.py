@@ -263,6 +263,10 @@ class ToolContext:
     cancel_event: CancelFlag = field(default_factory=lambda: CancelFlag(), repr=False)
     # The call's spans and log records (None outside a worker: spans are then no-ops).
     telemetry: CallTelemetry | None = field(default=None, repr=False)
+    # True when this call of the session is served away from the worker that holds its state
+    # (``hint`` affinity while the home worker is busy, or after it died, or moved to another
+    # host): ``session`` may be empty or stale here.
+    session_moved: bool = False
 
     def span(self, name: str, **attributes: Any) -> Span | NoSpan:
         """A span inside the tool, as a context manager (``with`` or ``async with``).
@@ -366,6 +370,10 @@ class BaseAdapter:
     startup) and ``on_stop`` (called on graceful shutdown). Both hooks may be
     plain or ``async`` methods.
     """
+
+    # Check every call's arguments against the tools' annotations (as the pool option
+    # ``validateArguments: true`` does for every adapter): InvalidArguments before the tool runs.
+    validate_arguments: bool = False
 
     def on_start(self) -> Any:
         """Called once before the worker reports readiness."""

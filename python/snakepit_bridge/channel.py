@@ -64,16 +64,14 @@ def open_socket(fd: int) -> socket.socket:
     return sock
 
 
-def _unsendable(tool: str, exc: BaseException, max_frame: int) -> ToolFailure:
+def _unsendable(tool: str, exc: BaseException, max_frame: int, value: Any) -> ToolFailure:
     if isinstance(exc, FrameTooLarge):
         return ToolFailure(
             errors.UNSERIALIZABLE_RESULT,
             "ResultTooLarge",
             f"the result of tool {tool!r} is {exc.size} bytes, over the limit of {max_frame} bytes (maxMessageBytes)",
         )
-    return errors.from_exception(
-        errors.UNSERIALIZABLE_RESULT, exc, f"the result of tool {tool!r} cannot be sent to the host: {exc}"
-    )
+    return errors.unsendable(tool, exc, value, max_frame)
 
 
 def _int(frame: Frame, key: str) -> int:
@@ -106,7 +104,7 @@ class _FrameSink:
             self._writer.send(self._with_telemetry(header))
             return True
         except (FrameTooLarge, TypeError, ValueError, RecursionError) as exc:
-            self.failure(_unsendable(self._tool, exc, self._writer.max_frame))
+            self.failure(_unsendable(self._tool, exc, self._writer.max_frame, header.get("v")))
             return False
 
     def result(self, value: Any) -> None:
@@ -373,6 +371,7 @@ class LocalTransport:
                 attachments=attachments,
                 traceparent=str(header.get("tp", "")),
                 send_telemetry=_telemetry_sender(self.call_writer, call_id),
+                session_moved=header.get("sm") is True,
             )
         except ToolFailure as failure:
             sink.failure(failure)

@@ -61,7 +61,7 @@ def _tool_error(failure: ToolFailure) -> pb.ToolError:
 
 
 def _encode(tool: str, value: Any, max_bytes: int) -> tuple[bytes, list[Any], bool]:
-    encoder = ValueEncoder()
+    encoder = ValueEncoder(max_bytes)
     data = encoder.dumps(value)
     size = len(data) + sum(memoryview(b).nbytes for b in encoder.blobs)
     if size > max_bytes:
@@ -79,9 +79,7 @@ def _encoded_or_failure(tool: str, value: Any, max_bytes: int) -> tuple[bytes, l
     except ToolFailure as failure:
         return failure
     except (TypeError, ValueError, RecursionError) as exc:
-        return errors.from_exception(
-            errors.UNSERIALIZABLE_RESULT, exc, f"the result of tool {tool!r} cannot be sent to the host: {exc}"
-        )
+        return errors.unsendable(tool, exc, value, max_bytes)
 
 
 class _QueueSink:
@@ -251,6 +249,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                         )
                         for p in spec["parameters"]
                     ],
+                    types_json=json.dumps(spec["types"]),
                 )
                 for spec in self._dispatcher.describe()
             ],
@@ -307,6 +306,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                 window=STREAM_WINDOW,
                 attachments=dict(request.attachments),
                 traceparent=request.traceparent,
+                session_moved=request.session_moved,
             )
         except ToolFailure as failure:
             sink.failure(failure)

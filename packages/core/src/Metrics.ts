@@ -44,6 +44,18 @@ export const stuckCalls = Metric.counter("snakepit_stuck_calls_total", {
 })
 
 /**
+ * Session calls that `hint` affinity served away from their session's home worker (it was busy,
+ * or gone): the tool saw `ctx.session_moved`. Tagged with `pool`.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const sessionFallbacks = Metric.counter("snakepit_session_fallbacks_total", {
+  description: "Session calls served away from their home worker (hint affinity)",
+  incremental: true
+})
+
+/**
  * How long calls took, from the pool's lease to the worker's answer, in seconds; tagged with
  * `pool`, `tool` and `outcome` (`success` or `failure`).
  *

@@ -135,6 +135,8 @@ export interface ExecuteOptions {
   readonly attachments?: Readonly<Record<string, Uint8Array>>
   /** The call's trace context and where its spans and log records go. */
   readonly telemetry?: TelemetrySink
+  /** The session is served away from its home worker: the tool sees `ctx.session_moved`. */
+  readonly sessionMoved?: boolean
 }
 
 /**
@@ -151,6 +153,7 @@ export interface StreamOptions {
   /** Chunks the producer may run ahead of the consumer. Default 16. */
   readonly window?: number
   readonly telemetry?: TelemetrySink
+  readonly sessionMoved?: boolean
 }
 
 /**

@@ -13,7 +13,7 @@ import { SpanStatusCode } from "@opentelemetry/api"
 import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { RunId } from "@snakepit/registry"
 import { Fixtures, Processes, Venv } from "@snakepit/testkit"
-import { Chunk, Effect, Either, HashMap, Layer, Logger, LogLevel, Option, Stream } from "effect"
+import { Chunk, Effect, Either, HashMap, Layer, Logger, LogLevel, Stream } from "effect"
 import { Snakepit, SnakepitMetrics, SnakepitPool } from "../src/index.js"
 
 const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
@@ -331,9 +331,15 @@ describe("telemetry", () => {
       const t = tracing()
       return Effect.gen(function* () {
         // grpcio comes from the suite's interpreter, for the gRPC transport.
-        const venv = yield* Venv.withPackages("otel-api", ["opentelemetry-api"], { shareModulesOf: Venv.suitePython() })
-        if (Option.isNone(venv))
-          return test.skip("opentelemetry-api could not be installed: no package index reachable")
+        const venv = yield* Effect.sync(() =>
+          Venv.withPackages({
+            name: "otel-api",
+            packages: ["opentelemetry-api"],
+            imports: ["opentelemetry.trace"],
+            shareModulesOf: Venv.suitePython()
+          })
+        )
+        if (venv._tag === "Unavailable") return test.skip(venv.reason)
         yield* Fixtures.withPool(
           (pool) =>
             Effect.gen(function* () {
@@ -348,7 +354,7 @@ describe("telemetry", () => {
               })
               expect(parentOf(t.named("with otel"))).toBe(t.named("python otel_parent").spanContext().spanId)
             }),
-          { ...traced, python: venv.value.python }
+          { ...traced, python: venv.python }
         )
       }).pipe(Effect.provide(t.layer))
     },

@@ -196,7 +196,8 @@ describe("gRPC transport", () => {
                 requestId: "",
                 traceparent: "",
                 blobs: [],
-                tagged: false
+                tagged: false,
+                sessionMoved: false
               },
               new Metadata(),
               (error) => resume(Effect.succeed(error?.code ?? 0))

@@ -88,6 +88,7 @@ const request = (overrides: Partial<Proto.ExecuteToolRequest> = {}): Proto.Execu
   traceparent: "",
   blobs: [],
   tagged: false,
+  sessionMoved: false,
   ...overrides
 })
 
@@ -159,9 +160,10 @@ describe("BridgeClient", () => {
                   name: "add",
                   description: "adds",
                   streaming: false,
+                  typesJson: "",
                   parameters: [{ name: "a", type: "int", required: true, defaultJson: Buffer.alloc(0) }]
                 },
-                { name: "count", description: "counts", streaming: true, parameters: [] }
+                { name: "count", description: "counts", streaming: true, parameters: [], typesJson: "" }
               ]
             })
         })
@@ -371,7 +373,8 @@ describe("BridgeClient", () => {
         requestId: "q-1",
         traceparent,
         blobs: [Buffer.from([1, 2, 3])],
-        tagged: true
+        tagged: true,
+        sessionMoved: false
       })
       expect(ok.outcome?.$case).toBe("resultJson")
       expect(JSON.parse(ok.outcome?.value.toString() ?? "null")).toEqual({

@@ -24,7 +24,7 @@ import {
 } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
-import { Effect, Option, type Scope } from "effect"
+import { Effect, type Scope } from "effect"
 
 /**
  * A virtualenv made for a test.
@@ -132,75 +132,115 @@ export const make = (options: VenvOptions = {}): Effect.Effect<Venv, Error, Scop
  * @category models
  */
 export interface PackagesOptions {
+  /** Its name: the venv is kept in `<dir>/<name>`. */
+  readonly name: string
+  /** What pip installs. */
+  readonly packages: ReadonlyArray<string>
+  /** Modules it must import to be ready (a kept venv that no longer does is made again). */
+  readonly imports: ReadonlyArray<string>
   /** Where the venvs are kept. Default `.test-venvs` in the current directory (git-ignored). */
   readonly dir?: string
-  /** Let it see this interpreter's site-packages too (a `.pth` file), e.g. the suite's grpcio. */
+  /** Let it see this interpreter's site-packages too (a `.pth` file, after its own), e.g. the suite's grpcio. */
   readonly shareModulesOf?: string
+  /** Interpreter to make it with. Default: the base interpreter of {@link suitePython}. */
+  readonly base?: string
 }
 
-const pipTimeoutMs = 180_000
+/**
+ * What {@link withPackages} gives: the venv, or why there is none (the test then skips, saying so).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type PackagesVenv =
+  | { readonly _tag: "Ready"; readonly python: string; readonly prefix: string }
+  | { readonly _tag: "Unavailable"; readonly reason: string }
 
 /**
  * A virtualenv with `packages` installed by pip from the package index pip is configured for,
- * kept between runs under `options.dir` (made again when the list changes). `None` when they
- * cannot be installed (no index reachable): a test of an optional dependency then skips, saying
- * why. Made in a temporary directory beside its place and renamed into it, so that two suites
- * making it at once never see half a venv.
+ * kept between runs in `<dir>/<name>`: later calls only check that it still imports `imports`,
+ * and it is made again when the list changes. Never installs into a user site. When the index
+ * cannot be reached, `Unavailable` says why (a test of an optional dependency skips). Made in a
+ * temporary directory beside its place and renamed into it, so that two suites making it at once
+ * never see half a venv. Synchronous, for `describe.skipIf`.
  *
  * @since 0.3.0
  * @category constructors
  */
-export const withPackages = (
-  name: string,
-  packages: ReadonlyArray<string>,
-  options: PackagesOptions = {}
-): Effect.Effect<Option.Option<Venv>, Error> =>
-  Effect.try({
-    try: (): Option.Option<Venv> => {
-      const dir = resolve(options.dir ?? ".test-venvs")
-      const wanted = JSON.stringify({ packages: [...packages].sort(), shared: options.shareModulesOf ?? null })
-      const prefix = join(dir, name)
-      const stamp = join(prefix, "snakepit-packages.json")
-      const venvPython = join(prefix, "bin", "python")
-      if (existsSync(stamp) && readFileSync(stamp, "utf8") === wanted) {
-        return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
-      }
-      mkdirSync(dir, { recursive: true })
-      const building = mkdtempSync(join(dir, `.${name}-`))
-      try {
-        execFileSync(baseOf(suitePython()), ["-m", "venv", building], { stdio: "ignore", timeout: 120_000 })
-        const python = join(building, "bin", "python")
-        try {
-          execFileSync(python, ["-m", "pip", "install", "--quiet", ...packages], {
-            stdio: "ignore",
-            timeout: pipTimeoutMs
-          })
-        } catch {
-          return Option.none()
-        }
-        if (options.shareModulesOf !== undefined) {
-          writeFileSync(
-            join(sitePackagesOf(python), "snakepit_test_shared.pth"),
-            `${sitePackagesOf(options.shareModulesOf)}\n`
-          )
-        }
-        writeFileSync(join(building, "snakepit-packages.json"), wanted)
-        // Another suite may have finished the same venv meanwhile: keep it, it may be in use.
-        if (existsSync(stamp) && readFileSync(stamp, "utf8") === wanted) {
-          return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
-        }
-        rmSync(prefix, { recursive: true, force: true })
-        try {
-          renameSync(building, prefix)
-        } catch (error) {
-          // Another suite renamed its own in first: use that one.
-          if (!existsSync(stamp)) throw error
-        }
-      } finally {
-        rmSync(building, { recursive: true, force: true })
-      }
-      // A venv's scripts carry its path: made elsewhere and moved, it is run by its interpreter only.
-      return Option.some({ python: venvPython, prefix, sitePackages: sitePackagesOf(venvPython) })
-    },
-    catch: (error) => new Error(`cannot make the venv ${name}: ${error}`)
-  })
+export const withPackages = (options: PackagesOptions): PackagesVenv => {
+  const dir = resolve(options.dir ?? ".test-venvs")
+  const prefix = join(dir, options.name)
+  const stamp = join(prefix, "snakepit-packages.json")
+  const venvPython = join(prefix, "bin", "python")
+  const wanted = JSON.stringify({ packages: [...options.packages].sort(), shared: options.shareModulesOf ?? null })
+  const imports = (python: string): boolean => {
+    try {
+      execFileSync(python, ["-c", `import ${options.imports.join(", ")}`], { stdio: "ignore", timeout: 60_000 })
+      return true
+    } catch {
+      return false
+    }
+  }
+  const ready = (): PackagesVenv | undefined =>
+    existsSync(stamp) && readFileSync(stamp, "utf8") === wanted && imports(venvPython)
+      ? { _tag: "Ready", python: venvPython, prefix }
+      : undefined
+  const kept = ready()
+  if (kept !== undefined) return kept
+  let building: string | undefined
+  try {
+    mkdirSync(dir, { recursive: true })
+    building = mkdtempSync(join(dir, `.${options.name}-`))
+    execFileSync(options.base ?? baseOf(suitePython()), ["-m", "venv", building], {
+      stdio: "ignore",
+      timeout: 120_000
+    })
+    const python = join(building, "bin", "python")
+    execFileSync(
+      python,
+      [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "0",
+        "--timeout",
+        "10",
+        ...options.packages
+      ],
+      // A user-level `user = true` pip setting would refuse to install into a venv.
+      { stdio: ["ignore", "ignore", "pipe"], timeout: 900_000, env: { ...process.env, PIP_USER: "0" } }
+    )
+    if (options.shareModulesOf !== undefined) {
+      writeFileSync(
+        join(sitePackagesOf(python), "snakepit_test_shared.pth"),
+        `${sitePackagesOf(options.shareModulesOf)}\n`
+      )
+    }
+    if (!imports(python))
+      return { _tag: "Unavailable", reason: `${python} still cannot import ${options.imports.join(", ")}` }
+    writeFileSync(join(building, "snakepit-packages.json"), wanted)
+    // Another suite may have finished the same venv meanwhile: keep it, it may be in use.
+    const theirs = ready()
+    if (theirs !== undefined) return theirs
+    rmSync(prefix, { recursive: true, force: true })
+    try {
+      renameSync(building, prefix)
+    } catch (error) {
+      // Another suite renamed its own in first: use that one.
+      if (!existsSync(stamp)) throw error
+    }
+    // A venv's scripts carry its path: made elsewhere and moved, it is run by its interpreter only.
+    return ready() ?? { _tag: "Unavailable", reason: `${venvPython} cannot import ${options.imports.join(", ")}` }
+  } catch (error) {
+    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim().split("\n").slice(-3).join(" ") ?? ""
+    return {
+      _tag: "Unavailable",
+      reason: `cannot install ${options.packages.join(" ")} from the package index: ${stderr || String(error)}`
+    }
+  } finally {
+    if (building !== undefined) rmSync(building, { recursive: true, force: true })
+  }
+}

@@ -23,11 +23,20 @@ import { type CallError, QueueFull, SessionWorkerUnavailable, WorkerBusy } from 
 import type { CallOptions, ToolDescription } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
 import type { PoolWorker, TelemetrySink } from "../WorkerFactory.js"
+import * as CallChecks from "./callOptions.js"
 import type { PoolContext } from "./poolContext.js"
 import type { Binding, Entry, WaitError } from "./poolState.js"
 import { withCallSpan, workerCall, workerStream } from "./tracing.js"
 
 type Lease = Entry<PoolWorker>
+
+/** A leased worker, and whether a session call landed away from its home (hint mode). */
+interface Checkout {
+  readonly entry: Lease
+  readonly moved: boolean
+}
+
+type CheckoutError = QueueFull | WaitError | WorkerBusy | SessionWorkerUnavailable
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
 /** The call paths of one pool. */
@@ -76,7 +85,9 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const finishWhenSettled = (entry: Lease, tool: string, clock: Clock.Clock, startedNanos: bigint) =>
     FiberSet.run(
       ctx.background,
-      entry.worker.settled.pipe(
+      // Forked from a finalizer, this fiber would inherit its uninterruptibility, and the
+      // timeout could never interrupt a wait for a tool that does not stop.
+      Effect.interruptible(entry.worker.settled).pipe(
         Effect.timeout(options.cancelGrace),
         Effect.catchTag("TimeoutException", () =>
           Effect.zipRight(
@@ -197,6 +208,10 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const bind = (session: string, entry: Lease) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) => cleanupAll(state.bind(session, entry, now)))
 
+  /** `hint` served a session away from its home worker (busy, or gone): the tool is told. */
+  const fallback = (entry: Lease): Effect.Effect<Checkout> =>
+    Effect.as(Metric.increment(metric.sessionFallbacks), { entry, moved: true })
+
   const checkoutSession = (session: string, restore: Restore) =>
     Effect.gen(function* () {
       const found = state.lookupSession(session, yield* Clock.currentTimeMillis)
@@ -207,17 +222,19 @@ export const make = (ctx: PoolContext): PoolCalls => {
         }
         const entry = yield* takeAny(restore)
         yield* bind(session, entry)
-        return entry
+        // A session whose worker left starts over on its new one: in hint mode the tool learns it.
+        return found._tag === "Lost" ? yield* fallback(entry) : { entry, moved: false }
       }
       const home = found.entry
-      if (state.tryTake(home)) return home
+      if (state.tryTake(home)) return { entry: home, moved: false }
       switch (options.affinity) {
         case "hint":
-          return yield* takeAny(restore)
+          return yield* Effect.flatMap(takeAny(restore), fallback)
         case "strict_fail_fast":
           return yield* new WorkerBusy({ workerId: home.worker.id, session })
         case "strict_queue":
           return yield* queueSpan(waitFor(home, restore)).pipe(
+            Effect.map((entry): Checkout => ({ entry, moved: false })),
             Effect.mapError((e) =>
               e._tag === "SessionWorkerUnavailable" ? new SessionWorkerUnavailable({ ...e, session }) : e
             )
@@ -225,51 +242,61 @@ export const make = (ctx: PoolContext): PoolCalls => {
       }
     })
 
-  const checkout = (session: string | undefined, restore: Restore) =>
+  const checkout = (session: string | undefined, restore: Restore): Effect.Effect<Checkout, CheckoutError> =>
     Effect.suspend(() => {
       const refused = state.refusal()
       return refused !== undefined
         ? Effect.fail(refused)
         : session === undefined
-          ? takeAny(restore)
+          ? Effect.map(takeAny(restore), (entry): Checkout => ({ entry, moved: false }))
           : checkoutSession(session, restore)
     })
 
   // ---- calls --------------------------------------------------------------------------
 
-  const runOn = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions, telemetry: TelemetrySink) => {
-    const timeout = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-    return entry.worker
+  const runOn = (
+    lease: Checkout,
+    tool: string,
+    args: Worker.EncodedArgs,
+    call: CallChecks.CheckedCall,
+    telemetry: TelemetrySink
+  ) =>
+    lease.entry.worker
       .executeEncoded(tool, args, {
         ...(call.session === undefined ? {} : { session: call.session }),
         ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-        ...(Duration.isFinite(timeout) ? { timeout } : {}),
+        ...(call.timeout === undefined ? {} : { timeout: call.timeout }),
+        ...(lease.moved || call.sessionMoved ? { sessionMoved: true } : {}),
         telemetry
       })
       .pipe(
-        // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+        // The call was cancelled; a worker that does not answer a health probe now (frozen) is
+        // retired at once rather than after the cancel grace.
         Effect.tapErrorTag("CallTimeout", () =>
-          entry.worker.health(options.healthCheck.timeout).pipe(
+          lease.entry.worker.health(options.healthCheck.timeout).pipe(
             Effect.either,
             Effect.flatMap((health) =>
               Either.isLeft(health)
                 ? Effect.sync(() =>
-                    state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
+                    state.retire(lease.entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
                   )
                 : Effect.void
             )
           )
         )
       )
-  }
 
   /** `runOn` with the call's telemetry, in the worker call's span when traced. */
-  const traced = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
-    const { id: workerId, pid } = entry.worker
+  const traced = (lease: Checkout, tool: string, args: Worker.EncodedArgs, call: CallChecks.CheckedCall) => {
+    const { id: workerId, pid } = lease.entry.worker
     return workerCall({ pool: name, tool, session: call.session, workerId, pid }, dropped, (telemetry) =>
-      runOn(entry, tool, args, call, telemetry)
+      runOn(lease, tool, args, call, telemetry)
     )
   }
+
+  /** The `snakepit.pool.*` span's attributes, read before the options are checked. */
+  const spanAttributes = (tool: string, call: CallOptions | undefined) =>
+    typeof call?.session === "string" ? { pool: name, tool, session: call.session } : { pool: name, tool }
 
   const countError = Effect.zipRight(
     Effect.sync(() => state.counters.errors++),
@@ -282,37 +309,49 @@ export const make = (ctx: PoolContext): PoolCalls => {
   )
 
   // The hot path: plain combinators, no generator, no span under the built-in tracer (ADR 0004).
-  const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
+  // Everything that can fail on the caller's input (options, arguments) runs before the lease;
+  // from the lease on, the worker's call is built inside the effect whose exit returns it, so
+  // nothing (a defect included) can leak it.
+  const execute = (tool: string, args: unknown, call: CallOptions | undefined): Effect.Effect<unknown, CallError> =>
     Effect.zipRight(
       countRequest,
-      Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
-        Effect.uninterruptibleMask((restore) =>
-          Effect.clockWith((clock) => {
-            const asked = clock.unsafeCurrentTimeNanos()
-            return Effect.flatMap(checkout(call.session, restore), (entry) => {
-              const started = begin(entry, tool, clock, asked)
-              return Effect.zipRight(publish, restore(traced(entry, tool, encoded, call))).pipe(
-                Effect.onExit((exit) =>
-                  wasCancelled(exit)
-                    ? finishWhenSettled(entry, tool, clock, started)
-                    : finish(entry, tool, clock, started, Exit.isFailure(exit))
+      Effect.flatMap(CallChecks.check(tool, call, options.callTimeout), (checked) =>
+        Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
+          Effect.uninterruptibleMask((restore) =>
+            Effect.clockWith((clock) => {
+              // Queue wait is measured from here: the lease may wait for a worker.
+              const asked = clock.unsafeCurrentTimeNanos()
+              return Effect.flatMap(checkout(checked.session, restore), (lease) => {
+                const started = begin(lease.entry, tool, clock, asked)
+                return Effect.zipRight(
+                  publish,
+                  restore(Effect.suspend(() => traced(lease, tool, encoded, checked)))
+                ).pipe(
+                  Effect.onExit((exit) =>
+                    wasCancelled(exit)
+                      ? finishWhenSettled(lease.entry, tool, clock, started)
+                      : finish(lease.entry, tool, clock, started, Exit.isFailure(exit))
+                  )
                 )
-              )
+              })
             })
-          })
+          )
         )
       )
     ).pipe(
       Effect.tapError(() => countError),
-      withCallSpan("snakepit.pool.execute", () =>
-        call.session === undefined ? { pool: name, tool } : { pool: name, tool, session: call.session }
-      )
+      withCallSpan("snakepit.pool.execute", () => spanAttributes(tool, call))
     )
 
-  const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
+  const executeStream = (
+    tool: string,
+    args: unknown,
+    call: CallOptions | undefined
+  ): Stream.Stream<unknown, CallError> =>
     Stream.unwrapScoped(
       Effect.gen(function* () {
         yield* countRequest
+        const checked = yield* CallChecks.check(tool, call, options.callTimeout)
         const encoded = yield* Worker.encodeArgs(tool, args)
         const scope = yield* Effect.scope
         const clock = yield* Effect.clock
@@ -320,8 +359,8 @@ export const make = (ctx: PoolContext): PoolCalls => {
         // ends; a stream ended early (or timed out) first lets its generator stop.
         let ended: "no" | "done" | "failed" = "no"
         const asked = clock.unsafeCurrentTimeNanos()
-        const entry = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(checkout(call.session, restore), (entry) => {
+        const lease = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.tap(checkout(checked.session, restore), ({ entry }) => {
             const started = begin(entry, tool, clock, asked)
             return Scope.addFinalizerExit(scope, (exit) =>
               ended === "no"
@@ -331,15 +370,15 @@ export const make = (ctx: PoolContext): PoolCalls => {
           })
         )
         yield* publish
-        const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-        const { id: workerId, pid } = entry.worker
-        const telemetry = yield* workerStream({ pool: name, tool, session: call.session, workerId, pid }, dropped)
-        return entry.worker
+        const { id: workerId, pid } = lease.entry.worker
+        const telemetry = yield* workerStream({ pool: name, tool, session: checked.session, workerId, pid }, dropped)
+        return lease.entry.worker
           .executeStream(tool, encoded, {
-            ...(call.session === undefined ? {} : { session: call.session }),
-            ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-            ...(call.buffer === undefined ? {} : { window: call.buffer }),
-            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {}),
+            ...(checked.session === undefined ? {} : { session: checked.session }),
+            ...(checked.attachments === undefined ? {} : { attachments: checked.attachments }),
+            ...(checked.buffer === undefined ? {} : { window: checked.buffer }),
+            ...(checked.timeout === undefined ? {} : { idleTimeout: checked.timeout }),
+            ...(lease.moved || checked.sessionMoved ? { sessionMoved: true } : {}),
             telemetry
           })
           .pipe(
@@ -364,7 +403,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
 
   /** Asks one worker (through the queue, like any call) for the adapter's tools. */
   const describeTools = Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(checkout(undefined, restore), (entry) =>
+    Effect.flatMap(checkout(undefined, restore), ({ entry }) =>
       restore(entry.worker.describeTools).pipe(Effect.ensuring(release(entry)))
     )
   )

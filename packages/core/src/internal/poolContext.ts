@@ -70,6 +70,7 @@ const poolMetrics = (name: string) => ({
   busy: Metric.tagged(metrics.busy, "pool", name),
   queued: Metric.tagged(metrics.queued, "pool", name),
   stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name),
+  sessionFallbacks: Metric.tagged(metrics.sessionFallbacks, "pool", name),
   crashes: Metric.tagged(metrics.crashes, "pool", name),
   workerRss: Metric.tagged(metrics.workerRss, "pool", name),
   droppedLogs: Metric.tagged(metrics.droppedLogs, "pool", name),

@@ -97,6 +97,8 @@ export interface ExecuteToolRequest {
   blobs: Buffer[];
   /** args_json holds tagged objects (see blobs). */
   tagged: boolean;
+  /** The session is served away from its home worker (hint affinity, or moved between hosts). */
+  sessionMoved: boolean;
 }
 
 export interface ExecuteToolRequest_AttachmentsEntry {
@@ -233,6 +235,8 @@ export interface ToolSpec {
   description: string;
   parameters: ToolParameter[];
   streaming: boolean;
+  /** JSON: {"params": {name: type}, "returns": type}, the annotations as types (typeinfo.py). */
+  typesJson: string;
 }
 
 export interface DescribeToolsRequest {
@@ -1030,6 +1034,7 @@ function createBaseExecuteToolRequest(): ExecuteToolRequest {
     traceparent: "",
     blobs: [],
     tagged: false,
+    sessionMoved: false,
   };
 }
 
@@ -1058,6 +1063,9 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     }
     if (message.tagged !== false) {
       writer.uint32(64).bool(message.tagged);
+    }
+    if (message.sessionMoved !== false) {
+      writer.uint32(72).bool(message.sessionMoved);
     }
     return writer;
   },
@@ -1142,6 +1150,14 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
             message.tagged = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.sessionMoved = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1191,6 +1207,11 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
         ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
         : [],
       tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
+      sessionMoved: isSet(object.sessionMoved)
+        ? globalThis.Boolean(object.sessionMoved)
+        : isSet(object.session_moved)
+        ? globalThis.Boolean(object.session_moved)
+        : false,
     };
   },
 
@@ -1226,6 +1247,9 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     if (message.tagged !== false) {
       obj.tagged = message.tagged;
     }
+    if (message.sessionMoved !== false) {
+      obj.sessionMoved = message.sessionMoved;
+    }
     return obj;
   },
 
@@ -1250,6 +1274,7 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     message.traceparent = object.traceparent ?? "";
     message.blobs = object.blobs?.map((e) => e) || [];
     message.tagged = object.tagged ?? false;
+    message.sessionMoved = object.sessionMoved ?? false;
     return message;
   },
 };
@@ -2198,7 +2223,7 @@ export const ToolParameter: MessageFns<ToolParameter> = {
 };
 
 function createBaseToolSpec(): ToolSpec {
-  return { name: "", description: "", parameters: [], streaming: false };
+  return { name: "", description: "", parameters: [], streaming: false, typesJson: "" };
 }
 
 export const ToolSpec: MessageFns<ToolSpec> = {
@@ -2214,6 +2239,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     }
     if (message.streaming !== false) {
       writer.uint32(32).bool(message.streaming);
+    }
+    if (message.typesJson !== "") {
+      writer.uint32(42).string(message.typesJson);
     }
     return writer;
   },
@@ -2263,6 +2291,14 @@ export const ToolSpec: MessageFns<ToolSpec> = {
             message.streaming = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.typesJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2283,6 +2319,11 @@ export const ToolSpec: MessageFns<ToolSpec> = {
         ? object.parameters.map((e: any) => ToolParameter.fromJSON(e))
         : [],
       streaming: isSet(object.streaming) ? globalThis.Boolean(object.streaming) : false,
+      typesJson: isSet(object.typesJson)
+        ? globalThis.String(object.typesJson)
+        : isSet(object.types_json)
+        ? globalThis.String(object.types_json)
+        : "",
     };
   },
 
@@ -2300,6 +2341,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     if (message.streaming !== false) {
       obj.streaming = message.streaming;
     }
+    if (message.typesJson !== "") {
+      obj.typesJson = message.typesJson;
+    }
     return obj;
   },
 
@@ -2312,6 +2356,7 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     message.description = object.description ?? "";
     message.parameters = object.parameters?.map((e) => ToolParameter.fromPartial(e)) || [];
     message.streaming = object.streaming ?? false;
+    message.typesJson = object.typesJson ?? "";
     return message;
   },
 };

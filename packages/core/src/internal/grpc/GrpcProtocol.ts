@@ -223,7 +223,8 @@ export const make = (
       requestId: `r${++nextRequest}`,
       traceparent: opts.telemetry?.traceparent ?? "",
       blobs: blobsOf(args),
-      tagged: args.tagged
+      tagged: args.tagged,
+      sessionMoved: opts.sessionMoved === true
     })
 
     const executeEncoded = (tool: string, args: EncodedArgs, opts: ExecuteOptions = {}) => {
@@ -353,7 +354,8 @@ export const make = (
                 type: p.type,
                 required: p.required,
                 defaultJson: p.defaultJson.toString("utf8")
-              }))
+              })),
+              types: spec.typesJson
             })
           )
         )

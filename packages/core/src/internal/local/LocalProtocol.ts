@@ -373,6 +373,7 @@ export const make = (
       if (opts.session !== undefined) header += `,"s":${JSON.stringify(opts.session)}`
       const traceparent = opts.telemetry?.traceparent
       if (traceparent !== undefined) header += `,"tp":${JSON.stringify(traceparent)}`
+      if (opts.sessionMoved === true) header += `,"sm":true`
       return `${header}${extra}}`
     }
 
@@ -638,7 +639,8 @@ export const make = (
               type: str(p.type),
               required: p.required === true,
               defaultJson: str(p.default_json)
-            }))
+            })),
+            types: t.types
           } satisfies RawToolSpec)
         )
       })
