@@ -1,0 +1,262 @@
+/**
+ * The `Snakepit` service of a cluster member: each call becomes a message to an entity (the
+ * session's, or a session-less one spread over shards), served by the runner that owns it.
+ */
+import { EntityId, Sharding } from "@effect/cluster"
+import {
+  type CallOptions,
+  EntityMoved,
+  PoolNotFound,
+  type PoolStats,
+  QueueFull,
+  RunnerUnreachable,
+  type SnakepitService,
+  Worker,
+  type WorkerInfo,
+  WorkerNotFound
+} from "@snakepit/core"
+import { Cause, Duration, Effect, Option, Schedule, Stream } from "effect"
+import type { ResolvedClusterOptions } from "../ClusterOptions.js"
+import { Directory, type RunnerRecord } from "./directory.js"
+import { CallEntity, RunnerEntity, SessionEntity } from "./protocol.js"
+import type { LocalPool } from "./runner.js"
+
+/** The entity mailbox bound @effect/cluster applies; past it a call gets `QueueFull`. */
+const MAILBOX_CAPACITY = 4096
+
+/** One key per shard (as far as a bounded search finds), so that turning through them visits every shard. */
+const shardKeys = (sharding: Sharding.Sharding["Type"], shards: number): ReadonlyArray<string> => {
+  const byShard = new Map<number, string>()
+  for (let i = 0; i < shards * 20 && byShard.size < shards; i++) {
+    const key = `call-${i}`
+    const shard = sharding.getShardId(EntityId.make(key), "default").id
+    if (!byShard.has(shard)) byShard.set(shard, key)
+  }
+  return [...byShard.entries()].sort(([a], [b]) => a - b).map(([, key]) => key)
+}
+
+const emptyStats = (pool: string): PoolStats => ({
+  pool,
+  size: 0,
+  ready: 0,
+  busy: 0,
+  queued: 0,
+  requests: 0,
+  errors: 0,
+  queueTimeouts: 0,
+  restarts: 0
+})
+
+const sumStats = (pool: string, all: ReadonlyArray<PoolStats>): PoolStats =>
+  all.reduce(
+    (sum, s) => ({
+      pool,
+      size: sum.size + s.size,
+      ready: sum.ready + s.ready,
+      busy: sum.busy + s.busy,
+      queued: sum.queued + s.queued,
+      requests: sum.requests + s.requests,
+      errors: sum.errors + s.errors,
+      queueTimeouts: sum.queueTimeouts + s.queueTimeouts,
+      restarts: sum.restarts + s.restarts
+    }),
+    emptyStats(pool)
+  )
+
+/** Builds the cluster's `Snakepit` service. `local` is this process's pool when it is a runner. */
+export const make = (options: {
+  readonly resolved: ResolvedClusterOptions
+  readonly pools: ReadonlyArray<string>
+  readonly local: LocalPool["Type"] | undefined
+}) =>
+  Effect.gen(function* () {
+    const { local, pools, resolved } = options
+    const sharding = yield* Sharding.Sharding
+    const directory = yield* Directory
+    const sessions = yield* SessionEntity.client
+    const calls = yield* CallEntity.client
+    const runnerOps = yield* RunnerEntity.client
+    const keys = shardKeys(sharding, resolved.shards)
+    let turn = 0
+    const nextKey = () => keys[turn++ % keys.length]!
+    const freshMs = Math.max(
+      Duration.toMillis(Duration.times(resolved.publishInterval, 3)),
+      Duration.toMillis(resolved.lockExpiration)
+    )
+    const defaultPool = pools[0] ?? "default"
+    const local_ = resolved.sessionless === "local" ? local : undefined
+
+    const timeoutOf = (opts: CallOptions) =>
+      opts.timeout === undefined ? resolved.callTimeout : Duration.decode(opts.timeout)
+
+    /** The client-side bound: the call's own timeout plus the time a runner may take to be found. */
+    const deadline = (tool: string, timeout: Duration.Duration | undefined) =>
+      timeout === undefined || !Duration.isFinite(timeout)
+        ? undefined
+        : {
+            duration: Duration.sum(timeout, resolved.deliveryTimeout),
+            onTimeout: () =>
+              new RunnerUnreachable({
+                runner: null,
+                tool,
+                detail: `no runner answered within the call's timeout plus the delivery timeout (${Duration.format(resolved.deliveryTimeout)})`
+              })
+          }
+
+    const payloadOf = (tool: string, args: unknown, opts: CallOptions) =>
+      Effect.map(Worker.encodeArgs(tool, args), (json) => {
+        const timeout = timeoutOf(opts)
+        return {
+          tool,
+          args: json.toString("utf8"),
+          pool: opts.pool ?? null,
+          timeoutMs: timeout === undefined ? null : Duration.toMillis(timeout),
+          attachments: opts.attachments ?? null
+        }
+      })
+
+    /** An interruption the caller did not cause: the entity stopped serving the call. */
+    const movedWhenInterrupted = (opts: CallOptions, tool: string) => (cause: Cause.Cause<unknown>) =>
+      Cause.isInterruptedOnly(cause)
+        ? Option.some(
+            new EntityMoved({
+              entity: opts.session === undefined ? "call" : "session",
+              id: opts.session ?? "",
+              tool,
+              detail: "the runner stopped serving it before the call finished (shard moved or runner stopping)"
+            })
+          )
+        : Option.none()
+
+    const execute: SnakepitService["execute"] = (tool, args, opts = {}) => {
+      if (opts.session === undefined && local_ !== undefined) return local_.service.execute(tool, args, opts)
+      return Effect.gen(function* () {
+        const payload = yield* payloadOf(tool, args, opts)
+        const entity = opts.session === undefined ? calls(nextKey()) : sessions(opts.session)
+        const call = entity.Execute(payload).pipe(
+          Effect.catchTags({
+            MailboxFull: () => Effect.fail(new QueueFull({ pool: opts.pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+            AlreadyProcessingMessage: Effect.die,
+            PersistenceError: Effect.die
+          }),
+          Effect.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool)(cause), Effect.fail))
+        )
+        const bound = deadline(tool, timeoutOf(opts))
+        return yield* bound === undefined ? call : Effect.timeoutFail(call, bound)
+      })
+    }
+
+    const executeStream: SnakepitService["executeStream"] = (tool, args, opts = {}) => {
+      if (opts.session === undefined && local_ !== undefined) return local_.service.executeStream(tool, args, opts)
+      return Stream.unwrap(
+        Effect.map(payloadOf(tool, args, opts), (payload) => {
+          const entity = opts.session === undefined ? calls(nextKey()) : sessions(opts.session)
+          const stream = entity
+            .ExecuteStream(
+              { ...payload, buffer: opts.buffer ?? null },
+              { streamBufferSize: Math.max(1, opts.buffer ?? 16) }
+            )
+            .pipe(
+              Stream.catchTags({
+                MailboxFull: () =>
+                  Stream.fail(new QueueFull({ pool: opts.pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+                AlreadyProcessingMessage: (e) => Stream.die(e),
+                PersistenceError: (e) => Stream.die(e)
+              }),
+              Stream.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool)(cause), Stream.fail))
+            )
+          // For a stream the timeout bounds the wait for each next chunk.
+          const bound = deadline(tool, timeoutOf(opts))
+          return bound === undefined ? stream : Stream.timeoutFail(stream, bound.onTimeout, bound.duration)
+        })
+      )
+    }
+
+    const runners = directory.runners(freshMs)
+
+    const poolOf = (records: ReadonlyArray<RunnerRecord>, pool: string | undefined) =>
+      Effect.suspend(() => {
+        const name = pool ?? defaultPool
+        const published = records.flatMap((r) => r.pools.filter((p) => p.stats.pool === name))
+        if (published.length === 0 && !pools.includes(name)) {
+          return Effect.fail(new PoolNotFound({ pool: name, available: [...pools] }))
+        }
+        return Effect.succeed({ name, published })
+      })
+
+    const stats: SnakepitService["stats"] = (pool) =>
+      Effect.flatMap(runners, (records) =>
+        Effect.map(poolOf(records, pool), ({ name, published }) =>
+          sumStats(
+            name,
+            published.map((p) => p.stats)
+          )
+        )
+      )
+
+    const workers: SnakepitService["workers"] = (pool) =>
+      Effect.flatMap(runners, (records) =>
+        Effect.map(poolOf(records, pool), ({ published }) =>
+          published.flatMap((p) => p.workers.map((w): WorkerInfo => ({ ...w, startedAt: new Date(w.startedAt) })))
+        )
+      )
+
+    /** The runner holding a worker, by the address its cluster id starts with. */
+    const locate = (ref: string | Pick<WorkerInfo, "id">) =>
+      Effect.gen(function* () {
+        const id = typeof ref === "string" ? ref : ref.id
+        const slash = id.indexOf("/")
+        const address = slash < 0 ? "" : id.slice(0, slash)
+        const record = (yield* runners).find((r) => r.address === address)
+        if (record === undefined || record.routeKey === null) return yield* new WorkerNotFound({ workerId: id })
+        return {
+          record,
+          routeKey: record.routeKey,
+          target: { instance: record.instance, workerId: id.slice(slash + 1) }
+        }
+      })
+
+    const notDelivered = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+      self.pipe(
+        Effect.catchTags({
+          // Worker operations are one message each; these cannot happen to them.
+          MailboxFull: Effect.die,
+          AlreadyProcessingMessage: Effect.die,
+          PersistenceError: Effect.die
+        })
+      )
+
+    const service: SnakepitService = {
+      pools,
+      execute,
+      executeStream,
+      describeTools: (pool) =>
+        calls(nextKey())
+          .DescribeTools({ pool: pool ?? null })
+          .pipe(
+            Effect.catchTags({
+              MailboxFull: () => Effect.fail(new QueueFull({ pool: pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+              AlreadyProcessingMessage: Effect.die,
+              PersistenceError: Effect.die
+            })
+          ),
+      stats,
+      workers,
+      awaitReady: (pool) =>
+        Effect.flatMap(runners, (records) =>
+          Effect.flatMap(poolOf(records, pool), ({ published }) =>
+            published.length > 0 && published.every((p) => p.stats.ready >= p.stats.size)
+              ? Effect.succeed(true)
+              : Effect.succeed(false)
+          )
+        ).pipe(
+          Effect.repeat({ until: (ready) => ready, schedule: Schedule.spaced(resolved.publishInterval) }),
+          Effect.asVoid
+        ),
+      stopWorker: (ref) =>
+        Effect.flatMap(locate(ref), ({ routeKey, target }) => notDelivered(runnerOps(routeKey).StopWorker(target))),
+      restartWorker: (ref) =>
+        Effect.flatMap(locate(ref), ({ routeKey, target }) => notDelivered(runnerOps(routeKey).RestartWorker(target)))
+    }
+    return { service, runners }
+  })

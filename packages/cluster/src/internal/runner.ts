@@ -1,0 +1,229 @@
+/**
+ * The runner's half: the entity behaviours that serve calls on the local pool, and the
+ * publisher that tells the other members what this runner holds.
+ */
+import { hostname } from "node:os"
+import { Entity, EntityId, Sharding } from "@effect/cluster"
+import {
+  type Affinity,
+  type CallOptions,
+  SessionWorkerUnavailable,
+  type SnakepitService,
+  type WorkerInfo,
+  WorkerNotFound
+} from "@snakepit/core"
+import { Clock, Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
+import { Directory, type PreviousHolder, type PublishedPool } from "./directory.js"
+import { CallEntity, RunnerEntity, SESSION_MOVED_ATTACHMENT, SessionEntity } from "./protocol.js"
+
+/** The pool this runner serves calls on, and each named pool's affinity. */
+export class LocalPool extends Context.Tag("@snakepit/cluster/LocalPool")<
+  LocalPool,
+  {
+    readonly service: SnakepitService
+    readonly affinity: (pool: string | null) => Affinity
+  }
+>() {}
+
+/** This runner: one instance id per start, so a restart at the same address is a different holder. */
+export class RunnerIdentity extends Context.Tag("@snakepit/cluster/RunnerIdentity")<
+  RunnerIdentity,
+  { readonly instance: string; readonly address: string }
+>() {}
+
+interface CallPayload {
+  readonly tool: string
+  readonly args: string
+  readonly pool: string | null
+  readonly timeoutMs: number | null
+  readonly attachments: { readonly [key: string]: Uint8Array } | null
+}
+
+const MOVED_FLAG = new Uint8Array([1])
+
+/** The pool's `CallOptions` for a call that arrived through the cluster. */
+const callOptions = (
+  p: CallPayload & { readonly buffer?: number | null },
+  session: string | undefined,
+  moved: boolean
+): CallOptions => {
+  const attachments = moved ? { ...p.attachments, [SESSION_MOVED_ATTACHMENT]: MOVED_FLAG } : p.attachments
+  return {
+    ...(session === undefined ? {} : { session }),
+    ...(p.pool === null ? {} : { pool: p.pool }),
+    ...(p.timeoutMs === null ? {} : { timeout: Duration.millis(p.timeoutMs) }),
+    ...(p.buffer === undefined || p.buffer === null ? {} : { buffer: p.buffer }),
+    ...(attachments === null ? {} : { attachments })
+  }
+}
+
+// The caller encoded the arguments with `JSON.stringify`; they parse.
+const parseArgs = (args: string): unknown => JSON.parse(args)
+
+const movedError = (session: string, previous: PreviousHolder, self: { readonly address: string }) =>
+  new SessionWorkerUnavailable({
+    session,
+    workerId: previous.address,
+    reason:
+      `moved: runner ${previous.address} no longer serves this session (its worker and state are gone); ` +
+      `it now lives on runner ${self.address}, on a fresh worker`
+  })
+
+/**
+ * Sessions: the first call after the session was re-created on this runner, having lived on
+ * another runner instance, says so (strict affinity: `SessionWorkerUnavailable`, once; `hint`:
+ * the call runs, with the moved flag for the tool).
+ */
+const sessionHandlers = Effect.gen(function* () {
+  const address = yield* Entity.CurrentAddress
+  const { affinity, service } = yield* LocalPool
+  const self = yield* RunnerIdentity
+  const directory = yield* Directory
+  const session = address.entityId
+  let moved: PreviousHolder | undefined = yield* directory.claimSession(session, self)
+  if (moved !== undefined) {
+    yield* Effect.logInfo(`cluster: session "${session}" moved here from runner ${moved.address}`)
+  }
+  /** The moved signal, given once: to whichever call of the session comes first. */
+  const takeMoved = () => {
+    const previous = moved
+    moved = undefined
+    return previous
+  }
+  return SessionEntity.of({
+    Execute: ({ payload }) =>
+      Effect.suspend(() => {
+        const previous = takeMoved()
+        if (previous !== undefined && affinity(payload.pool) !== "hint") {
+          return Effect.fail(movedError(session, previous, self))
+        }
+        return service.execute(
+          payload.tool,
+          parseArgs(payload.args),
+          callOptions(payload, session, previous !== undefined)
+        )
+      }),
+    ExecuteStream: ({ payload }) =>
+      Stream.suspend(() => {
+        const previous = takeMoved()
+        if (previous !== undefined && affinity(payload.pool) !== "hint") {
+          return Stream.fail(movedError(session, previous, self))
+        }
+        return service.executeStream(
+          payload.tool,
+          parseArgs(payload.args),
+          callOptions(payload, session, previous !== undefined)
+        )
+      }),
+    DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
+  })
+})
+
+/** Session-less calls: any runner's pool will do, so the entity only places the call. */
+const callHandlers = Effect.map(LocalPool, ({ service }) =>
+  CallEntity.of({
+    Execute: ({ payload }) =>
+      Effect.suspend(() =>
+        service.execute(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false))
+      ),
+    ExecuteStream: ({ payload }) =>
+      Stream.suspend(() =>
+        service.executeStream(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false))
+      ),
+    DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
+  })
+)
+
+/** A worker id as the cluster shows it: the runner's address, then the pool's own id. */
+export const clusterWorkerId = (runner: string, workerId: string) => `${runner}/${workerId}`
+
+const runnerHandlers = Effect.gen(function* () {
+  const { service } = yield* LocalPool
+  const self = yield* RunnerIdentity
+  const mine = (instance: string, workerId: string) =>
+    instance === self.instance ? Effect.void : Effect.fail(new WorkerNotFound({ workerId }))
+  return RunnerEntity.of({
+    StopWorker: ({ payload }) =>
+      Effect.zipRight(mine(payload.instance, payload.workerId), service.stopWorker(payload.workerId)),
+    RestartWorker: ({ payload }) =>
+      Effect.zipRight(mine(payload.instance, payload.workerId), service.restartWorker(payload.workerId)).pipe(
+        Effect.map((info): WorkerInfo => ({ ...info, id: clusterWorkerId(self.address, info.id) }))
+      )
+  })
+})
+
+/** The three entity types, registered with this runner's `Sharding`. */
+export const layerEntities = (options: { readonly maxIdleTime: Duration.Duration }) =>
+  Layer.mergeAll(
+    SessionEntity.toLayer(sessionHandlers, { concurrency: "unbounded", maxIdleTime: options.maxIdleTime }),
+    CallEntity.toLayer(callHandlers, { concurrency: "unbounded", maxIdleTime: options.maxIdleTime }),
+    RunnerEntity.toLayer(runnerHandlers, { concurrency: "unbounded" })
+  )
+
+/**
+ * A key of `snakepit/Runner` that lands on a shard this runner holds now, so that worker
+ * operations reach it; the previous key while it still does.
+ */
+const findRouteKey = (sharding: Sharding.Sharding["Type"], previous: string | null, shards: number) => {
+  const owned = (key: string) => sharding.hasShardId(sharding.getShardId(EntityId.make(key), "default"))
+  if (previous !== null && owned(previous)) return previous
+  for (let i = 0; i < shards * 8; i++) {
+    const key = `runner-${i}`
+    if (owned(key)) return key
+  }
+  return null
+}
+
+/**
+ * Publishes this runner's pools (stats, workers) and routing key every `interval`, and
+ * withdraws it when the runner stops.
+ */
+export const layerPublisher = (options: { readonly interval: Duration.Duration; readonly shards: number }) =>
+  Layer.scopedDiscard(
+    Effect.gen(function* () {
+      const { service } = yield* LocalPool
+      const self = yield* RunnerIdentity
+      const directory = yield* Directory
+      const sharding = yield* Sharding.Sharding
+      const startedAt = yield* Clock.currentTimeMillis
+      let routeKey: string | null = null
+      const publishOnce = Effect.gen(function* () {
+        routeKey = findRouteKey(sharding, routeKey, options.shards)
+        const pools = yield* Effect.forEach(
+          service.pools,
+          (name): Effect.Effect<PublishedPool> =>
+            Effect.all({ stats: service.stats(name), workers: service.workers(name) }).pipe(
+              Effect.map(({ stats, workers }) => ({
+                stats,
+                workers: workers.map((w) => ({
+                  ...w,
+                  id: clusterWorkerId(self.address, w.id),
+                  startedAt: w.startedAt.getTime()
+                }))
+              })),
+              // The names come from the service itself.
+              Effect.orDie
+            )
+        )
+        yield* directory.publish({
+          instance: self.instance,
+          address: self.address,
+          pid: process.pid,
+          hostname: hostname(),
+          startedAt,
+          heartbeatAt: yield* Clock.currentTimeMillis,
+          routeKey,
+          pools
+        })
+      })
+      yield* Effect.addFinalizer(() => directory.withdraw(self.instance))
+      yield* publishOnce
+      yield* publishOnce.pipe(
+        // A storage hiccup skips one round; the next one publishes again.
+        Effect.tapDefect((cause) => Effect.logWarning("cluster: could not publish this runner", cause)),
+        Effect.exit,
+        Effect.repeat(Schedule.spaced(options.interval)),
+        Effect.forkScoped
+      )
+    })
+  )
