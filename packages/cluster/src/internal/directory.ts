@@ -18,6 +18,8 @@ export interface RunnerRecord {
   readonly heartbeatAt: number
   /** An entity id of `snakepit/Runner` whose shard this runner held when it published. */
   readonly routeKey: string | null
+  /** Shards this runner held when it published. */
+  readonly shards: number
   readonly pools: ReadonlyArray<PublishedPool>
 }
 
@@ -74,6 +76,7 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
         started_at BIGINT NOT NULL,
         heartbeat_at BIGINT NOT NULL,
         route_key VARCHAR(255),
+        shards INTEGER NOT NULL,
         pools TEXT NOT NULL
       )`
     )
@@ -99,11 +102,12 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
         }).pipe(Effect.orDie),
       publish: (r) =>
         sql`
-          INSERT INTO ${sql(DIRECTORY)} (instance, address, pid, hostname, started_at, heartbeat_at, route_key, pools)
-          VALUES (${r.instance}, ${r.address}, ${r.pid}, ${r.hostname}, ${r.startedAt}, ${r.heartbeatAt}, ${r.routeKey}, ${JSON.stringify(r.pools)})
+          INSERT INTO ${sql(DIRECTORY)} (instance, address, pid, hostname, started_at, heartbeat_at, route_key, shards, pools)
+          VALUES (${r.instance}, ${r.address}, ${r.pid}, ${r.hostname}, ${r.startedAt}, ${r.heartbeatAt}, ${r.routeKey}, ${r.shards}, ${JSON.stringify(r.pools)})
           ON CONFLICT (instance) DO UPDATE SET
             heartbeat_at = excluded.heartbeat_at,
             route_key = excluded.route_key,
+            shards = excluded.shards,
             pools = excluded.pools`.pipe(Effect.asVoid, Effect.orDie),
       withdraw: (instance) =>
         sql`DELETE FROM ${sql(DIRECTORY)} WHERE instance = ${instance}`.pipe(Effect.asVoid, Effect.orDie),
@@ -118,6 +122,7 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
             started_at: number | string
             heartbeat_at: number | string
             route_key: string | null
+            shards: number | string
             pools: string
           }>`SELECT * FROM ${sql(DIRECTORY)} WHERE heartbeat_at > ${now - freshMs} ORDER BY address`
           return rows.map(
@@ -130,6 +135,7 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
               startedAt: Number(row.started_at),
               heartbeatAt: Number(row.heartbeat_at),
               routeKey: row.route_key,
+              shards: Number(row.shards),
               pools: JSON.parse(row.pools) as ReadonlyArray<PublishedPool>
             })
           )

@@ -3,7 +3,7 @@
  * publisher that tells the other members what this runner holds.
  */
 import { hostname } from "node:os"
-import { Entity, EntityId, Sharding } from "@effect/cluster"
+import { Entity, EntityId, Sharding, ShardId } from "@effect/cluster"
 import {
   type Affinity,
   type CallOptions,
@@ -174,6 +174,12 @@ const findRouteKey = (sharding: Sharding.Sharding["Type"], previous: string | nu
   return null
 }
 
+const heldShards = (sharding: Sharding.Sharding["Type"], shards: number) => {
+  let held = 0
+  for (let i = 1; i <= shards; i++) if (sharding.hasShardId(ShardId.make("default", i))) held++
+  return held
+}
+
 /**
  * Publishes this runner's pools (stats, workers) and routing key every `interval`, and
  * withdraws it when the runner stops.
@@ -213,6 +219,7 @@ export const layerPublisher = (options: { readonly interval: Duration.Duration; 
           startedAt,
           heartbeatAt: yield* Clock.currentTimeMillis,
           routeKey,
+          shards: heldShards(sharding, options.shards),
           pools
         })
       })
