@@ -1,0 +1,114 @@
+/**
+ * kill -9 of one runner of three: its sessions are served by the other two within the
+ * documented bound, each says once that it moved, no call hangs, and none of the dead
+ * runner's Python processes survives.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { SnakepitCluster } from "@snakepit/cluster"
+import { Snakepit } from "@snakepit/core"
+import { Processes } from "@snakepit/testkit"
+import { Clock, Duration, Effect, Either, Fiber } from "effect"
+import { awaitSettled, clientLayer, freePort, startRunner, tempDir } from "./helpers.js"
+
+describe("failover", () => {
+  it.scopedLive(
+    "kill -9 of a runner: its sessions move to the others within the bound, each moved signal exactly once",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const ports = [yield* freePort, yield* freePort, yield* freePort]
+        const runners = yield* Effect.all(
+          ports.map((port) => startRunner({ dir, port })),
+          { concurrency: "unbounded" }
+        )
+        yield* Effect.gen(function* () {
+          yield* awaitSettled(3)
+          const snakepit = yield* Snakepit
+          const cluster = yield* SnakepitCluster.SnakepitCluster
+          const bound = cluster.failoverBound
+          const runnerOfPid = new Map(runners.flatMap((r) => r.workers.map((pid) => [pid, r] as const)))
+          const sessions = Array.from({ length: 60 }, (_, i) => `failover-${i}`)
+          const before = new Map<string, number>()
+          yield* Effect.forEach(
+            sessions,
+            (session) =>
+              Effect.gen(function* () {
+                yield* snakepit.execute("session_put", { key: "k", value: session }, { session })
+                const { pid } = (yield* snakepit.execute("ping", {}, { session })) as { pid: number }
+                before.set(session, pid)
+              }),
+            { concurrency: 12 }
+          )
+          const victim = runners[0]!
+          const moving = sessions.filter((s) => runnerOfPid.get(before.get(s)!) === victim)
+          const staying = sessions.filter((s) => !moving.includes(s))
+          expect(moving.length).toBeGreaterThan(0)
+          console.log(`[failover] ${moving.length} sessions on the victim, bound ${Duration.format(bound)}`)
+
+          // One call is running on the victim when it dies.
+          const inFlight = yield* Effect.fork(
+            snakepit.execute("sleep", { ms: 20_000 }, { session: moving[0]!, timeout: "60 seconds" }).pipe(Effect.either)
+          )
+          yield* Effect.sleep("300 millis")
+          const killedAt = yield* Clock.currentTimeMillis
+          victim.child.kill("SIGKILL")
+          // Its workers die with it.
+          yield* Processes.awaitGone([victim.pid, ...victim.workers], Duration.seconds(5))
+          yield* Processes.awaitRunGone(victim.runId, Duration.seconds(5))
+
+          // Every session, concurrently, until it is served again; no call may outlast the bound.
+          const perCallLimit = Duration.sum(bound, Duration.seconds(10))
+          const outcomes = yield* Effect.forEach(
+            sessions,
+            (session) =>
+              Effect.gen(function* () {
+                let moved = 0
+                const errors: Array<string> = []
+                for (let attempt = 0; attempt < 10; attempt++) {
+                  const result = yield* snakepit.execute("session_get", { key: "k" }, { session }).pipe(
+                    Effect.either,
+                    Effect.timeoutFail({
+                      duration: perCallLimit,
+                      onTimeout: () => new Error(`a call of ${session} hung past ${Duration.format(perCallLimit)}`)
+                    })
+                  )
+                  if (Either.isRight(result)) {
+                    const { pid } = (yield* snakepit.execute("ping", {}, { session })) as { pid: number }
+                    return { session, moved, errors, value: result.right, pid, at: yield* Clock.currentTimeMillis }
+                  }
+                  if (result.left._tag === "SessionWorkerUnavailable") moved++
+                  else errors.push(result.left._tag)
+                }
+                return yield* Effect.fail(new Error(`${session} was not served again: ${errors.join(", ")}`))
+              }),
+            { concurrency: "unbounded" }
+          )
+          const inFlightOutcome = yield* Fiber.join(inFlight)
+          console.log(
+            `[failover] in-flight call: ${Either.isLeft(inFlightOutcome) ? inFlightOutcome.left._tag : "succeeded"}; ` +
+              `last moved session served ${Math.max(...outcomes.filter((o) => moving.includes(o.session)).map((o) => o.at)) - killedAt} ms after the kill`
+          )
+
+          const victimPids = new Set(victim.workers)
+          for (const outcome of outcomes) {
+            if (moving.includes(outcome.session)) {
+              // The moved signal went either to the call that was running, or to the first call after.
+              const signals = outcome.moved + (outcome.session === moving[0] && Either.isLeft(inFlightOutcome) ? 1 : 0)
+              expect(signals, outcome.session).toBe(1)
+              expect(outcome.value, outcome.session).toBeNull()
+              expect(victimPids.has(outcome.pid)).toBe(false)
+              expect(outcome.at - killedAt).toBeLessThanOrEqual(Duration.toMillis(bound))
+            } else {
+              expect(outcome.moved, outcome.session).toBe(0)
+              expect(outcome.value).toBe(outcome.session)
+              expect(outcome.pid).toBe(before.get(outcome.session))
+            }
+            expect(outcome.errors, outcome.session).toEqual([])
+          }
+          expect(staying.length + moving.length).toBe(60)
+          if (Either.isLeft(inFlightOutcome)) expect(inFlightOutcome.left._tag).toBe("SessionWorkerUnavailable")
+        }).pipe(Effect.provide(clientLayer(dir)))
+      }),
+    240_000
+  )
+})
