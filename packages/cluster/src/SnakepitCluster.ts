@@ -11,19 +11,21 @@ import {
   MessageStorage,
   RunnerAddress,
   RunnerHealth,
+  RunnerServer,
   Runners,
+  Sharding,
   ShardingConfig,
-  SocketRunner,
   SqlRunnerStorage
 } from "@effect/cluster"
 import type * as SocketServer from "@effect/platform/SocketServer"
-import { RpcSerialization } from "@effect/rpc"
+import { RpcSerialization, RpcServer } from "@effect/rpc"
 import type { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { type Affinity, ConfigError, Diagnostics, type PoolStartError, Snakepit, SnakepitPool } from "@snakepit/core"
 import { Config, Context, type Duration, Effect, Layer, Option } from "effect"
 import * as ClusterOptions from "./ClusterOptions.js"
 import * as Client from "./internal/client.js"
+import { layerRunners, type Written } from "./internal/delivery.js"
 import * as Directory from "./internal/directory.js"
 import { LocalPool, layerEntities, layerPublisher, RunnerIdentity } from "./internal/runner.js"
 import { layerClientProtocol, layerSocketServer } from "./internal/transport.js"
@@ -87,9 +89,18 @@ const storage = Layer.mergeAll(
 )
 
 const runnerSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
-  const clientProtocol = layerClientProtocol(resolved.secret)
-  const health = RunnerHealth.layerPing.pipe(Layer.provide(Runners.layerRpc), Layer.provide(clientProtocol))
-  return SocketRunner.layer.pipe(
+  const written: Written = new Set()
+  const clientProtocol = layerClientProtocol(resolved.secret, written)
+  // Health pings go over their own connections; they carry no calls.
+  const health = RunnerHealth.layerPing.pipe(
+    Layer.provide(Runners.layerRpc),
+    Layer.provide(layerClientProtocol(resolved.secret))
+  )
+  // SocketRunner.layer, with `Runners` that settle written-then-lost calls (see internal/delivery).
+  return RunnerServer.layer.pipe(
+    Layer.provideMerge(Sharding.layer),
+    Layer.provideMerge(layerRunners(written)),
+    Layer.provide(RpcServer.layerProtocolSocketServer),
     Layer.provide([layerSocketServer(resolved.secret), clientProtocol, health]),
     Layer.provide(storage),
     Layer.provide(shardingConfig(resolved, true)),
@@ -97,13 +108,18 @@ const runnerSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
   )
 }
 
-const clientSharding = (resolved: ClusterOptions.ResolvedClusterOptions) =>
-  SocketRunner.layerClientOnly.pipe(
-    Layer.provide(layerClientProtocol(resolved.secret)),
+const clientSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
+  const written: Written = new Set()
+  // SocketRunner.layerClientOnly, with the same `Runners` as a runner.
+  return Sharding.layer.pipe(
+    Layer.provideMerge(layerRunners(written)),
+    Layer.provide(RunnerHealth.layerNoop),
+    Layer.provide(layerClientProtocol(resolved.secret, written)),
     Layer.provide(storage),
     Layer.provide(shardingConfig(resolved, false)),
     Layer.provide(RpcSerialization.layerMsgPack)
   )
+}
 
 /** The local pool as the entities see it, with each named pool's affinity. */
 const localPool = (options: ClusterOptions.ClusterOptions) =>

@@ -76,7 +76,10 @@ describe("a cluster of three runners", () => {
             Stream.take(2_000),
             Stream.runForEach(() => Effect.sync(() => consumed++).pipe(Effect.zipRight(Effect.sleep("1 millis"))))
           )
-          const report = (yield* snakepit.execute("flood_report", {}, { session })) as { produced: number; closed: boolean }
+          const report = (yield* snakepit.execute("flood_report", {}, { session })) as {
+            produced: number
+            closed: boolean
+          }
           const ahead = report.produced - consumed
           console.log(`[cluster back-pressure] consumed ${consumed}, produced ${report.produced} (ahead ${ahead})`)
           expect(consumed).toBe(2_000)

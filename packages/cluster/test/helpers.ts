@@ -71,10 +71,14 @@ export const startRunner = (options: {
         port: options.port,
         pool: { size: 2, affinity: "strict_queue", dataDir: options.dir, ...options.pool }
       }
-      const child = spawn(process.execPath, [runnerScript, JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db") })], {
-        stdio: ["ignore", "pipe", "inherit"],
-        env: { ...process.env, SNAKEPIT_PYTHON: process.env.SNAKEPIT_PYTHON ?? "/work/venv-dev/bin/python" }
-      })
+      const child = spawn(
+        process.execPath,
+        [runnerScript, JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db") })],
+        {
+          stdio: ["ignore", "pipe", "inherit"],
+          env: { ...process.env, SNAKEPIT_PYTHON: process.env.SNAKEPIT_PYTHON ?? "/work/venv-dev/bin/python" }
+        }
+      )
       const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
       const ready = yield* Effect.promise(async () => {
         for (;;) {
@@ -114,11 +118,16 @@ export const awaitSettled = (count: number, shards = 300) =>
   Effect.gen(function* () {
     const cluster = yield* SnakepitCluster.SnakepitCluster
     yield* Effect.flatMap(cluster.runners, (runners) =>
-      runners.length === count && runners.every((r) => r.shards > 0) && runners.reduce((n, r) => n + r.shards, 0) === shards
+      runners.length === count &&
+      runners.every((r) => r.shards > 0) &&
+      runners.reduce((n, r) => n + r.shards, 0) === shards
         ? Effect.void
         : Effect.fail(new Error(`not settled: ${JSON.stringify(runners.map((r) => [r.address, r.shards]))}`))
     ).pipe(
       Effect.retry(Schedule.spaced(Duration.millis(200))),
-      Effect.timeoutFail({ duration: Duration.seconds(60), onTimeout: () => new Error("the cluster did not settle in 60 s") })
+      Effect.timeoutFail({
+        duration: Duration.seconds(60),
+        onTimeout: () => new Error("the cluster did not settle in 60 s")
+      })
     )
   })

@@ -3,7 +3,7 @@
  * publisher that tells the other members what this runner holds.
  */
 import { hostname } from "node:os"
-import { Entity, EntityId, Sharding, ShardId } from "@effect/cluster"
+import { Entity, EntityId, ShardId, Sharding } from "@effect/cluster"
 import {
   type Affinity,
   type CallOptions,

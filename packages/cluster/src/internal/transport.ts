@@ -11,6 +11,7 @@ import * as SocketServer from "@effect/platform/SocketServer"
 import { NodeSocket } from "@effect/platform-node"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
 import { Deferred, Effect, Exit, FiberSet, Layer, Option, Redacted, Scope } from "effect"
+import { recordWrites, type Written } from "./delivery.js"
 
 const IDENTITY = "snakepit-cluster"
 // ECDHE-PSK gives forward secrecy; plain PSK-AES is the fallback for older OpenSSL builds.
@@ -62,7 +63,8 @@ const connect = (psk: Buffer, host: string, port: number) =>
 
 /** How `Runners` reach other runners: one TLS-PSK socket per runner, carrying the cluster's RPCs. */
 export const layerClientProtocol = (
-  secret: Redacted.Redacted<string>
+  secret: Redacted.Redacted<string>,
+  written?: Written
 ): Layer.Layer<Runners.RpcClientProtocol, never, RpcSerialization.RpcSerialization> =>
   Layer.effect(
     Runners.RpcClientProtocol,
@@ -73,7 +75,8 @@ export const layerClientProtocol = (
         Effect.flatMap(connect(psk, address.host, address.port), (socket) =>
           RpcClient.makeProtocolSocket().pipe(
             Effect.provideService(Socket.Socket, socket),
-            Effect.provideService(RpcSerialization.RpcSerialization, serialization)
+            Effect.provideService(RpcSerialization.RpcSerialization, serialization),
+            Effect.map((protocol) => (written === undefined ? protocol : recordWrites(written, protocol)))
           )
         )
     })
