@@ -3,6 +3,7 @@
  * documented bound, each says once that it moved, no call hangs, and none of the dead
  * runner's Python processes survives.
  */
+import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { SnakepitCluster } from "@snakepit/cluster"
 import { Snakepit } from "@snakepit/core"
@@ -54,6 +55,7 @@ describe("failover", () => {
             )
           )
           yield* Effect.sleep("300 millis")
+          expect(Processes.processesOfRun(victim.runId).length).toBeGreaterThanOrEqual(2)
           const killedAt = yield* Clock.currentTimeMillis
           victim.child.kill("SIGKILL")
           // Its workers die with it.
@@ -115,6 +117,59 @@ describe("failover", () => {
             tool: "sleep"
           })
           expect(inFlightSettledAt - killedAt).toBeLessThan(5_000)
+        }).pipe(Effect.provide(clientLayer(dir)))
+      }),
+    240_000
+  )
+})
+
+const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
+
+describe("failover in hint mode", () => {
+  it.scopedLive(
+    "kill -9 of a runner: moved sessions run on, and their first call there carries the moved flag, once",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const pool = { affinity: "hint", adapter: "moved_probe:MovedProbeAdapter", pythonPath: [fixtures] }
+        const runners = yield* Effect.all(
+          [startRunner({ dir, port: yield* freePort, pool }), startRunner({ dir, port: yield* freePort, pool })],
+          {
+            concurrency: "unbounded"
+          }
+        )
+        yield* Effect.gen(function* () {
+          yield* awaitSettled(2)
+          const snakepit = yield* Snakepit
+          const sessions = Array.from({ length: 20 }, (_, i) => `hint-${i}`)
+          const probe = (session: string) =>
+            snakepit.execute("session_probe", { key: "k" }, { session }) as Effect.Effect<
+              { pid: number; value: unknown; moved: boolean },
+              unknown
+            >
+          const before = new Map<string, number>()
+          for (const session of sessions) {
+            yield* snakepit.execute("session_put", { key: "k", value: session }, { session })
+            const first = yield* probe(session)
+            expect(first).toMatchObject({ value: session, moved: false })
+            before.set(session, first.pid)
+          }
+          const victim = runners[0]!
+          const moving = sessions.filter((s) => victim.workers.includes(before.get(s)!))
+          expect(moving.length).toBeGreaterThan(0)
+          expect(Processes.processesOfRun(victim.runId).length).toBeGreaterThanOrEqual(2)
+          victim.child.kill("SIGKILL")
+          yield* Processes.awaitGone([victim.pid, ...victim.workers], Duration.seconds(5))
+          yield* Processes.awaitRunGone(victim.runId, Duration.seconds(5))
+          for (const session of sessions) {
+            const after = [yield* probe(session), yield* probe(session), yield* probe(session)]
+            if (moving.includes(session)) {
+              expect(after.map((a) => a.moved)).toEqual([true, false, false])
+              expect(after.every((a) => a.value === null && !victim.workers.includes(a.pid))).toBe(true)
+            } else {
+              expect(after.every((a) => !a.moved && a.value === session && a.pid === before.get(session))).toBe(true)
+            }
+          }
         }).pipe(Effect.provide(clientLayer(dir)))
       }),
     240_000
