@@ -113,9 +113,9 @@ export const layerSocketServer = (
       server.on("tlsClientError", (error, socket) => {
         socket.destroy()
         Effect.runFork(
-          Effect.logWarning(`cluster: refused a connection that did not prove the secret (${error.message})`).pipe(
-            Effect.annotateLogs({ remote: socket.remoteAddress ?? "?" })
-          )
+          Effect.logWarning(
+            `cluster: refused a connection that did not prove the secret (${(error as { code?: string }).code ?? error.message.split("\n")[0]})`
+          ).pipe(Effect.annotateLogs({ remote: socket.remoteAddress ?? "?" }))
         )
       })
       server.on("error", (cause) => Deferred.unsafeDone(errorDeferred, Exit.fail(cause)))
