@@ -5,12 +5,14 @@
 //   npm run bench                 the full suite (a few minutes on 2 cores)
 //   npm run bench -- --quick      a short version (CI keeps the harness working with it)
 //   npm run bench -- --only=overhead,stream   some groups only (the other rows are null)
+//   npm run bench -- --only=cluster           session calls through a 3-runner cluster vs a local pool
 //
 // Writes bench/results/latest.json:
 //   { date, machine: { cores, node, python, grpcio }, rows: [{ id, snakepit, baseline, unit, ratio, target }] }
 // Exit code: 1 when a benchmark crashes or a worker process survives; a missed target only
 // prints MISS.
 import { spawn, spawnSync } from "node:child_process"
+import { randomBytes } from "node:crypto"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, cpus, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -18,11 +20,13 @@ import { performance } from "node:perf_hooks"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import { credentials } from "@grpc/grpc-js"
+import { SnakepitCluster } from "@snakepit/cluster"
 import { Snakepit, SnakepitPool, ThreadLimits } from "@snakepit/core"
 import { Proto } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
 import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
 import { PythonShell } from "python-shell"
+import { freePort, startRunner } from "../examples/cluster/start.mjs"
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, "..")
@@ -46,7 +50,8 @@ const CFG = QUICK
       peer: { processes: 2, roundMs: 500, rounds: 2, warmupMs: 200 },
       stream: { chunks: 10_000, rounds: 1, warmup: 5_000 },
       startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32 and startup_100 are null
-      mem: { workers: 8 } // 8 workers instead of 32: the per-worker figure is only indicative
+      mem: { workers: 8 }, // 8 workers instead of 32: the per-worker figure is only indicative
+      cluster: { sessions: 12, calls: 300, rounds: 2, warmup: 300, roundMs: 500, warmupMs: 300 }
     }
   : {
       overhead: { calls: 2000, rounds: 10, warmup: 300 },
@@ -54,7 +59,8 @@ const CFG = QUICK
       peer: { processes: 2, roundMs: 1000, rounds: 6, warmupMs: 500 },
       stream: { chunks: 100_000, rounds: 2, warmup: 5_000 },
       startup: { sizes: [1, 8, 32, 100], reps: { 1: 5, 8: 3, 32: 2, 100: 1 } },
-      mem: { workers: 32 }
+      mem: { workers: 32 },
+      cluster: { sessions: 12, calls: 2000, rounds: 6, warmup: 500, roundMs: 1000, warmupMs: 500 }
     }
 
 const want = (group) => !ONLY || ONLY.includes(group)
@@ -112,7 +118,9 @@ const ROW_IDS = [
   "startup_32",
   "startup_100",
   "stream",
-  "host_mem_per_worker"
+  "host_mem_per_worker",
+  "cluster_session_p50",
+  "cluster_session_calls"
 ]
 const UNITS = {
   overhead_p50: "ms",
@@ -125,7 +133,9 @@ const UNITS = {
   startup_32: "ms",
   startup_100: "ms",
   stream: "chunks/s",
-  host_mem_per_worker: "MB"
+  host_mem_per_worker: "MB",
+  cluster_session_p50: "ms",
+  cluster_session_calls: "calls/s"
 }
 /** The bound from the issue's table; null where the row only reports. */
 const TARGETS = {
@@ -140,7 +150,10 @@ const TARGETS = {
   startup_100: 1.25,
   stream: 0.9,
   // No baseline: the bound is on the Snakepit figure itself (< 1 MB per worker).
-  host_mem_per_worker: 1
+  host_mem_per_worker: 1,
+  // Reports: the price of a network hop, a second process and TLS per call.
+  cluster_session_p50: null,
+  cluster_session_calls: null
 }
 const higherIsBetter = (id) => UNITS[id].endsWith("/s")
 
@@ -719,6 +732,124 @@ const benchMem = async () => {
   log(`mem: ${perWorker.toFixed(2)} MB/worker (marginal ${marginal.toFixed(2)})`)
 }
 
+/**
+ * cluster_session_p50 / cluster_session_calls: session calls (`echo`, 64 B) through a cluster of
+ * three runner processes on loopback, each with a pool of 2, from this process as a client, vs
+ * the same calls on a local pool of 6 (same affinity), alternating, in one run.
+ */
+const benchCluster = async () => {
+  const { calls, rounds, roundMs, sessions: sessionCount, warmup, warmupMs } = CFG.cluster
+  const dir = mkdtempSync(join(tmpdir(), "snakepit-bench-cluster-"))
+  const env = {
+    SNAKEPIT_CLUSTER_SECRET: randomBytes(24).toString("hex"),
+    SNAKEPIT_CLUSTER_SQLITE: join(dir, "cluster.db"),
+    SNAKEPIT_PYTHON: PYTHON,
+    SNAKEPIT_SIZE: "2",
+    SNAKEPIT_AFFINITY: "strict_queue",
+    SNAKEPIT_DATA_DIR: dir
+  }
+  const ports = [await freePort(), await freePort(), await freePort()]
+  const runners = await Promise.all(ports.map((port) => startRunner(port, env)))
+  for (const r of runners) childRunIds.push(r.runId)
+  const quiet = Logger.minimumLogLevel(LogLevel.Warning)
+  const client = ManagedRuntime.make(
+    SnakepitCluster.layerClient({ secret: env.SNAKEPIT_CLUSTER_SECRET }).pipe(
+      Layer.provide(SnakepitCluster.sqlite(env.SNAKEPIT_CLUSTER_SQLITE)),
+      Layer.provideMerge(quiet)
+    )
+  )
+  openPools.add(client)
+  try {
+    const cluster = await client.runPromise(Effect.all({ service: Snakepit, info: SnakepitCluster.SnakepitCluster }))
+    // Wait until the three runners hold every shard between them.
+    for (let i = 0; ; i++) {
+      const rs = await client.runPromise(cluster.info.runners)
+      if (rs.length === 3 && rs.reduce((n, r) => n + r.shards, 0) === cluster.info.options.shards) break
+      if (i > 300) throw new Error("the cluster did not settle within 60 s")
+      await sleep(200)
+    }
+    const sessions = Array.from({ length: sessionCount }, (_, i) => `bench-${i}`)
+    await withPool(
+      2 * runners.length,
+      async (pool) => {
+        const sequential = (run, service) => async (n, out) => {
+          await run(
+            Effect.gen(function* () {
+              for (let i = 0; i < n; i++) {
+                const t0 = performance.now()
+                const value = yield* service.execute(
+                  "echo",
+                  { value: PAYLOAD },
+                  { session: sessions[i % sessions.length] }
+                )
+                out?.push(performance.now() - t0)
+                checkEcho(value)
+              }
+            })
+          )
+        }
+        const viaCluster = sequential((e) => client.runPromise(e), cluster.service)
+        const viaPool = sequential(pool.run, pool.service)
+        await viaCluster(warmup)
+        await viaPool(warmup)
+        const c = []
+        const p = []
+        const per = Math.ceil(calls / rounds)
+        for (let r = 0; r < rounds; r++) {
+          if (r % 2 === 0) {
+            await viaCluster(per, c)
+            await viaPool(per, p)
+          } else {
+            await viaPool(per, p)
+            await viaCluster(per, c)
+          }
+        }
+        record("cluster_session_p50", median(c), median(p))
+        log(`cluster: sequential session calls p50 ${median(c).toFixed(3)} vs ${median(p).toFixed(3)} ms (local pool)`)
+
+        // Every session busy at once: one loop per session.
+        const loops = (run, service) => (ms) =>
+          run(
+            Effect.gen(function* () {
+              let n = 0
+              const t0 = performance.now()
+              const end = t0 + ms
+              yield* Effect.forEach(
+                sessions,
+                (session) =>
+                  Effect.gen(function* () {
+                    while (performance.now() < end) {
+                      checkEcho(yield* service.execute("echo", { value: PAYLOAD }, { session }))
+                      n++
+                    }
+                  }),
+                { concurrency: "unbounded", discard: true }
+              )
+              return { calls: n, ms: performance.now() - t0 }
+            })
+          )
+        const { a, b } = await alternate(
+          { rounds, roundMs, warmupMs },
+          loops((e) => client.runPromise(e), cluster.service),
+          loops(pool.run, pool.service)
+        )
+        record("cluster_session_calls", a, b)
+        log(`cluster: ${sessionCount} sessions at once ${a.toFixed(0)} vs ${b.toFixed(0)} calls/s (local pool of 6)`)
+        notes.push(
+          `cluster rows: 3 runner processes × 2 workers + this process as client, all on ${machine.cores} cores, ` +
+            "TLS on loopback; baseline: one local pool of 6 workers, strict_queue affinity, same sessions"
+        )
+      },
+      { affinity: "strict_queue" }
+    )
+  } finally {
+    await client.dispose()
+    openPools.delete(client)
+    await Promise.all(runners.map((r) => r.stop()))
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
@@ -778,6 +909,7 @@ try {
     await benchStartup()
   }
   if (want("mem")) await benchMem()
+  if (want("cluster")) await benchCluster()
 } catch (error) {
   failed = true
   console.error(`bench: FAILED: ${error?.stack ?? error}`)

@@ -2,16 +2,17 @@
  * Real cluster tests: runner processes on loopback, each with a pool of real Python workers,
  * sharing one SQLite file; the test process joins as a client.
  */
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, rmSync } from "node:fs"
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process"
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
+import { PgClient } from "@effect/sql-pg"
 import { type ClusterOptions, SnakepitCluster } from "@snakepit/cluster"
 import { Processes } from "@snakepit/testkit"
-import { Duration, Effect, Layer, Schedule } from "effect"
+import { Duration, Effect, Layer, Redacted, Schedule } from "effect"
 
 const runnerScript = fileURLToPath(new URL("./fixtures/runner.mjs", import.meta.url))
 
@@ -62,6 +63,8 @@ export const startRunner = (options: {
   readonly port: number
   readonly cluster?: ClusterOptions.ClusterOptions
   readonly pool?: object
+  /** A PostgreSQL URL for the cluster's storage, instead of the SQLite file in `dir`. */
+  readonly postgres?: string
 }) =>
   Effect.acquireRelease(
     Effect.gen(function* () {
@@ -73,7 +76,10 @@ export const startRunner = (options: {
       }
       const child = spawn(
         process.execPath,
-        [runnerScript, JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db") })],
+        [
+          runnerScript,
+          JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db"), postgres: options.postgres })
+        ],
         {
           stdio: ["ignore", "pipe", "inherit"],
           env: { ...process.env, SNAKEPIT_PYTHON: process.env.SNAKEPIT_PYTHON ?? "/work/venv-dev/bin/python" }
@@ -131,3 +137,61 @@ export const awaitSettled = (count: number, shards = 300) =>
       })
     )
   })
+
+/** The newest PostgreSQL server binaries of the system's packages, if installed. */
+export const postgresBin: string | undefined = (() => {
+  const base = "/usr/lib/postgresql"
+  if (!existsSync(base)) return undefined
+  const versions = readdirSync(base)
+    .filter((v) => existsSync(join(base, v, "bin", "initdb")))
+    .sort((a, b) => Number(b) - Number(a))
+  return versions[0] === undefined ? undefined : join(base, versions[0], "bin")
+})()
+
+/** PostgreSQL refuses to run as root: as root, run it as the packages' `postgres` user. */
+const asPostgresUser = (command: string, args: ReadonlyArray<string>) => {
+  const root = process.getuid?.() === 0
+  const result = spawnSync(root ? "runuser" : command, root ? ["-u", "postgres", "--", command, ...args] : [...args], {
+    encoding: "utf8",
+    timeout: 60_000
+  })
+  if (result.status !== 0) throw new Error(`${command} failed: ${result.stderr || result.error?.message}`)
+}
+
+/**
+ * A throwaway PostgreSQL server on a loopback port (initdb in a temporary directory), stopped
+ * and removed when the scope closes. Resolves with its URL.
+ */
+export const startPostgres = Effect.acquireRelease(
+  Effect.gen(function* () {
+    const port = yield* freePort
+    const dir = mkdtempSync(join(tmpdir(), "snakepit-pg-"))
+    if (process.getuid?.() === 0) chownSync(dir, Number(execFileSync("id", ["-u", "postgres"]).toString().trim()), 0)
+    const data = join(dir, "data")
+    yield* Effect.sync(() => {
+      asPostgresUser(join(postgresBin!, "initdb"), ["-D", data, "-A", "trust", "-U", "snakepit"])
+      asPostgresUser(join(postgresBin!, "pg_ctl"), [
+        "-D",
+        data,
+        "-o",
+        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1`,
+        "-l",
+        join(dir, "log"),
+        "-w",
+        "start"
+      ])
+    })
+    return { dir, data, url: `postgres://snakepit@127.0.0.1:${port}/postgres` }
+  }),
+  ({ data, dir }) =>
+    Effect.sync(() => {
+      asPostgresUser(join(postgresBin!, "pg_ctl"), ["-D", data, "-m", "immediate", "-w", "stop"])
+      rmSync(dir, { recursive: true, force: true })
+    })
+)
+
+/** The test process as a cluster client on PostgreSQL storage. */
+export const clientLayerPostgres = (url: string, options: ClusterOptions.ClusterOptions = {}) =>
+  SnakepitCluster.layerClient({ ...fastFailover, ...options }).pipe(
+    Layer.provide(PgClient.layer({ url: Redacted.make(url) }))
+  )

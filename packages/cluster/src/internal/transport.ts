@@ -27,7 +27,9 @@ const tlsOptions = {
   ciphers: CIPHERS,
   minVersion: "TLSv1.2",
   // Node's PSK callbacks work with TLS 1.2 only.
-  maxVersion: "TLSv1.2"
+  maxVersion: "TLSv1.2",
+  // Small RPC frames must not wait for the peer's delayed ACK.
+  noDelay: true
 } as const
 
 /** Connects to a runner, proving the secret; fails like `NodeSocket.makeNet` when it cannot. */
