@@ -175,3 +175,49 @@ describe("failover in hint mode", () => {
     240_000
   )
 })
+
+describe("a runner that stops gracefully", () => {
+  it.scopedLive(
+    "SIGTERM with a call running past the termination timeout: the call settles typed, the session moves once",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const cluster = { entityTerminationTimeout: "1 second" } as const
+        const runners = yield* Effect.all(
+          [startRunner({ dir, port: yield* freePort, cluster }), startRunner({ dir, port: yield* freePort, cluster })],
+          { concurrency: "unbounded" }
+        )
+        yield* Effect.gen(function* () {
+          yield* awaitSettled(2)
+          const snakepit = yield* Snakepit
+          const victim = runners[0]!
+          let session = ""
+          for (let i = 0; session === ""; i++) {
+            const { pid } = (yield* snakepit.execute("ping", {}, { session: `graceful-${i}` })) as { pid: number }
+            if (victim.workers.includes(pid)) session = `graceful-${i}`
+          }
+          const running = yield* Effect.fork(
+            Effect.either(snakepit.execute("sleep", { ms: 30_000 }, { session, timeout: "60 seconds" }))
+          )
+          yield* Effect.sleep("300 millis")
+          victim.child.kill("SIGTERM")
+          const outcome = yield* Fiber.join(running).pipe(
+            Effect.timeoutFail({ duration: Duration.seconds(20), onTimeout: () => new Error("the running call hung") })
+          )
+          console.log(`[graceful] the running call: ${Either.isLeft(outcome) ? outcome.left.message : "succeeded"}`)
+          // Cancelled on the runner after the termination timeout, while its process still ran.
+          expect(Either.isLeft(outcome) && outcome.left).toMatchObject({
+            _tag: "EntityMoved",
+            entity: "session",
+            id: session
+          })
+          yield* Processes.awaitGone([victim.pid, ...victim.workers], Duration.seconds(20))
+          const next = yield* Effect.either(snakepit.execute("ping", {}, { session }))
+          expect(Either.isLeft(next) && next.left._tag).toBe("SessionWorkerUnavailable")
+          const served = (yield* snakepit.execute("ping", {}, { session })) as { pid: number }
+          expect(runners[1]!.workers).toContain(served.pid)
+        }).pipe(Effect.provide(clientLayer(dir)))
+      }),
+    240_000
+  )
+})
