@@ -43,6 +43,13 @@ export interface ClusterOptions {
    * main term of the failover bound. Default 10 s (env `SNAKEPIT_CLUSTER_LOCK_EXPIRATION`).
    */
   readonly lockExpiration?: Duration.DurationInput
+  /**
+   * PostgreSQL only: hold shard locks as advisory locks (released when a runner's connection
+   * drops) instead of rows that expire after `lockExpiration`. A machine that vanishes without
+   * closing its connection keeps advisory locks until the server's TCP keepalive gives up, so
+   * the default (false) keeps the failover bound. Env `SNAKEPIT_CLUSTER_ADVISORY_LOCKS`.
+   */
+  readonly advisoryLocks?: boolean
   /** How often runners ping each other to mark dead ones. Default 2 s (env `SNAKEPIT_CLUSTER_HEALTH_INTERVAL`). */
   readonly healthCheckInterval?: Duration.DurationInput
   /** How often every member re-reads the runners and shard assignments. Default 1 s (env `SNAKEPIT_CLUSTER_REFRESH_INTERVAL`). */
@@ -90,6 +97,7 @@ export interface ResolvedClusterOptions {
   readonly sqlite: string | undefined
   readonly shards: number
   readonly lockExpiration: Duration.Duration
+  readonly advisoryLocks: boolean
   readonly healthCheckInterval: Duration.Duration
   readonly refreshInterval: Duration.Duration
   readonly deliveryTimeout: Duration.Duration
@@ -190,6 +198,13 @@ export const resolve = (options: ClusterOptions = {}): Effect.Effect<ResolvedClu
         "SNAKEPIT_CLUSTER_LOCK_EXPIRATION",
         options.lockExpiration,
         Duration.seconds(10)
+      ))!,
+      advisoryLocks: (yield* pick(
+        "advisoryLocks",
+        "SNAKEPIT_CLUSTER_ADVISORY_LOCKS",
+        options.advisoryLocks,
+        Config.boolean,
+        false
       ))!,
       healthCheckInterval: (yield* duration(
         "healthCheckInterval",

@@ -69,6 +69,7 @@ const shardingConfig = (resolved: ClusterOptions.ResolvedClusterOptions, runner:
     shardsPerGroup: resolved.shards,
     shardLockExpiration: resolved.lockExpiration,
     shardLockRefreshInterval: resolved.lockExpiration,
+    shardLockDisableAdvisory: !resolved.advisoryLocks,
     refreshAssignmentsInterval: resolved.refreshInterval,
     runnerHealthCheckInterval: resolved.healthCheckInterval,
     entityMaxIdleTime: resolved.entityMaxIdleTime,
