@@ -761,10 +761,10 @@ const benchCluster = async () => {
   openPools.add(client)
   try {
     const cluster = await client.runPromise(Effect.all({ service: Snakepit, info: SnakepitCluster.SnakepitCluster }))
-    // Wait until the three runners hold every shard between them.
+    // Wait until each of the three runners holds its final third of the shards.
     for (let i = 0; ; i++) {
       const rs = await client.runPromise(cluster.info.runners)
-      if (rs.length === 3 && rs.reduce((n, r) => n + r.shards, 0) === cluster.info.options.shards) break
+      if (rs.length === 3 && rs.every((r) => r.shards === cluster.info.options.shards / 3)) break
       if (i > 300) throw new Error("the cluster did not settle within 60 s")
       await sleep(200)
     }

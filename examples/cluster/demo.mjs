@@ -33,11 +33,9 @@ const program = Effect.gen(function* () {
   const snakepit = yield* Snakepit
   const info = yield* SnakepitCluster.SnakepitCluster
 
-  // Wait until the three runners hold every shard between them.
+  // Wait until each of the three runners holds its final third of the shards.
   yield* Effect.flatMap(info.runners, (rs) =>
-    rs.length === 3 && rs.reduce((n, r) => n + r.shards, 0) === info.options.shards
-      ? Effect.void
-      : Effect.fail("not settled")
+    rs.length === 3 && rs.every((r) => r.shards === info.options.shards / 3) ? Effect.void : Effect.fail("not settled")
   ).pipe(Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 300 }))
 
   yield* heading("The cluster")

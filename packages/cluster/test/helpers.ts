@@ -21,7 +21,9 @@ export const SECRET = "test-cluster-secret-0123456789"
 /** Failover timings for tests: short lock expiry, frequent health checks and refreshes. */
 export const fastFailover: ClusterOptions.ClusterOptions = {
   secret: SECRET,
-  lockExpiration: "6 seconds",
+  // Short enough for quick failover tests, long enough that a runner stalled by a loaded
+  // machine keeps its shards (locks are refreshed every third of it).
+  lockExpiration: "8 seconds",
   healthCheckInterval: "1 second",
   refreshInterval: "1 second",
   publishInterval: "500 millis",
@@ -119,21 +121,24 @@ export const clientLayer = (dir: string, options: ClusterOptions.ClusterOptions 
     Layer.provide(SnakepitCluster.sqlite(join(dir, "cluster.db")))
   )
 
-/** Waits until `count` runners hold every shard between them, each some: the cluster has settled. */
+/**
+ * Waits until `count` runners of equal weight each hold exactly their share of the shards: the
+ * final assignment (@effect/cluster caps each runner at `shards × weight / total`), with no
+ * shard still on its way from one runner to another.
+ */
 export const awaitSettled = (count: number, shards = 300) =>
   Effect.gen(function* () {
     const cluster = yield* SnakepitCluster.SnakepitCluster
+    const share = Math.floor(shards / count)
     yield* Effect.flatMap(cluster.runners, (runners) =>
-      runners.length === count &&
-      runners.every((r) => r.shards > 0) &&
-      runners.reduce((n, r) => n + r.shards, 0) === shards
+      runners.length === count && runners.every((r) => r.shards === share)
         ? Effect.void
         : Effect.fail(new Error(`not settled: ${JSON.stringify(runners.map((r) => [r.address, r.shards]))}`))
     ).pipe(
       Effect.retry(Schedule.spaced(Duration.millis(200))),
       Effect.timeoutFail({
-        duration: Duration.seconds(60),
-        onTimeout: () => new Error("the cluster did not settle in 60 s")
+        duration: Duration.seconds(90),
+        onTimeout: () => new Error("the cluster did not settle in 90 s")
       })
     )
   })
