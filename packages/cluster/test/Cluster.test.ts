@@ -72,6 +72,7 @@ describe("a cluster of three runners", () => {
           const snakepit = yield* Snakepit
           const session = "stream-session"
           let consumed = 0
+          const started = Date.now()
           yield* snakepit.executeStream("flood", { count: 200_000, size: 1024 }, { session, buffer: 16 }).pipe(
             Stream.take(2_000),
             Stream.runForEach(() => Effect.sync(() => consumed++).pipe(Effect.zipRight(Effect.sleep("1 millis"))))
@@ -81,7 +82,9 @@ describe("a cluster of three runners", () => {
             closed: boolean
           }
           const ahead = report.produced - consumed
-          console.log(`[cluster back-pressure] consumed ${consumed}, produced ${report.produced} (ahead ${ahead})`)
+          console.log(
+            `[cluster back-pressure] consumed ${consumed} in ${Date.now() - started} ms, produced ${report.produced} (ahead ${ahead})`
+          )
           expect(consumed).toBe(2_000)
           // Without back-pressure the producer would be ~198 000 chunks ahead.
           expect(ahead).toBeLessThan(1_000)

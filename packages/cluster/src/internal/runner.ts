@@ -57,6 +57,20 @@ const callOptions = (
   }
 }
 
+/**
+ * Sends what the pool has ready, up to `max` values, as one chunk. The runner waits for the
+ * client's acknowledgement of each chunk before it pulls the next (end-to-end back-pressure),
+ * so one value per chunk would cost a network round trip per value.
+ */
+const batchAvailable = <A, E>(stream: Stream.Stream<A, E>, max: number): Stream.Stream<A, E> =>
+  Stream.unwrapScoped(
+    Effect.map(Stream.toQueueOfElements(stream, { capacity: max }), (queue) =>
+      Stream.flattenExitOption(Stream.fromQueue(queue, { maxChunkSize: max }))
+    )
+  )
+
+const STREAM_BATCH = 16
+
 // The caller encoded the arguments with `JSON.stringify`; they parse.
 const parseArgs = (args: string): unknown => JSON.parse(args)
 
@@ -109,10 +123,13 @@ const sessionHandlers = Effect.gen(function* () {
         if (previous !== undefined && affinity(payload.pool) !== "hint") {
           return Stream.fail(movedError(session, previous, self))
         }
-        return service.executeStream(
-          payload.tool,
-          parseArgs(payload.args),
-          callOptions(payload, session, previous !== undefined)
+        return batchAvailable(
+          service.executeStream(
+            payload.tool,
+            parseArgs(payload.args),
+            callOptions(payload, session, previous !== undefined)
+          ),
+          payload.buffer ?? STREAM_BATCH
         )
       }),
     DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
@@ -128,7 +145,10 @@ const callHandlers = Effect.map(LocalPool, ({ service }) =>
       ),
     ExecuteStream: ({ payload }) =>
       Stream.suspend(() =>
-        service.executeStream(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false))
+        batchAvailable(
+          service.executeStream(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false)),
+          payload.buffer ?? STREAM_BATCH
+        )
       ),
     DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
   })
