@@ -83,8 +83,8 @@ export const startRunner = (options: {
           JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db"), postgres: options.postgres })
         ],
         {
-          stdio: ["ignore", "pipe", "inherit"],
-          env: { ...process.env, SNAKEPIT_PYTHON: process.env.SNAKEPIT_PYTHON ?? "/work/venv-dev/bin/python" }
+          // The interpreter is found as for any pool (SNAKEPIT_PYTHON, else the usual candidates).
+          stdio: ["ignore", "pipe", "inherit"]
         }
       )
       const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()

@@ -115,6 +115,13 @@ export const make = (options: {
         }
       })
 
+    /**
+     * The entity client's own failures: a full mailbox is the cluster's `QueueFull`; the other
+     * two concern persisted messages, which these are not.
+     */
+    const mailboxFull = (pool: string | undefined) => () =>
+      Effect.fail(new QueueFull({ pool: pool ?? defaultPool, max: MAILBOX_CAPACITY }))
+
     /** An interruption the caller did not cause: the entity stopped serving the call. */
     const movedWhenInterrupted = (opts: CallOptions, tool: string) => (cause: Cause.Cause<unknown>) =>
       Cause.isInterruptedOnly(cause)
@@ -135,7 +142,7 @@ export const make = (options: {
         const entity = opts.session === undefined ? calls(nextKey()) : sessions(opts.session)
         const call = entity.Execute(payload).pipe(
           Effect.catchTags({
-            MailboxFull: () => Effect.fail(new QueueFull({ pool: opts.pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+            MailboxFull: mailboxFull(opts.pool),
             AlreadyProcessingMessage: Effect.die,
             PersistenceError: Effect.die
           }),
@@ -158,8 +165,7 @@ export const make = (options: {
             )
             .pipe(
               Stream.catchTags({
-                MailboxFull: () =>
-                  Stream.fail(new QueueFull({ pool: opts.pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+                MailboxFull: () => Stream.fromEffect(mailboxFull(opts.pool)()),
                 AlreadyProcessingMessage: (e) => Stream.die(e),
                 PersistenceError: (e) => Stream.die(e)
               }),
@@ -235,7 +241,7 @@ export const make = (options: {
           .DescribeTools({ pool: pool ?? null })
           .pipe(
             Effect.catchTags({
-              MailboxFull: () => Effect.fail(new QueueFull({ pool: pool ?? defaultPool, max: MAILBOX_CAPACITY })),
+              MailboxFull: mailboxFull(pool),
               AlreadyProcessingMessage: Effect.die,
               PersistenceError: Effect.die
             })

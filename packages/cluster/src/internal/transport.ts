@@ -10,7 +10,7 @@ import * as Socket from "@effect/platform/Socket"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { NodeSocket } from "@effect/platform-node"
 import { RpcClient, RpcSerialization } from "@effect/rpc"
-import { Deferred, Effect, Exit, FiberSet, Layer, Option, Redacted, Scope } from "effect"
+import { Deferred, Effect, Exit, FiberSet, Layer, Option, Redacted, Runtime, Scope } from "effect"
 import { recordWrites, type Written } from "./delivery.js"
 
 const IDENTITY = "snakepit-cluster"
@@ -98,6 +98,7 @@ export const layerSocketServer = (
       const listen = Option.orElse(config.runnerListenAddress, () => config.runnerAddress)
       if (Option.isNone(listen)) return yield* Effect.dieMessage("a runner needs a listen address")
       const psk = pskOf(secret)
+      const runFork = Runtime.runFork(yield* Effect.runtime<never>())
       const errorDeferred = yield* Deferred.make<never, Error>()
       const pending: Array<Tls.TLSSocket> = []
       let onConnection = (conn: Tls.TLSSocket) => {
@@ -114,7 +115,7 @@ export const layerSocketServer = (
       // A peer without the key: its handshake fails here and it never reaches the RPC server.
       server.on("tlsClientError", (error, socket) => {
         socket.destroy()
-        Effect.runFork(
+        runFork(
           Effect.logWarning(
             `cluster: refused a connection that did not prove the secret (${(error as { code?: string }).code ?? error.message.split("\n")[0]})`
           ).pipe(Effect.annotateLogs({ remote: socket.remoteAddress ?? "?" }))
