@@ -11,8 +11,9 @@ import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import { PgClient } from "@effect/sql-pg"
 import { type ClusterOptions, SnakepitCluster } from "@snakepit/cluster"
+import type { CallError } from "@snakepit/core"
 import { Processes } from "@snakepit/testkit"
-import { Duration, Effect, Layer, Redacted, Schedule } from "effect"
+import { Duration, Effect, Either, Layer, Redacted, Schedule } from "effect"
 
 const runnerScript = fileURLToPath(new URL("./fixtures/runner.mjs", import.meta.url))
 
@@ -200,3 +201,36 @@ export const clientLayerPostgres = (url: string, options: ClusterOptions.Cluster
   SnakepitCluster.layerClient({ ...fastFailover, ...options }).pipe(
     Layer.provide(PgClient.layer({ url: Redacted.make(url) }))
   )
+
+/** What it took to get a call served after a runner died. */
+export interface Served<A> {
+  readonly value: A
+  /** `RunnerUnreachable` answers: calls that raced the runner's death (written to its socket as it died). */
+  readonly unreachable: number
+  /** `SessionWorkerUnavailable` answers: the moved signal. */
+  readonly moved: number
+}
+
+/**
+ * Repeats `call` until it is served, counting the typed answers a session may get on the way
+ * after its runner died; any other failure, or a call that outlasts `limit`, fails the test.
+ */
+export const untilServed = <A>(call: Effect.Effect<A, CallError>, limit: Duration.Duration) =>
+  Effect.gen(function* () {
+    let unreachable = 0
+    let moved = 0
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const result = yield* Effect.either(call).pipe(
+        Effect.timeoutFail({
+          duration: limit,
+          onTimeout: () => new Error(`a call hung past ${Duration.format(limit)}`)
+        })
+      )
+      if (Either.isRight(result)) return { value: result.right, unreachable, moved } satisfies Served<A>
+      const error = result.left
+      if (error._tag === "RunnerUnreachable" && moved === 0) unreachable++
+      else if (error._tag === "SessionWorkerUnavailable") moved++
+      else return yield* Effect.fail(new Error(`unexpected ${error._tag}: ${error.message}`))
+    }
+    return yield* Effect.fail(new Error("not served after 10 calls"))
+  })
