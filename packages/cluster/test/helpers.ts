@@ -58,8 +58,9 @@ export interface Runner {
 }
 
 /**
- * Starts a runner process and waits for its ready line. When the test's scope closes it is
- * stopped (SIGTERM, then SIGKILL after 10 s), and none of its Python processes may survive.
+ * Starts a runner process and waits for its ready line. The process is a resource from the
+ * moment it is spawned: when the test's scope closes, whatever happened, it is stopped (SIGTERM,
+ * then SIGKILL after 10 s) and none of its Python processes may survive.
  */
 export const startRunner = (options: {
   readonly dir: string
@@ -69,52 +70,55 @@ export const startRunner = (options: {
   /** A PostgreSQL URL for the cluster's storage, instead of the SQLite file in `dir`. */
   readonly postgres?: string
 }) =>
-  Effect.acquireRelease(
-    Effect.gen(function* () {
-      const cluster = {
-        ...fastFailover,
-        ...options.cluster,
-        port: options.port,
-        pool: { size: 2, affinity: "strict_queue", dataDir: options.dir, ...options.pool }
-      }
-      const child = spawn(
-        process.execPath,
-        [
-          runnerScript,
-          JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db"), postgres: options.postgres })
-        ],
-        {
+  Effect.gen(function* () {
+    const cluster = {
+      ...fastFailover,
+      ...options.cluster,
+      port: options.port,
+      pool: { size: 2, affinity: "strict_queue", dataDir: options.dir, ...options.pool }
+    }
+    let runId: string | undefined
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        spawn(
+          process.execPath,
+          [
+            runnerScript,
+            JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db"), postgres: options.postgres })
+          ],
           // The interpreter is found as for any pool (SNAKEPIT_PYTHON, else the usual candidates).
-          stdio: ["ignore", "pipe", "inherit"]
-        }
-      )
-      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-      const ready = yield* Effect.promise(async () => {
-        for (;;) {
-          const line = await lines.next()
-          if (line.done) throw new Error(`runner on port ${options.port} exited before it was ready`)
-          if (String(line.value).startsWith("{")) return JSON.parse(String(line.value)) as Omit<Runner, "child">
-        }
-      }).pipe(
-        Effect.timeoutFail({
-          duration: Duration.seconds(60),
-          onTimeout: () => new Error(`runner on port ${options.port} not ready within 60 s`)
+          { stdio: ["ignore", "pipe", "inherit"] }
+        )
+      ),
+      (child) =>
+        Effect.gen(function* () {
+          const pid = child.pid!
+          if (child.exitCode === null && child.signalCode === null) {
+            child.kill("SIGTERM")
+            yield* Processes.awaitGone([pid], Duration.seconds(10)).pipe(
+              Effect.catchAll(() => Effect.sync(() => child.kill("SIGKILL")))
+            )
+          }
+          yield* Processes.awaitGone([pid], Duration.seconds(5)).pipe(Effect.orDie)
+          if (runId !== undefined) yield* Processes.awaitRunGone(runId, Duration.seconds(10)).pipe(Effect.orDie)
         })
-      )
-      return { ...ready, child }
-    }),
-    (runner) =>
-      Effect.gen(function* () {
-        if (runner.child.exitCode === null && runner.child.signalCode === null) {
-          runner.child.kill("SIGTERM")
-          yield* Processes.awaitGone([runner.pid], Duration.seconds(10)).pipe(
-            Effect.catchAll(() => Effect.sync(() => runner.child.kill("SIGKILL")))
-          )
-        }
-        yield* Processes.awaitGone([runner.pid], Duration.seconds(5)).pipe(Effect.orDie)
-        yield* Processes.awaitRunGone(runner.runId, Duration.seconds(10)).pipe(Effect.orDie)
+    )
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+    const ready = yield* Effect.promise(async () => {
+      for (;;) {
+        const line = await lines.next()
+        if (line.done) throw new Error(`runner on port ${options.port} exited before it was ready`)
+        if (String(line.value).startsWith("{")) return JSON.parse(String(line.value)) as Omit<Runner, "child">
+      }
+    }).pipe(
+      Effect.timeoutFail({
+        duration: Duration.seconds(120),
+        onTimeout: () => new Error(`runner on port ${options.port} not ready within 120 s`)
       })
-  )
+    )
+    runId = ready.runId
+    return { ...ready, child } satisfies Runner
+  })
 
 /** The test process as a cluster client on the same storage. */
 export const clientLayer = (dir: string, options: ClusterOptions.ClusterOptions = {}) =>
