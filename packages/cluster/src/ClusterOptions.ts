@@ -60,8 +60,9 @@ export interface ClusterOptions {
    */
   readonly deliveryTimeout?: Duration.DurationInput
   /**
-   * The call timeout callers get when they give none; the runner's pool applies it. Default: the
-   * runner pool's own `callTimeout` (env `SNAKEPIT_CLUSTER_CALL_TIMEOUT`).
+   * The timeout of calls that give none; it travels with the call and the serving runner's pool
+   * applies it. Default: on a runner, its pool's `callTimeout`; on a client, 60 s (the pool's
+   * default). Env `SNAKEPIT_CLUSTER_CALL_TIMEOUT`.
    */
   readonly callTimeout?: Duration.DurationInput
   /** How often a runner publishes its pools' stats and workers to the others. Default 1 s. */

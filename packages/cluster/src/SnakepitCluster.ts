@@ -22,13 +22,26 @@ import { RpcSerialization, RpcServer } from "@effect/rpc"
 import type { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { type Affinity, ConfigError, Diagnostics, type PoolStartError, Snakepit, SnakepitPool } from "@snakepit/core"
-import { Config, Context, type Duration, Effect, Layer, Option } from "effect"
+import { Config, Context, Duration, Effect, Layer, Option } from "effect"
 import * as ClusterOptions from "./ClusterOptions.js"
 import * as Client from "./internal/client.js"
 import { layerRunners, type Written } from "./internal/delivery.js"
 import * as Directory from "./internal/directory.js"
+import * as Protocol from "./internal/protocol.js"
 import { LocalPool, layerEntities, layerPublisher, RunnerIdentity } from "./internal/runner.js"
 import { layerClientProtocol, layerSocketServer } from "./internal/transport.js"
+
+/** A client's default call timeout: the pool's default, since it cannot know the runners' own. */
+const CLIENT_CALL_TIMEOUT = Duration.seconds(60)
+
+/**
+ * Python tools find this key in `ctx.attachments` on the first call after their session moved
+ * here from another runner, in `hint` affinity (strict affinity answers `SessionWorkerUnavailable`).
+ *
+ * @since 0.1.0
+ * @category sessions
+ */
+export const SESSION_MOVED_ATTACHMENT = Protocol.SESSION_MOVED_ATTACHMENT
 
 /**
  * A runner as it last published itself: its address, process, pools and workers.
@@ -153,7 +166,9 @@ export const layer = (
   Layer.unwrapEffect(
     Effect.gen(function* () {
       const resolved = yield* ClusterOptions.resolve(options)
-      const pools = (yield* Diagnostics.resolveOptions(options.pool ?? {})).map((p) => p.name)
+      const poolOptions = yield* Diagnostics.resolveOptions(options.pool ?? {})
+      const pools = poolOptions.map((p) => p.name)
+      const callTimeout = resolved.callTimeout ?? poolOptions[0]?.callTimeout ?? CLIENT_CALL_TIMEOUT
       const identity = { instance: randomUUID(), address: `${resolved.host}:${resolved.port}` }
       const runner = Layer.mergeAll(
         layerEntities({ maxIdleTime: resolved.entityMaxIdleTime }),
@@ -162,7 +177,7 @@ export const layer = (
       const services = Layer.effectContext(
         Effect.gen(function* () {
           const local = yield* LocalPool
-          const { runners, service } = yield* Client.make({ resolved, pools, local })
+          const { runners, service } = yield* Client.make({ resolved, callTimeout, pools, local })
           return Context.make(Snakepit, service).pipe(
             Context.add(SnakepitCluster, {
               runners,
@@ -197,7 +212,12 @@ export const layerClient = (
       const pools = options.pools ?? ["default"]
       return Layer.effectContext(
         Effect.gen(function* () {
-          const { runners, service } = yield* Client.make({ resolved, pools, local: undefined })
+          const { runners, service } = yield* Client.make({
+            resolved,
+            callTimeout: resolved.callTimeout ?? CLIENT_CALL_TIMEOUT,
+            pools,
+            local: undefined
+          })
           return Context.make(Snakepit, service).pipe(
             Context.add(SnakepitCluster, {
               runners,

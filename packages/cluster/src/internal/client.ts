@@ -66,6 +66,8 @@ const sumStats = (pool: string, all: ReadonlyArray<PoolStats>): PoolStats =>
 /** Builds the cluster's `Snakepit` service. `local` is this process's pool when it is a runner. */
 export const make = (options: {
   readonly resolved: ResolvedClusterOptions
+  /** The timeout of calls that give none (the cluster option, else the default decided by the layer). */
+  readonly callTimeout: Duration.Duration
   readonly pools: ReadonlyArray<string>
   readonly local: LocalPool["Type"] | undefined
 }) =>
@@ -87,11 +89,11 @@ export const make = (options: {
     const local_ = resolved.sessionless === "local" ? local : undefined
 
     const timeoutOf = (opts: CallOptions) =>
-      opts.timeout === undefined ? resolved.callTimeout : Duration.decode(opts.timeout)
+      opts.timeout === undefined ? options.callTimeout : Duration.decode(opts.timeout)
 
     /** The client-side bound: the call's own timeout plus the time a runner may take to be found. */
-    const deadline = (tool: string, timeout: Duration.Duration | undefined) =>
-      timeout === undefined || !Duration.isFinite(timeout)
+    const deadline = (tool: string, timeout: Duration.Duration) =>
+      !Duration.isFinite(timeout)
         ? undefined
         : {
             duration: Duration.sum(timeout, resolved.deliveryTimeout),
@@ -110,7 +112,7 @@ export const make = (options: {
           tool,
           args: json.toString("utf8"),
           pool: opts.pool ?? null,
-          timeoutMs: timeout === undefined ? null : Duration.toMillis(timeout),
+          timeoutMs: Duration.toMillis(timeout),
           attachments: opts.attachments ?? null
         }
       })

@@ -47,8 +47,8 @@ const callFields = {
   /** The arguments as JSON text, encoded (and checked) by the caller exactly as a local pool would. */
   args: Schema.String,
   pool: Schema.NullOr(Schema.String),
-  /** The call's timeout; null: the runner pool's `callTimeout`. */
-  timeoutMs: Schema.NullOr(Schema.Number),
+  /** The call's timeout, decided by the caller so that caller and runner agree on it. */
+  timeoutMs: Schema.Number,
   attachments: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Uint8ArrayFromSelf }))
 }
 

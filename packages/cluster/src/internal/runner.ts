@@ -35,7 +35,7 @@ interface CallPayload {
   readonly tool: string
   readonly args: string
   readonly pool: string | null
-  readonly timeoutMs: number | null
+  readonly timeoutMs: number
   readonly attachments: { readonly [key: string]: Uint8Array } | null
 }
 
@@ -51,7 +51,7 @@ const callOptions = (
   return {
     ...(session === undefined ? {} : { session }),
     ...(p.pool === null ? {} : { pool: p.pool }),
-    ...(p.timeoutMs === null ? {} : { timeout: Duration.millis(p.timeoutMs) }),
+    timeout: Duration.millis(p.timeoutMs),
     ...(p.buffer === undefined || p.buffer === null ? {} : { buffer: p.buffer }),
     ...(attachments === null ? {} : { attachments })
   }
