@@ -60,7 +60,9 @@ const connect = (psk: Buffer, host: string, port: number) =>
           })
       )
     }),
-    { openTimeout: 2000 }
+    // A TLS handshake with a loaded peer can take seconds; a health ping that gives up sooner
+    // would mark a live runner dead and move its shards.
+    { openTimeout: 10_000 }
   )
 
 /** How `Runners` reach other runners: one TLS-PSK socket per runner, carrying the cluster's RPCs. */
