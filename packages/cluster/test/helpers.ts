@@ -19,16 +19,18 @@ const runnerScript = fileURLToPath(new URL("./fixtures/runner.mjs", import.meta.
 
 export const SECRET = "test-cluster-secret-0123456789"
 
-/** Failover timings for tests: short lock expiry, frequent health checks and refreshes. */
+/**
+ * Failover timings for tests: frequent health checks and refreshes. The lock expiration stays
+ * generous: a runner refreshes its locks every third of it and gives up all its shards when a
+ * refresh takes longer, which a shared SQLite file on two loaded cores can.
+ */
 export const fastFailover: ClusterOptions.ClusterOptions = {
   secret: SECRET,
-  // Short enough for quick failover tests, long enough that a runner stalled by a loaded
-  // machine keeps its shards (locks are refreshed every third of it).
-  lockExpiration: "8 seconds",
+  lockExpiration: "15 seconds",
   healthCheckInterval: "1 second",
   refreshInterval: "1 second",
-  publishInterval: "500 millis",
-  deliveryTimeout: "30 seconds"
+  publishInterval: "1 second",
+  deliveryTimeout: "60 seconds"
 }
 
 /** A port nothing listens on right now. */

@@ -125,12 +125,12 @@ export const make = (options: {
       Effect.fail(new QueueFull({ pool: pool ?? defaultPool, max: MAILBOX_CAPACITY }))
 
     /** An interruption the caller did not cause: the entity stopped serving the call. */
-    const movedWhenInterrupted = (opts: CallOptions, tool: string) => (cause: Cause.Cause<unknown>) =>
+    const movedWhenInterrupted = (opts: CallOptions, tool: string, key: string) => (cause: Cause.Cause<unknown>) =>
       Cause.isInterruptedOnly(cause)
         ? Option.some(
             new EntityMoved({
               entity: opts.session === undefined ? "call" : "session",
-              id: opts.session ?? "",
+              id: key,
               tool,
               detail: "the runner stopped serving it before the call finished (shard moved or runner stopping)"
             })
@@ -141,14 +141,15 @@ export const make = (options: {
       if (opts.session === undefined && local_ !== undefined) return local_.service.execute(tool, args, opts)
       return Effect.gen(function* () {
         const payload = yield* payloadOf(tool, args, opts)
-        const entity = opts.session === undefined ? calls(nextKey()) : sessions(opts.session)
+        const key = opts.session ?? nextKey()
+        const entity = opts.session === undefined ? calls(key) : sessions(key)
         const call = entity.Execute(payload).pipe(
           Effect.catchTags({
             MailboxFull: mailboxFull(opts.pool),
             AlreadyProcessingMessage: Effect.die,
             PersistenceError: Effect.die
           }),
-          Effect.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool)(cause), Effect.fail))
+          Effect.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool, key)(cause), Effect.fail))
         )
         const bound = deadline(tool, timeoutOf(opts))
         return yield* bound === undefined ? call : Effect.timeoutFail(call, bound)
@@ -159,7 +160,8 @@ export const make = (options: {
       if (opts.session === undefined && local_ !== undefined) return local_.service.executeStream(tool, args, opts)
       return Stream.unwrap(
         Effect.map(payloadOf(tool, args, opts), (payload) => {
-          const entity = opts.session === undefined ? calls(nextKey()) : sessions(opts.session)
+          const key = opts.session ?? nextKey()
+          const entity = opts.session === undefined ? calls(key) : sessions(key)
           const stream = entity
             .ExecuteStream(
               { ...payload, buffer: opts.buffer ?? null },
@@ -171,7 +173,7 @@ export const make = (options: {
                 AlreadyProcessingMessage: (e) => Stream.die(e),
                 PersistenceError: (e) => Stream.die(e)
               }),
-              Stream.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool)(cause), Stream.fail))
+              Stream.catchSomeCause((cause) => Option.map(movedWhenInterrupted(opts, tool, key)(cause), Stream.fail))
             )
           // For a stream the timeout bounds the wait for each next chunk.
           const bound = deadline(tool, timeoutOf(opts))
