@@ -73,7 +73,7 @@ const program = Effect.gen(function* () {
   yield* Effect.promise(() => victim.exited)
   for (const session of moving) {
     const first = yield* Effect.either(snakepit.execute("session_get", { key: "cart" }, { session }))
-    const moved = Either.isLeft(first) ? `${first.left._tag} (${first.left.reason})` : "no signal?"
+    const moved = Either.isLeft(first) ? `${first.left._tag}: ${first.left.message}` : "no signal?"
     const cart = yield* snakepit.execute("session_get", { key: "cart" }, { session })
     const { pid } = yield* snakepit.execute("ping", {}, { session })
     const after = Duration.format(Duration.millis((yield* Clock.currentTimeMillis) - killedAt))
