@@ -5,8 +5,10 @@
 import { Snakepit, SnakepitPool } from "@snakepit/core"
 import { RunId } from "@snakepit/registry"
 import { Effect, ManagedRuntime } from "effect"
+import { workerPython } from "../scripts/python.mjs"
 
-const PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? "/usr/bin/python3"
+// run.mjs passes the executable its own pools use.
+const PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? workerPython()
 const workers = Number(process.argv[2] ?? "0")
 const dataDir = process.argv[3]
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))

@@ -1,65 +1,94 @@
 #!/usr/bin/env node
-// Side-by-side benchmarks of Snakepit (issue 7). Every figure is a ratio against a baseline
-// measured in the same run, alternating Snakepit and baseline, after warm-up.
+// Side-by-side benchmarks of Snakepit, per transport (issues 7 and 12). Every figure is a ratio
+// against a baseline measured in the same run, the sides taking turns after warm-up.
 //
-//   npm run bench                 the full suite (a few minutes on 2 cores)
+//   npm run bench                 the full suite (about 10 minutes on 2 loaded cores)
 //   npm run bench -- --quick      a short version (CI keeps the harness working with it)
 //   npm run bench -- --only=overhead,stream   some groups only (the other rows are null)
 //   npm run bench -- --only=cluster           session calls through a 3-runner cluster vs a local pool
 //
 // Writes bench/results/latest.json:
-//   { date, machine: { cores, node, python, grpcio }, rows: [{ id, snakepit, baseline, unit, ratio, target }] }
+//   { date, quick, machine: { cores, node, python, executable, grpcio, load }, rows: [{ id, snakepit,
+//     baseline, against, unit, ratio, target }], notes }
 // Exit code: 1 when a benchmark crashes or a worker process survives; a missed target only
 // prints MISS.
 import { spawn, spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
-import { availableParallelism, cpus, tmpdir } from "node:os"
+import { availableParallelism, cpus, loadavg, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
-import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
-import { credentials } from "@grpc/grpc-js"
 import { SnakepitCluster } from "@snakepit/cluster"
-import { Snakepit, SnakepitPool, ThreadLimits } from "@snakepit/core"
-import { Proto } from "@snakepit/grpc"
+import { Snakepit, SnakepitPool } from "@snakepit/core"
 import { RunId } from "@snakepit/registry"
 import { Duration, Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
-import { PythonShell } from "python-shell"
 import { freePort, startRunner } from "../examples/cluster/start.mjs"
+import { workerPython } from "../scripts/python.mjs"
+import {
+  bareStarts,
+  killAll,
+  rawGrpcEcho,
+  rawGrpcFlood,
+  spawnGrpcWorker,
+  spawnLocalWorker,
+  startShells
+} from "./baselines.mjs"
+
+/**
+ * The interpreter every row runs, chosen once: SNAKEPIT_BENCH_PYTHON, else the repository's
+ * choice (`workerPython()`: SNAKEPIT_PYTHON, else the project venv), else `python3`, resolved to
+ * its `sys.executable`. The pools and every baseline then run that very
+ * executable, and no shim (pyenv's, for one) is in any figure.
+ */
+const choosePython = () => {
+  const named = process.env.SNAKEPIT_BENCH_PYTHON || workerPython() || "python3"
+  const res = spawnSync(named, ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" })
+  const executable = res.status === 0 ? res.stdout.trim() : ""
+  if (!executable) {
+    console.error(`bench: cannot run ${named}: ${res.error?.message ?? res.stderr}`)
+    process.exit(1)
+  }
+  return executable
+}
+const PYTHON = choosePython()
 
 const here = dirname(fileURLToPath(import.meta.url))
-const root = join(here, "..")
 const argv = process.argv.slice(2)
 const QUICK = argv.includes("--quick")
 const ONLY = argv
   .find((a) => a.startsWith("--only="))
   ?.slice("--only=".length)
   .split(",")
-const PYTHON = process.env.SNAKEPIT_BENCH_PYTHON ?? "/usr/bin/python3"
-const ADAPTER = "snakepit_bridge.showcase:ShowcaseAdapter"
-const MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the overhead rows
+const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the call rows
+const GROUPS = ["overhead", "throughput", "peer", "stream", "startup", "mem", "cluster"]
+const unknown = ONLY?.filter((group) => !GROUPS.includes(group)) ?? []
+if (unknown.length > 0) {
+  console.error(`bench: unknown group(s) ${unknown.join(", ")}; the groups are ${GROUPS.join(", ")}`)
+  process.exit(2)
+}
 
 // Sizes of the runs. Quick mode keeps every row id, with null where a row is skipped.
 const CFG = QUICK
   ? {
       // Warm-ups as long as the full run's: a cold JIT would make the ratios meaningless.
       overhead: { calls: 300, rounds: 3, warmup: 300 },
-      throughput: { sizes: [2, 8], roundMs: 500, rounds: 2, warmupMs: 200 },
+      // The default capacity 1 (reported in the notes only) is not measured.
+      throughput: { sizes: [2, 8], roundMs: 400, rounds: 2, warmupMs: 200, capacity1: false },
       peer: { processes: 2, roundMs: 500, rounds: 2, warmupMs: 200 },
-      stream: { chunks: 10_000, rounds: 1, warmup: 5_000 },
-      startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32 and startup_100 are null
-      mem: { workers: 8 }, // 8 workers instead of 32: the per-worker figure is only indicative
+      stream: { chunks: 5_000, rounds: 1, warmup: 5_000 },
+      startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32_* and startup_100_* are null
+      // 8 workers instead of 32, one measurement each: the per-worker figure is only indicative.
+      mem: { workers: 8, reps: 1, marginal: false },
       cluster: { sessions: 12, calls: 300, rounds: 2, warmup: 300, roundMs: 500, warmupMs: 300 }
     }
   : {
       overhead: { calls: 2000, rounds: 10, warmup: 300 },
-      throughput: { sizes: [2, 8], roundMs: 1000, rounds: 6, warmupMs: 500 },
+      throughput: { sizes: [2, 8], roundMs: 1000, rounds: 6, warmupMs: 500, capacity1: true },
       peer: { processes: 2, roundMs: 1000, rounds: 6, warmupMs: 500 },
       stream: { chunks: 100_000, rounds: 2, warmup: 5_000 },
       startup: { sizes: [1, 8, 32, 100], reps: { 1: 5, 8: 3, 32: 2, 100: 1 } },
-      mem: { workers: 32 },
+      mem: { workers: 32, reps: 2, marginal: true },
       cluster: { sessions: 12, calls: 2000, rounds: 6, warmup: 500, roundMs: 1000, warmupMs: 500 }
     }
 
@@ -72,32 +101,40 @@ const T0 = performance.now()
 // Machine, run ids, scratch space
 // ---------------------------------------------------------------------------------------------
 
-const pyInfo = spawnSync(PYTHON, ["-c", "import sys, grpc; print(sys.version.split()[0], grpc.__version__)"], {
-  encoding: "utf8"
-})
+const pyInfo = spawnSync(
+  PYTHON,
+  [
+    "-c",
+    "import sys; print(sys.version.split()[0])\ntry:\n import grpc, google.protobuf; print(grpc.__version__)\nexcept ImportError: pass"
+  ],
+  { encoding: "utf8" }
+)
 if (pyInfo.status !== 0) {
-  console.error(`bench: ${PYTHON} cannot import grpc:\n${pyInfo.stderr}`)
+  console.error(`bench: ${PYTHON} does not run:\n${pyInfo.stderr}`)
   process.exit(1)
 }
-const [pythonVersion, grpcioVersion] = pyInfo.stdout.trim().split(" ")
+const [pythonVersion, grpcioVersion = null] = pyInfo.stdout.trim().split("\n")
+/** The gRPC rows need grpcio and protobuf; without them they are null and a note says why. */
+const GRPC = grpcioVersion !== null
 const machine = {
   cores: typeof availableParallelism === "function" ? availableParallelism() : cpus().length,
   node: process.version,
   python: pythonVersion,
-  grpcio: grpcioVersion
+  executable: PYTHON,
+  grpcio: grpcioVersion,
+  // The machine is shared: the 1-minute load average when the run started.
+  load: Number(loadavg()[0].toFixed(2))
 }
 
 /** The run id of the pools' workers (this process's) and of the baseline processes. */
 const POOL_RUN_ID = RunId.forProcess()
 const BASE_RUN_ID = RunId.generate()
-/** Run ids of the child Node processes of the memory row (their workers carry those). */
+/** Run ids of the child Node processes of the memory and cluster rows (their workers carry those). */
 const childRunIds = []
 const dataDir = mkdtempSync(join(tmpdir(), "snakepit-bench-"))
 
-const poolOptions = (size, extra = {}) => ({ size, python: PYTHON, dataDir, ...extra })
-
 // ---------------------------------------------------------------------------------------------
-// Statistics and rows
+// Rows
 // ---------------------------------------------------------------------------------------------
 
 const percentile = (samples, p) => {
@@ -107,71 +144,60 @@ const percentile = (samples, p) => {
 }
 const median = (xs) => percentile(xs, 50)
 
-const ROW_IDS = [
-  "overhead_p50",
-  "overhead_p99",
-  "throughput_pool2",
-  "throughput_pool8",
-  "peer_python_shell",
-  "startup_1",
-  "startup_8",
-  "startup_32",
-  "startup_100",
-  "stream",
-  "host_mem_per_worker",
-  "cluster_session_p50",
-  "cluster_session_calls",
-  "cluster_failover"
-]
-const UNITS = {
-  overhead_p50: "ms",
-  overhead_p99: "ms",
-  throughput_pool2: "calls/s",
-  throughput_pool8: "calls/s",
-  peer_python_shell: "calls/s",
-  startup_1: "ms",
-  startup_8: "ms",
-  startup_32: "ms",
-  startup_100: "ms",
-  stream: "chunks/s",
-  host_mem_per_worker: "MB",
-  cluster_session_p50: "ms",
-  cluster_session_calls: "calls/s",
-  cluster_failover: "ms"
-}
-/** The bound from the issue's table; null where the row only reports. */
-const TARGETS = {
-  overhead_p50: 1.15,
-  overhead_p99: null,
-  throughput_pool2: 0.9,
-  throughput_pool8: 0.9,
-  peer_python_shell: null,
-  startup_1: 1.25,
-  startup_8: 1.25,
-  startup_32: 1.25,
-  startup_100: 1.25,
-  stream: 0.9,
+const PY_SHELL = "python-shell"
+const RAW_GRPC = "raw grpc-js"
+const GRPC_POOL = "gRPC pool"
+const LOCAL_POOL_6 = "local pool of 6"
+/**
+ * Every row: [id, unit, target, baseline]. The target is the bound from the issues' tables (null:
+ * the row only reports); latency and startup must stay at or below it, rates at or above.
+ */
+const ROWS = [
+  ["overhead_p50_local", "ms", null, PY_SHELL],
+  ["overhead_p99_local", "ms", null, PY_SHELL],
+  ["overhead_p50_grpc", "ms", 1.15, RAW_GRPC],
+  ["overhead_p99_grpc", "ms", null, RAW_GRPC],
+  ["local_vs_grpc_overhead_p50", "ms", 0.35, GRPC_POOL],
+  ["throughput_pool2_local", "calls/s", null, PY_SHELL],
+  ["throughput_pool2_grpc", "calls/s", 0.9, RAW_GRPC],
+  ["throughput_pool8_local", "calls/s", null, PY_SHELL],
+  ["throughput_pool8_grpc", "calls/s", 0.9, RAW_GRPC],
+  ["peer_python_shell_local", "calls/s", 0.5, PY_SHELL],
+  ["peer_python_shell_grpc", "calls/s", null, PY_SHELL],
+  ["stream_local", "chunks/s", 2, GRPC_POOL],
+  ["stream_grpc", "chunks/s", 0.9, RAW_GRPC],
+  ["local_vs_grpc_stream", "chunks/s", 2, GRPC_POOL],
+  ["startup_1_local", "ms", 1.5, "python -c pass"],
+  ["startup_8_local", "ms", null, "python -c pass"],
+  ["startup_32_local", "ms", null, "python -c pass"],
+  ["startup_100_local", "ms", 1.5, "python -c pass"],
+  ["startup_1_grpc", "ms", 1.25, "import grpc"],
+  ["startup_8_grpc", "ms", 1.25, "import grpc"],
+  ["startup_32_grpc", "ms", 1.25, "import grpc"],
+  ["startup_100_grpc", "ms", 1.25, "import grpc"],
   // No baseline: the bound is on the Snakepit figure itself (< 1 MB per worker).
-  host_mem_per_worker: 1,
-  // Reports: the price of a network hop, a second process and TLS per call.
-  cluster_session_p50: null,
-  cluster_session_calls: null,
+  ["host_mem_per_worker", "MB", 1, "—"],
+  // The price of a network hop, a second process and TLS per call: reports.
+  ["cluster_session_p50_local", "ms", null, LOCAL_POOL_6],
+  ["cluster_session_calls_local", "calls/s", null, LOCAL_POOL_6],
   // kill -9 of a runner until its last session is served elsewhere, against the documented bound.
-  cluster_failover: 1
-}
-const higherIsBetter = (id) => UNITS[id].endsWith("/s")
+  ["cluster_failover_local", "ms", 1, "failover bound"]
+]
+const ROW = new Map(ROWS.map(([id, unit, target, against]) => [id, { unit, target, against }]))
+const higherIsBetter = (id) => ROW.get(id).unit.endsWith("/s")
 
 const results = new Map()
 const notes = []
 const record = (id, snakepit, baseline) => {
-  const round = (x) => (x === null ? null : Number(x.toPrecision(6)))
-  const ratio = snakepit !== null && baseline !== null && baseline !== 0 ? snakepit / baseline : null
-  results.set(id, { snakepit: round(snakepit), baseline: round(baseline), ratio: ratio === null ? null : round(ratio) })
+  if (!ROW.has(id)) throw new Error(`bench: unknown row ${id}`)
+  const round = (x) => (x === null || x === undefined ? null : Number(x.toPrecision(6)))
+  const ratio = snakepit != null && baseline != null && baseline !== 0 ? snakepit / baseline : null
+  results.set(id, { snakepit: round(snakepit), baseline: round(baseline), ratio: round(ratio) })
 }
 
 /** ok / MISS / "" (no target or no figure). */
 const verdict = (id, row) => {
-  const target = TARGETS[id]
+  const { target } = ROW.get(id)
   if (target === null) return ""
   if (id === "host_mem_per_worker") return row.snakepit === null ? "" : row.snakepit < target ? "ok" : "MISS"
   if (row.ratio === null) return ""
@@ -179,111 +205,56 @@ const verdict = (id, row) => {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Baseline: the same Python server, spawned by hand, and a raw grpc-js client
+// Taking turns
 // ---------------------------------------------------------------------------------------------
 
-const baselineServers = new Set()
-const serverEnv = {
-  ...process.env,
-  ...ThreadLimits.toEnv(ThreadLimits.defaults),
-  PYTHONPATH: [join(root, "packages", "core", "python"), process.env.PYTHONPATH].filter(Boolean).join(":"),
-  PYTHONUNBUFFERED: "1",
-  PYTHONDONTWRITEBYTECODE: "1"
+/**
+ * Runs every side once per round, rotating which goes first, so that no side always follows the
+ * same one (with two sides: a b, b a, a b, ...).
+ */
+const rotate = async (rounds, sides, run) => {
+  const names = Object.keys(sides)
+  for (let r = 0; r < rounds; r++) {
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(r + k) % names.length]
+      await run(name, sides[name])
+    }
+  }
 }
 
-/** Spawns `snakepit_bridge.server` as the pool would and resolves once it printed its ready line. */
-const spawnServer = (id) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(
-      PYTHON,
-      [
-        "-m",
-        "snakepit_bridge.server",
-        "--adapter",
-        ADAPTER,
-        "--port",
-        "0",
-        "--worker-id",
-        id,
-        "--snakepit-run-id",
-        BASE_RUN_ID,
-        "--max-message-bytes",
-        String(MAX_MESSAGE_BYTES)
-      ],
-      { env: serverEnv, stdio: ["pipe", "pipe", "pipe"], detached: true }
-    )
-    let stderr = ""
-    child.stderr.on("data", (d) => {
-      stderr = (stderr + d).slice(-4000)
-    })
-    const exited = new Promise((r) => child.once("exit", r))
-    const server = { id, child, exited, client: undefined }
-    baselineServers.add(server)
-    const timer = setTimeout(() => reject(new Error(`baseline server ${id} not ready in 60 s:\n${stderr}`)), 60_000)
-    child.once("exit", (code, signal) => {
-      clearTimeout(timer)
-      reject(new Error(`baseline server ${id} exited (${code ?? signal}) before ready:\n${stderr}`))
-    })
-    createInterface({ input: child.stdout }).once("line", (line) => {
-      clearTimeout(timer)
-      if (!line.startsWith("SNAKEPIT_READY ")) return reject(new Error(`baseline server ${id}: ${line}`))
-      const { port } = JSON.parse(line.slice("SNAKEPIT_READY ".length))
-      // The same channel options as the pool's BridgeClient.
-      server.client = new Proto.BridgeServiceClient(`127.0.0.1:${port}`, credentials.createInsecure(), {
-        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
-        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-        "grpc.enable_http_proxy": 0
-      })
-      server.client.waitForReady(Date.now() + 10_000, (error) => (error ? reject(error) : resolve(server)))
-    })
+/**
+ * Per-second rates of `sides` over every round, after a warm-up of each. A side is
+ * `(amount) => { n, ms }`: it does `amount` of work (milliseconds of calls, chunks of a stream)
+ * and says how many it did in how long.
+ */
+const rates = async ({ rounds, amount, warmup }, sides) => {
+  for (const side of Object.values(sides)) await side(warmup)
+  const sum = Object.fromEntries(Object.keys(sides).map((name) => [name, { n: 0, ms: 0 }]))
+  await rotate(rounds, sides, async (name, side) => {
+    const r = await side(amount)
+    sum[name].n += r.n
+    sum[name].ms += r.ms
   })
+  return Object.fromEntries(Object.entries(sum).map(([name, s]) => [name, (s.n * 1000) / s.ms]))
+}
+/** `rates` over rounds of `roundMs` of calls, after `warmupMs` of them. */
+const callRates = ({ rounds, roundMs, warmupMs }, sides) => rates({ rounds, amount: roundMs, warmup: warmupMs }, sides)
 
-const killGroup = (pid, signal) => {
+/**
+ * Runs `f(use)`, where `use(resource, release)` registers a release; every release runs, in
+ * reverse, however `f` ends.
+ */
+const scoped = async (f) => {
+  const releases = []
+  const use = (resource, release) => {
+    releases.push(() => release(resource))
+    return resource
+  }
   try {
-    process.kill(-pid, signal)
-  } catch {}
-}
-
-const stopServer = async (server) => {
-  server.client?.close()
-  server.child.stdin.end() // the worker exits when its stdin closes
-  const gone = await Promise.race([server.exited.then(() => true), sleep(3000).then(() => false)])
-  if (!gone) {
-    killGroup(server.child.pid, "SIGKILL")
-    await server.exited
+    return await f(use)
+  } finally {
+    for (const release of releases.reverse()) await release()
   }
-  baselineServers.delete(server)
-}
-
-const rawEcho = (client, value) =>
-  new Promise((resolve, reject) => {
-    client.executeTool(
-      { tool: "echo", argsJson: Buffer.from(JSON.stringify({ value })), attachments: {}, sessionId: "", requestId: "" },
-      (error, response) => {
-        if (error) return reject(error)
-        if (response.outcome?.$case !== "resultJson")
-          return reject(new Error(`echo failed: ${JSON.stringify(response)}`))
-        resolve(JSON.parse(response.outcome.value.toString("utf8")))
-      }
-    )
-  })
-
-const rawFlood = async (client, count, size) => {
-  const call = client.executeStreamingTool({
-    tool: "flood",
-    argsJson: Buffer.from(JSON.stringify({ count, size })),
-    attachments: {},
-    sessionId: "",
-    requestId: ""
-  })
-  let n = 0
-  for await (const chunk of call) {
-    if (chunk.outcome?.$case !== "dataJson") throw new Error(`flood failed: ${JSON.stringify(chunk.outcome)}`)
-    const value = JSON.parse(chunk.outcome.value.toString("utf8"))
-    if (value.length !== size) throw new Error("flood: wrong chunk size")
-    n++
-  }
-  return n
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,9 +266,8 @@ const openPools = new Set()
 const startPool = async (size, extra) => {
   // Info logs (the registry sweep of every pool start) would drown the progress lines.
   const quiet = Logger.minimumLogLevel(LogLevel.Warning)
-  const runtime = ManagedRuntime.make(
-    Layer.merge(SnakepitPool.layer(poolOptions(size, extra)).pipe(Layer.provide(quiet)), quiet)
-  )
+  const options = { size, python: PYTHON, dataDir, ...extra }
+  const runtime = ManagedRuntime.make(Layer.merge(SnakepitPool.layer(options).pipe(Layer.provide(quiet)), quiet))
   openPools.add(runtime)
   const service = await runtime.runPromise(Snakepit)
   return { runtime, service, run: (effect) => runtime.runPromise(effect) }
@@ -308,18 +278,92 @@ const closePool = async (pool) => {
   openPools.delete(pool.runtime)
 }
 
-const withPool = async (size, f, extra) => {
-  const pool = await startPool(size, extra)
-  try {
-    return await f(pool)
-  } finally {
-    await closePool(pool)
-  }
-}
+/** A pool of `size` on `transport`, closed with the scope. */
+const usePool = async (use, size, transport, extra = {}) =>
+  use(await startPool(size, { transport, ...extra }), closePool)
 
 const checkEcho = (value) => {
   if (value !== PAYLOAD) throw new Error(`echo returned ${JSON.stringify(value)?.slice(0, 80)}`)
 }
+
+/** Latencies of `n` sequential echoes through the pool, appended to `out`. */
+const poolLatencies = (pool) => (n, out) =>
+  pool.run(
+    Effect.gen(function* () {
+      for (let i = 0; i < n; i++) {
+        const t0 = performance.now()
+        const value = yield* pool.service.execute("echo", { value: PAYLOAD })
+        const dt = performance.now() - t0
+        checkEcho(value)
+        out?.push(dt)
+      }
+    })
+  )
+
+/** Latencies of `n` sequential echoes through `call`, appended to `out`. */
+const promiseLatencies = (call) => async (n, out) => {
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now()
+    const value = await call(PAYLOAD)
+    const dt = performance.now() - t0
+    checkEcho(value)
+    out?.push(dt)
+  }
+}
+
+/** Calls/s of `conc` loops for `ms` through the pool. */
+const poolCallsFor = (pool, conc) => (ms) =>
+  pool.run(
+    Effect.gen(function* () {
+      let n = 0
+      const t0 = performance.now()
+      const end = t0 + ms
+      yield* Effect.forEach(
+        Array.from({ length: conc }),
+        () =>
+          Effect.gen(function* () {
+            while (performance.now() < end) {
+              checkEcho(yield* pool.service.execute("echo", { value: PAYLOAD }))
+              n++
+            }
+          }),
+        { concurrency: "unbounded", discard: true }
+      )
+      return { n, ms: performance.now() - t0 }
+    })
+  )
+
+/** Calls/s of `conc` async loops for `ms`; loop `l` calls `call(l)` each time. */
+const loopCallsFor = (conc, call) => async (ms) => {
+  let n = 0
+  const t0 = performance.now()
+  const end = t0 + ms
+  await Promise.all(
+    Array.from({ length: conc }, async (_, l) => {
+      while (performance.now() < end) {
+        checkEcho(await call(l))
+        n++
+      }
+    })
+  )
+  return { n, ms: performance.now() - t0 }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline processes
+// ---------------------------------------------------------------------------------------------
+
+const stop = (worker) => worker.stop()
+
+/** `n` gRPC workers started by hand, each with its raw client; stopped with the scope. */
+const useGrpcWorkers = async (use, n, label) =>
+  use(
+    await Promise.all(Array.from({ length: n }, (_, i) => spawnGrpcWorker(PYTHON, `base-${label}-${i}`, BASE_RUN_ID))),
+    (workers) => Promise.all(workers.map(stop))
+  )
+
+/** `n` python-shell processes; closed with the scope. */
+const useShells = async (use, n) => use(startShells(PYTHON, n, BASE_RUN_ID), (shells) => shells.close())
 
 // ---------------------------------------------------------------------------------------------
 // Process accounting
@@ -351,221 +395,124 @@ const awaitNoSurvivors = async (runIds, ms = 5000) => {
 // Groups
 // ---------------------------------------------------------------------------------------------
 
-/** overhead_p50 / overhead_p99: sequential echo of 64 bytes, pool of 1 vs a raw client. */
-const benchOverhead = async () => {
-  const { calls, rounds, warmup } = CFG.overhead
-  const [server] = await Promise.all([spawnServer("base-overhead")])
-  await withPool(1, async (pool) => {
-    const snakepitBlock = (n, out) =>
-      pool.run(
-        Effect.gen(function* () {
-          for (let i = 0; i < n; i++) {
-            const t0 = performance.now()
-            const value = yield* pool.service.execute("echo", { value: PAYLOAD })
-            const dt = performance.now() - t0
-            checkEcho(value)
-            out?.push(dt)
-          }
-        })
-      )
-    const baselineBlock = async (n, out) => {
-      for (let i = 0; i < n; i++) {
-        const t0 = performance.now()
-        const value = await rawEcho(server.client, PAYLOAD)
-        const dt = performance.now() - t0
-        checkEcho(value)
-        out?.push(dt)
-      }
-    }
-    await snakepitBlock(warmup)
-    await baselineBlock(warmup)
-    const sp = []
-    const base = []
-    const per = Math.ceil(calls / rounds)
-    for (let r = 0; r < rounds; r++) {
-      // Alternate which side goes first in each round.
-      if (r % 2 === 0) {
-        await snakepitBlock(per, sp)
-        await baselineBlock(per, base)
-      } else {
-        await baselineBlock(per, base)
-        await snakepitBlock(per, sp)
-      }
-    }
-    record("overhead_p50", percentile(sp, 50), percentile(base, 50))
-    record("overhead_p99", percentile(sp, 99), percentile(base, 99))
-    log(
-      `overhead: ${sp.length} calls each; p50 ${percentile(sp, 50).toFixed(3)} vs ${percentile(base, 50).toFixed(3)} ms`
-    )
-  })
-  await stopServer(server)
-}
-
-/** Calls/s of `conc` loops for `ms` through the pool. */
-const poolCallsFor = (pool, conc, ms) =>
-  pool.run(
-    Effect.gen(function* () {
-      let n = 0
-      const t0 = performance.now()
-      const end = t0 + ms
-      yield* Effect.forEach(
-        Array.from({ length: conc }),
-        () =>
-          Effect.gen(function* () {
-            while (performance.now() < end) {
-              checkEcho(yield* pool.service.execute("echo", { value: PAYLOAD }))
-              n++
-            }
-          }),
-        { concurrency: "unbounded", discard: true }
-      )
-      return { calls: n, ms: performance.now() - t0 }
-    })
-  )
-
-/** Calls/s of `conc` async loops for `ms` through `call(i)`. */
-const loopCallsFor = async (conc, ms, call) => {
-  let n = 0
-  let next = 0
-  const t0 = performance.now()
-  const end = t0 + ms
-  await Promise.all(
-    Array.from({ length: conc }, async () => {
-      while (performance.now() < end) {
-        checkEcho(await call(next++))
-        n++
-      }
-    })
-  )
-  return { calls: n, ms: performance.now() - t0 }
-}
-
-/** Alternates two throughput measurements; returns calls/s of each over every round. */
-const alternate = async ({ rounds, roundMs, warmupMs }, a, b) => {
-  await a(warmupMs)
-  await b(warmupMs)
-  const sum = { a: { calls: 0, ms: 0 }, b: { calls: 0, ms: 0 } }
-  const add = (key, r) => {
-    sum[key].calls += r.calls
-    sum[key].ms += r.ms
-  }
-  for (let r = 0; r < rounds; r++) {
-    if (r % 2 === 0) {
-      add("a", await a(roundMs))
-      add("b", await b(roundMs))
-    } else {
-      add("b", await b(roundMs))
-      add("a", await a(roundMs))
-    }
-  }
-  return { a: (sum.a.calls * 1000) / sum.a.ms, b: (sum.b.calls * 1000) / sum.b.ms }
-}
+const fixed = (x, digits = 3) => (x == null ? "—" : x.toFixed(digits))
 
 /**
- * throughput_pool2 / throughput_pool8: concurrency 2x size, vs raw round-robin over as many
- * servers. The raw client keeps two calls in flight at each server, so the row's pool may too
- * (`capacity: 2`): the same load on the same processes. The default capacity 1 is measured in
- * the same rounds and reported in the notes: a capacity-1 worker idles while its answer
- * crosses to Node and the next call crosses back, which the baseline overlaps.
+ * overhead: sequential echo of 64 bytes at concurrency 1. Four sides take turns in the same
+ * rounds: a local pool of 1, python-shell (1 process), a gRPC pool of 1, raw grpc-js against a
+ * gRPC worker started by hand. The cross row compares the two pools.
+ */
+const benchOverhead = () =>
+  scoped(async (use) => {
+    const { calls, rounds, warmup } = CFG.overhead
+    const [local, shells, grpc, raw] = await Promise.all([
+      usePool(use, 1, "local"),
+      useShells(use, 1),
+      GRPC ? usePool(use, 1, "grpc") : undefined,
+      GRPC ? useGrpcWorkers(use, 1, "overhead") : undefined
+    ])
+    const sides = {
+      local: poolLatencies(local),
+      shell: promiseLatencies(shells.calls[0]),
+      ...(GRPC ? { grpc: poolLatencies(grpc), raw: promiseLatencies((v) => rawGrpcEcho(raw[0], v)) } : {})
+    }
+    for (const side of Object.values(sides)) await side(warmup)
+    const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
+    const per = Math.ceil(calls / rounds)
+    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
+    const p = (name, q) => (samples[name]?.length ? percentile(samples[name], q) : null)
+    record("overhead_p50_local", p("local", 50), p("shell", 50))
+    record("overhead_p99_local", p("local", 99), p("shell", 99))
+    record("overhead_p50_grpc", p("grpc", 50), p("raw", 50))
+    record("overhead_p99_grpc", p("grpc", 99), p("raw", 99))
+    record("local_vs_grpc_overhead_p50", p("local", 50), p("grpc", 50))
+    const line = Object.keys(sides)
+      .map((name) => `${name} ${fixed(p(name, 50))} / ${fixed(p(name, 99))}`)
+      .join(", ")
+    log(`overhead: ${per * rounds} calls each, p50 / p99 ms: ${line}`)
+    notes.push(`overhead: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up; p50 / p99 ms: ${line}`)
+  })
+
+/**
+ * throughput_pool{2,8}_*: concurrency 2x size. Baselines keep two calls in flight at each of
+ * `size` processes (loop l on process l % size): python-shell for the local rows, raw grpc-js
+ * for the gRPC rows. So the rows' pools run at `capacity: 2`, the same load on the same number of
+ * processes; the default capacity 1 takes turns in the same rounds and is reported in the notes
+ * (full runs only).
  */
 const benchThroughput = async () => {
   for (const size of CFG.throughput.sizes) {
-    const servers = await Promise.all(Array.from({ length: size }, (_, i) => spawnServer(`base-tp${size}-${i}`)))
     const conc = 2 * size
-    const raw = (ms) => loopCallsFor(conc, ms, (i) => rawEcho(servers[i % size].client, PAYLOAD))
-    await withPool(
-      size,
-      (pool) =>
-        withPool(size, async (single) => {
-          const { a, b } = await alternate(CFG.throughput, (ms) => poolCallsFor(pool, conc, ms), raw)
-          const { a: a1, b: b1 } = await alternate(CFG.throughput, (ms) => poolCallsFor(single, conc, ms), raw)
-          record(`throughput_pool${size}`, a, b)
-          log(
-            `throughput pool ${size}: ${a.toFixed(0)} vs ${b.toFixed(0)} calls/s (capacity 1: ${a1.toFixed(0)} vs ${b1.toFixed(0)})`
-          )
-          notes.push(
-            `throughput_pool${size}: pool with capacity 2 (two calls in flight per worker, as the raw client keeps ` +
-              `at each server) ${a.toFixed(0)} vs ${b.toFixed(0)} calls/s; with the default capacity 1: ` +
-              `${a1.toFixed(0)} vs ${b1.toFixed(0)} calls/s (ratio ${(a1 / b1).toFixed(2)})`
-          )
-        }),
-      { capacity: 2 }
-    )
-    await Promise.all(servers.map(stopServer))
-  }
-}
-
-/** peer_python_shell: calls/s at concurrency = processes, pool vs python-shell with as many processes. */
-const benchPeer = async () => {
-  const { processes } = CFG.peer
-  const shells = Array.from({ length: processes }, () => {
-    const shell = new PythonShell(join(here, "peer_echo.py"), {
-      mode: "json",
-      pythonPath: PYTHON,
-      pythonOptions: ["-u"],
-      args: ["--snakepit-run-id", BASE_RUN_ID],
-      env: serverEnv
-    })
-    const waiting = []
-    shell.on("message", (message) => waiting.shift()?.resolve(message))
-    shell.on("error", (error) => {
-      for (const w of waiting.splice(0)) w.reject(error)
-    })
-    return {
-      shell,
-      call: (value) =>
-        new Promise((resolve, reject) => {
-          waiting.push({ resolve, reject })
-          shell.send({ value })
+    for (const transport of GRPC ? ["local", "grpc"] : ["local"]) {
+      await scoped(async (use) => {
+        const [pool2, pool1, base] = await Promise.all([
+          usePool(use, size, transport, { capacity: 2 }),
+          CFG.throughput.capacity1 ? usePool(use, size, transport) : undefined,
+          transport === "local"
+            ? useShells(use, size).then((s) => (l) => s.calls[l % size](PAYLOAD))
+            : useGrpcWorkers(use, size, `tp${size}`).then((w) => (l) => rawGrpcEcho(w[l % size], PAYLOAD))
+        ])
+        const r = await callRates(CFG.throughput, {
+          capacity2: poolCallsFor(pool2, conc),
+          ...(pool1 ? { capacity1: poolCallsFor(pool1, conc) } : {}),
+          base: loopCallsFor(conc, base)
         })
+        const against = transport === "local" ? PY_SHELL : RAW_GRPC
+        record(`throughput_pool${size}_${transport}`, r.capacity2, r.base)
+        const text =
+          `throughput_pool${size}_${transport}: calls/s at concurrency ${conc}, pool capacity 2 ${r.capacity2.toFixed(0)}, ` +
+          (r.capacity1 === undefined
+            ? "capacity 1 not measured (quick)"
+            : `capacity 1 ${r.capacity1.toFixed(0)} (ratio ${(r.capacity1 / r.base).toFixed(2)})`) +
+          `, ${against} ${r.base.toFixed(0)}`
+        log(text)
+        notes.push(text)
+      })
     }
-  })
-  try {
-    await withPool(processes, async (pool) => {
-      // One loop per process: each process has one call in flight, as each pool worker has.
-      const { a, b } = await alternate(
-        CFG.peer,
-        (ms) => poolCallsFor(pool, processes, ms),
-        async (ms) => {
-          let n = 0
-          const t0 = performance.now()
-          const end = t0 + ms
-          await Promise.all(
-            shells.map(async ({ call }) => {
-              while (performance.now() < end) {
-                checkEcho(await call(PAYLOAD))
-                n++
-              }
-            })
-          )
-          return { calls: n, ms: performance.now() - t0 }
-        }
-      )
-      record("peer_python_shell", a, b)
-      log(`peer: pool ${a.toFixed(0)} vs python-shell ${b.toFixed(0)} calls/s`)
-    })
-  } finally {
-    await Promise.all(
-      shells.map(
-        ({ shell }) =>
-          new Promise((resolve) => {
-            shell.end(() => resolve())
-          })
-      )
-    )
   }
-  notes.push(
-    `peer_python_shell: calls/s of echo(64 B) at concurrency ${processes} (one call in flight per process), ` +
-      `pool of ${processes} vs ${processes} python-shell processes (JSON lines over stdio).`
-  )
 }
 
-/** stream: chunks/s of flood(count, 1024) through executeStream vs a raw grpc-js server stream. */
-const benchStream = async () => {
-  const { chunks, rounds, warmup } = CFG.stream
-  const server = await spawnServer("base-stream")
-  await withPool(1, async (pool) => {
-    const viaPool = async (count) => {
+/**
+ * peer_python_shell_*: calls/s at concurrency = processes, one call in flight per process: a pool
+ * of each transport against as many python-shell processes, in the same rounds.
+ */
+const benchPeer = () =>
+  scoped(async (use) => {
+    const { processes } = CFG.peer
+    const [local, grpc, shells] = await Promise.all([
+      usePool(use, processes, "local"),
+      GRPC ? usePool(use, processes, "grpc") : undefined,
+      useShells(use, processes)
+    ])
+    const r = await callRates(CFG.peer, {
+      local: poolCallsFor(local, processes),
+      ...(GRPC ? { grpc: poolCallsFor(grpc, processes) } : {}),
+      shell: loopCallsFor(processes, (l) => shells.calls[l](PAYLOAD))
+    })
+    record("peer_python_shell_local", r.local, r.shell)
+    record("peer_python_shell_grpc", r.grpc, r.shell)
+    const text =
+      `peer_python_shell: calls/s of echo(64 B) at concurrency ${processes}, one call in flight per process: ` +
+      `local pool ${r.local.toFixed(0)}, gRPC pool ${r.grpc?.toFixed(0) ?? "—"}, ` +
+      `${processes} python-shell processes ${r.shell.toFixed(0)}`
+    log(text)
+    notes.push(text)
+  })
+
+/**
+ * stream_*: chunks/s of flood(count, 1024) through executeStream of a pool of 1 of each
+ * transport, and through a raw grpc-js server stream, in the same rounds. The local row's
+ * baseline is the gRPC pool (the target is a multiple of it), so it equals local_vs_grpc_stream.
+ */
+const benchStream = () =>
+  scoped(async (use) => {
+    const { chunks, rounds, warmup } = CFG.stream
+    const [local, grpc, raw] = await Promise.all([
+      usePool(use, 1, "local"),
+      GRPC ? usePool(use, 1, "grpc") : undefined,
+      GRPC ? useGrpcWorkers(use, 1, "stream") : undefined
+    ])
+    const viaPool = (pool) => async (count) => {
       const t0 = performance.now()
       const n = await pool.run(
         pool.service.executeStream("flood", { count, size: 1024 }).pipe(
@@ -580,61 +527,28 @@ const benchStream = async () => {
     }
     const viaRaw = async (count) => {
       const t0 = performance.now()
-      const n = await rawFlood(server.client, count, 1024)
+      const n = await rawGrpcFlood(raw[0], count, 1024)
       if (n !== count) throw new Error(`raw stream: ${n} chunks, expected ${count}`)
       return { n, ms: performance.now() - t0 }
     }
-    await viaPool(warmup)
-    await viaRaw(warmup)
-    const sp = { n: 0, ms: 0 }
-    const base = { n: 0, ms: 0 }
-    const add = (acc, r) => {
-      acc.n += r.n
-      acc.ms += r.ms
-    }
-    for (let r = 0; r < rounds; r++) {
-      if (r % 2 === 0) {
-        add(sp, await viaPool(chunks))
-        add(base, await viaRaw(chunks))
-      } else {
-        add(base, await viaRaw(chunks))
-        add(sp, await viaPool(chunks))
-      }
-    }
-    const a = (sp.n * 1000) / sp.ms
-    const b = (base.n * 1000) / base.ms
-    record("stream", a, b)
-    log(`stream: ${chunks} chunks x ${rounds}: ${a.toFixed(0)} vs ${b.toFixed(0)} chunks/s`)
-  })
-  await stopServer(server)
-}
-
-/** Time until `n` bare `python -c "import grpc"` started in parallel have all exited. */
-const bareImports = async (n) => {
-  const t0 = performance.now()
-  const codes = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise((resolve, reject) => {
-          const child = spawn(PYTHON, ["-c", "import grpc", "--snakepit-run-id", BASE_RUN_ID], {
-            env: serverEnv,
-            stdio: "ignore"
-          })
-          child.once("error", reject)
-          child.once("exit", (code) => resolve(code))
-        })
+    const r = await rates(
+      { rounds, amount: chunks, warmup },
+      { local: viaPool(local), ...(GRPC ? { grpc: viaPool(grpc), raw: viaRaw } : {}) }
     )
-  )
-  const ms = performance.now() - t0
-  if (codes.some((c) => c !== 0)) throw new Error(`bare import grpc: exit codes ${codes.join(",")}`)
-  return ms
-}
+    record("stream_local", r.local, r.grpc)
+    record("stream_grpc", r.grpc, r.raw)
+    record("local_vs_grpc_stream", r.local, r.grpc)
+    const text =
+      `stream: chunks/s of flood(${chunks} x 1 KB) x ${rounds}: local pool ${r.local.toFixed(0)}, ` +
+      `gRPC pool ${r.grpc?.toFixed(0) ?? "—"}, raw grpc-js ${r.raw?.toFixed(0) ?? "—"}`
+    log(text)
+    notes.push(text)
+  })
 
 /** Time from nothing to every worker of an `n`-worker pool ready (default startup batching). */
-const poolStartup = async (n) => {
+const poolStartup = async (n, transport) => {
   const t0 = performance.now()
-  const pool = await startPool(n)
+  const pool = await startPool(n, { transport })
   const ms = performance.now() - t0
   let problem
   try {
@@ -648,40 +562,59 @@ const poolStartup = async (n) => {
     await closePool(pool)
     const left = await awaitNoSurvivors([POOL_RUN_ID])
     if (left.length > 0) problem ??= `workers survived closing the pool:\n${left.join("\n")}`
-    log(`startup ${n}: pool ready in ${ms.toFixed(0)} ms, closed in ${(performance.now() - tc).toFixed(0)} ms`)
+    log(
+      `startup ${n} ${transport}: pool ready in ${ms.toFixed(0)} ms, closed in ${(performance.now() - tc).toFixed(0)} ms`
+    )
   }
-  if (problem) throw new Error(`startup ${n}: ${problem}`)
+  if (problem) throw new Error(`startup ${n} ${transport}: ${problem}`)
   return ms
 }
 
+/** For the diagnosis only (not a row): `n` workers of `transport` spawned by hand at once, to ready. */
+const bySelf = async (n, transport) => {
+  const t0 = performance.now()
+  const spawnOne = transport === "local" ? spawnLocalWorker : spawnGrpcWorker
+  const workers = await Promise.all(
+    Array.from({ length: n }, (_, i) => spawnOne(PYTHON, `base-start-${i}`, BASE_RUN_ID))
+  )
+  const ms = performance.now() - t0
+  await Promise.all(workers.map(stop))
+  return ms
+}
+
+/**
+ * startup_N_*: time until every worker of an N-worker pool is ready, against N bare starts of the
+ * same executable in parallel until all exited: `-c pass` for the local rows, `-c "import grpc"`
+ * (today's floor of a gRPC worker) for the gRPC rows. The four take turns.
+ */
 const benchStartup = async () => {
-  // The first pool of a process also resolves the interpreter (a `python -c "import grpc"` probe);
-  // every row here runs after that, as in a host that started a pool before.
+  // The first pool of each transport resolves the interpreter (a probe); every row here runs
+  // after that, as in a host that started a pool before.
+  for (const transport of GRPC ? ["local", "grpc"] : ["local"]) await closePool(await startPool(1, { transport }))
   for (const n of CFG.startup.sizes) {
-    const reps = CFG.startup.reps[n]
-    const sp = []
-    const base = []
-    for (let r = 0; r < reps; r++) {
-      if (r % 2 === 0) {
-        base.push(await bareImports(n))
-        sp.push(await poolStartup(n))
-      } else {
-        sp.push(await poolStartup(n))
-        base.push(await bareImports(n))
-      }
+    const sides = {
+      local: () => poolStartup(n, "local"),
+      pass: () => bareStarts(PYTHON, "pass", n, BASE_RUN_ID),
+      ...(GRPC
+        ? { grpc: () => poolStartup(n, "grpc"), importGrpc: () => bareStarts(PYTHON, "import grpc", n, BASE_RUN_ID) }
+        : {})
     }
-    record(`startup_${n}`, median(sp), median(base))
-    // For the diagnosis only (not a row): the same servers spawned by hand, all at once, to ready.
-    let bySelf = ""
-    if (n <= 8) {
-      const t0 = performance.now()
-      const servers = await Promise.all(Array.from({ length: n }, (_, i) => spawnServer(`base-start${n}-${i}`)))
-      bySelf = `; the bare worker command, ${n} at once, to its ready line: ${(performance.now() - t0).toFixed(0)} ms`
-      await Promise.all(servers.map(stopServer))
+    const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
+    await rotate(CFG.startup.reps[n], sides, async (name, side) => {
+      samples[name].push(await side())
+    })
+    const med = (name) => (samples[name]?.length ? median(samples[name]) : null)
+    record(`startup_${n}_local`, med("local"), med("pass"))
+    record(`startup_${n}_grpc`, med("grpc"), med("importGrpc"))
+    const list = (name) => (samples[name]?.length ? samples[name].map((x) => x.toFixed(0)).join(", ") : "—")
+    let diagnosis = ""
+    if (!QUICK && n <= 8) {
+      diagnosis = `; the bare worker command, ${n} at once, to ready: local ${(await bySelf(n, "local")).toFixed(0)} ms`
+      if (GRPC) diagnosis += `, gRPC ${(await bySelf(n, "grpc")).toFixed(0)} ms`
     }
-    const list = (xs) => xs.map((x) => x.toFixed(0)).join(", ")
     notes.push(
-      `startup_${n}: median of ${reps} (pool: ${list(sp)} ms; bare import grpc: ${list(base)} ms)${bySelf}; ` +
+      `startup_${n}: median of ${CFG.startup.reps[n]}, ms: local pool ${list("local")}; python -c pass ${list("pass")}; ` +
+        `gRPC pool ${list("grpc")}; python -c "import grpc" ${list("importGrpc")}${diagnosis}; ` +
         `all ${n} workers ready, 0 restarts, none left after close`
     )
   }
@@ -693,6 +626,7 @@ const benchMem = async () => {
   const measure = (workers) =>
     new Promise((resolve, reject) => {
       const child = spawn(process.execPath, ["--expose-gc", join(here, "mem.mjs"), String(workers), dataDir], {
+        env: { ...process.env, SNAKEPIT_BENCH_PYTHON: PYTHON },
         stdio: ["ignore", "pipe", "inherit"]
       })
       let out = ""
@@ -713,174 +647,170 @@ const benchMem = async () => {
         }
       })
     })
-  // Alternate 0 and N twice; take the median of each.
+  // Alternate 0 and N (twice in a full run); take the minimum of each.
   const zero = []
   const many = []
-  const one = []
-  for (let r = 0; r < 2; r++) {
+  for (let r = 0; r < CFG.mem.reps; r++) {
     zero.push((await measure(0)).rss)
     many.push((await measure(n)).rss)
   }
-  one.push((await measure(1)).rss)
   const MB = 1024 * 1024
   const perWorker = (Math.min(...many) - Math.min(...zero)) / n / MB
-  const marginal = (Math.min(...many) - one[0]) / (n - 1) / MB
   record("host_mem_per_worker", perWorker, null)
+  let marginal = ""
+  if (CFG.mem.marginal) {
+    const one = (await measure(1)).rss
+    marginal =
+      `, with 1 ${(one / MB).toFixed(1)} MB; marginal (N - 1)/(N - 1) = ` +
+      `${((Math.min(...many) - one) / (n - 1) / MB).toFixed(2)} MB`
+  }
   notes.push(
-    `host_mem_per_worker: fresh Node (--expose-gc, gc + settle) RSS with ${n} workers ` +
-      `${(Math.min(...many) / MB).toFixed(1)} MB, with 0 ${(Math.min(...zero) / MB).toFixed(1)} MB, ` +
-      `with 1 ${(one[0] / MB).toFixed(1)} MB; (N - 0)/N = ${perWorker.toFixed(2)} MB ` +
-      `(includes the one-off cost of starting a pool at all); marginal (N - 1)/(N - 1) = ${marginal.toFixed(2)} MB. ` +
+    `host_mem_per_worker: fresh Node (--expose-gc, gc + settle), default transport (local): RSS with ${n} workers ` +
+      `${(Math.min(...many) / MB).toFixed(1)} MB, with 0 ${(Math.min(...zero) / MB).toFixed(1)} MB; ` +
+      `(N - 0)/N = ${perWorker.toFixed(2)} MB (includes the one-off cost of starting a pool at all)${marginal}. ` +
       "Target: the Snakepit figure itself < 1 MB (no baseline)."
   )
-  log(`mem: ${perWorker.toFixed(2)} MB/worker (marginal ${marginal.toFixed(2)})`)
+  log(`mem: ${perWorker.toFixed(2)} MB/worker${marginal}`)
 }
 
 /**
- * cluster_session_p50 / cluster_session_calls: session calls (`echo`, 64 B) through a cluster of
- * three runner processes on loopback, each with a pool of 2, from this process as a client, vs
- * the same calls on a local pool of 6 (same affinity), alternating, in one run.
+ * cluster_*: session calls (`echo`, 64 B) through a cluster of three runner processes on
+ * loopback, each with a local pool of 2, from this process as a client, against the same calls
+ * on a local pool of 6 (same affinity), taking turns in one run; then kill -9 of one runner until
+ * every session it held is served again, against the documented failover bound.
  */
-const benchCluster = async () => {
-  const { calls, rounds, roundMs, sessions: sessionCount, warmup, warmupMs } = CFG.cluster
-  const dir = mkdtempSync(join(tmpdir(), "snakepit-bench-cluster-"))
-  const env = {
-    SNAKEPIT_CLUSTER_SECRET: randomBytes(24).toString("hex"),
-    SNAKEPIT_CLUSTER_SQLITE: join(dir, "cluster.db"),
-    SNAKEPIT_PYTHON: PYTHON,
-    SNAKEPIT_SIZE: "2",
-    SNAKEPIT_AFFINITY: "strict_queue",
-    SNAKEPIT_DATA_DIR: dir
-  }
-  const ports = [await freePort(), await freePort(), await freePort()]
-  const runners = await Promise.all(ports.map((port) => startRunner(port, env)))
-  for (const r of runners) childRunIds.push(r.runId)
-  const quiet = Logger.minimumLogLevel(LogLevel.Warning)
-  const client = ManagedRuntime.make(
-    SnakepitCluster.layerClient({ secret: env.SNAKEPIT_CLUSTER_SECRET }).pipe(
-      Layer.provide(SnakepitCluster.sqlite(env.SNAKEPIT_CLUSTER_SQLITE)),
-      Layer.provideMerge(quiet)
+const benchCluster = () =>
+  scoped(async (use) => {
+    const { calls, rounds, roundMs, sessions: sessionCount, warmup, warmupMs } = CFG.cluster
+    const dir = use(mkdtempSync(join(tmpdir(), "snakepit-bench-cluster-")), (d) =>
+      rmSync(d, { recursive: true, force: true })
     )
-  )
-  openPools.add(client)
-  try {
+    const env = {
+      SNAKEPIT_CLUSTER_SECRET: randomBytes(24).toString("hex"),
+      SNAKEPIT_CLUSTER_SQLITE: join(dir, "cluster.db"),
+      SNAKEPIT_PYTHON: PYTHON,
+      SNAKEPIT_SIZE: "2",
+      SNAKEPIT_AFFINITY: "strict_queue",
+      SNAKEPIT_TRANSPORT: "local",
+      SNAKEPIT_DATA_DIR: dir
+    }
+    const ports = [await freePort(), await freePort(), await freePort()]
+    const runners = use(await Promise.all(ports.map((port) => startRunner(port, env))), (rs) =>
+      Promise.all(rs.map((r) => r.stop()))
+    )
+    for (const r of runners) childRunIds.push(r.runId)
+    const quiet = Logger.minimumLogLevel(LogLevel.Warning)
+    const client = ManagedRuntime.make(
+      SnakepitCluster.layerClient({ secret: env.SNAKEPIT_CLUSTER_SECRET }).pipe(
+        Layer.provide(SnakepitCluster.sqlite(env.SNAKEPIT_CLUSTER_SQLITE)),
+        Layer.provideMerge(quiet)
+      )
+    )
+    openPools.add(client)
+    use(client, async (rt) => {
+      await rt.dispose()
+      openPools.delete(rt)
+    })
     const cluster = await client.runPromise(Effect.all({ service: Snakepit, info: SnakepitCluster.SnakepitCluster }))
-    // Wait until each of the three runners holds its final third of the shards.
+    // Until each of the three runners holds its final third of the shards.
     for (let i = 0; ; i++) {
       const rs = await client.runPromise(cluster.info.runners)
       if (rs.length === 3 && rs.every((r) => r.shards === cluster.info.options.shards / 3)) break
       if (i > 300) throw new Error("the cluster did not settle within 60 s")
       await sleep(200)
     }
+    const pool = await usePool(use, 2 * runners.length, "local", { affinity: "strict_queue" })
     const sessions = Array.from({ length: sessionCount }, (_, i) => `bench-${i}`)
-    await withPool(
-      2 * runners.length,
-      async (pool) => {
-        const sequential = (run, service) => async (n, out) => {
-          await run(
-            Effect.gen(function* () {
-              for (let i = 0; i < n; i++) {
-                const t0 = performance.now()
-                const value = yield* service.execute(
-                  "echo",
-                  { value: PAYLOAD },
-                  { session: sessions[i % sessions.length] }
-                )
-                out?.push(performance.now() - t0)
-                checkEcho(value)
-              }
-            })
-          )
-        }
-        const viaCluster = sequential((e) => client.runPromise(e), cluster.service)
-        const viaPool = sequential(pool.run, pool.service)
-        await viaCluster(warmup)
-        await viaPool(warmup)
-        const c = []
-        const p = []
-        const per = Math.ceil(calls / rounds)
-        for (let r = 0; r < rounds; r++) {
-          if (r % 2 === 0) {
-            await viaCluster(per, c)
-            await viaPool(per, p)
-          } else {
-            await viaPool(per, p)
-            await viaCluster(per, c)
+    const sequential = (run, service) => (n, out) =>
+      run(
+        Effect.gen(function* () {
+          for (let i = 0; i < n; i++) {
+            const t0 = performance.now()
+            const value = yield* service.execute("echo", { value: PAYLOAD }, { session: sessions[i % sessions.length] })
+            const dt = performance.now() - t0
+            checkEcho(value)
+            out?.push(dt)
           }
-        }
-        record("cluster_session_p50", median(c), median(p))
-        log(`cluster: sequential session calls p50 ${median(c).toFixed(3)} vs ${median(p).toFixed(3)} ms (local pool)`)
-
-        // Every session busy at once: one loop per session.
-        const loops = (run, service) => (ms) =>
-          run(
-            Effect.gen(function* () {
-              let n = 0
-              const t0 = performance.now()
-              const end = t0 + ms
-              yield* Effect.forEach(
-                sessions,
-                (session) =>
-                  Effect.gen(function* () {
-                    while (performance.now() < end) {
-                      checkEcho(yield* service.execute("echo", { value: PAYLOAD }, { session }))
-                      n++
-                    }
-                  }),
-                { concurrency: "unbounded", discard: true }
-              )
-              return { calls: n, ms: performance.now() - t0 }
-            })
-          )
-        const { a, b } = await alternate(
-          { rounds, roundMs, warmupMs },
-          loops((e) => client.runPromise(e), cluster.service),
-          loops(pool.run, pool.service)
-        )
-        record("cluster_session_calls", a, b)
-        log(`cluster: ${sessionCount} sessions at once ${a.toFixed(0)} vs ${b.toFixed(0)} calls/s (local pool of 6)`)
-        // kill -9 of one runner: time until every session it held is served by the others.
-        const pidOf = await client.runPromise(
-          Effect.forEach(sessions, (session) => cluster.service.execute("ping", {}, { session }))
-        )
-        const victim = runners[0]
-        const moving = sessions.filter((_, i) => victim.workers.includes(pidOf[i].pid))
-        const killedAt = performance.now()
-        victim.child.kill("SIGKILL")
-        await victim.exited
-        await client.runPromise(
-          Effect.forEach(
-            moving,
-            (session) =>
-              cluster.service.execute("ping", {}, { session }).pipe(
-                Effect.retry({
-                  while: (e) => e._tag === "SessionWorkerUnavailable" || e._tag === "RunnerUnreachable",
-                  times: 5
-                })
-              ),
-            { concurrency: "unbounded" }
-          )
-        )
-        const failover = performance.now() - killedAt
-        record("cluster_failover", failover, Duration.toMillis(cluster.info.failoverBound))
-        log(
-          `cluster: kill -9 of a runner holding ${moving.length} of ${sessions.length} sessions: all served again ` +
-            `after ${failover.toFixed(0)} ms (bound ${Duration.format(cluster.info.failoverBound)})`
-        )
-        notes.push(
-          `cluster rows: 3 runner processes × 2 workers + this process as client, all on ${machine.cores} cores, ` +
-            "TLS on loopback; baseline: one local pool of 6 workers, strict_queue affinity, same sessions"
-        )
-      },
-      { affinity: "strict_queue" }
+        })
+      )
+    const sides = {
+      cluster: sequential((e) => client.runPromise(e), cluster.service),
+      pool: sequential(pool.run, pool.service)
+    }
+    for (const side of Object.values(sides)) await side(warmup)
+    const samples = { cluster: [], pool: [] }
+    const per = Math.ceil(calls / rounds)
+    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
+    record("cluster_session_p50_local", median(samples.cluster), median(samples.pool))
+    log(
+      `cluster: sequential session calls p50 ${fixed(median(samples.cluster))} ms vs ` +
+        `${fixed(median(samples.pool))} ms (local pool of 6)`
     )
-  } finally {
-    await client.dispose()
-    openPools.delete(client)
-    await Promise.all(runners.map((r) => r.stop()))
-    rmSync(dir, { recursive: true, force: true })
-  }
-}
+
+    // Every session busy at once: one loop per session.
+    const loops = (run, service) => (ms) =>
+      run(
+        Effect.gen(function* () {
+          let n = 0
+          const t0 = performance.now()
+          const end = t0 + ms
+          yield* Effect.forEach(
+            sessions,
+            (session) =>
+              Effect.gen(function* () {
+                while (performance.now() < end) {
+                  checkEcho(yield* service.execute("echo", { value: PAYLOAD }, { session }))
+                  n++
+                }
+              }),
+            { concurrency: "unbounded", discard: true }
+          )
+          return { n, ms: performance.now() - t0 }
+        })
+      )
+    const r = await callRates(
+      { rounds, roundMs, warmupMs },
+      { cluster: loops((e) => client.runPromise(e), cluster.service), pool: loops(pool.run, pool.service) }
+    )
+    record("cluster_session_calls_local", r.cluster, r.pool)
+    log(`cluster: ${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s (local pool of 6)`)
+
+    // kill -9 of one runner: time until every session it held is served by the others.
+    const pidOf = await client.runPromise(
+      Effect.forEach(sessions, (session) => cluster.service.execute("ping", {}, { session }))
+    )
+    const victim = runners[0]
+    const moving = sessions.filter((_, i) => victim.workers.includes(pidOf[i].pid))
+    const killedAt = performance.now()
+    victim.child.kill("SIGKILL")
+    await victim.exited
+    await client.runPromise(
+      Effect.forEach(
+        moving,
+        (session) =>
+          cluster.service.execute("ping", {}, { session }).pipe(
+            Effect.retry({
+              while: (e) => e._tag === "SessionWorkerUnavailable" || e._tag === "RunnerUnreachable",
+              times: 5
+            })
+          ),
+        { concurrency: "unbounded" }
+      )
+    )
+    const failover = performance.now() - killedAt
+    record("cluster_failover_local", failover, Duration.toMillis(cluster.info.failoverBound))
+    log(
+      `cluster: kill -9 of a runner holding ${moving.length} of ${sessions.length} sessions: all served again ` +
+        `after ${failover.toFixed(0)} ms (bound ${Duration.format(cluster.info.failoverBound)})`
+    )
+    notes.push(
+      `cluster: 3 runner processes × 2 workers (local transport) + this process as client, all on ${machine.cores} ` +
+        `cores, TLS on loopback; baseline: one local pool of 6 workers, strict_queue affinity, the same ${sessionCount} ` +
+        `sessions; sequential p50 ${fixed(median(samples.cluster))} vs ${fixed(median(samples.pool))} ms; ` +
+        `${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s; failover of ` +
+        `${moving.length} sessions ${failover.toFixed(0)} ms (bound ${Duration.format(cluster.info.failoverBound)})`
+    )
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Main
@@ -888,11 +818,11 @@ const benchCluster = async () => {
 
 const cleanup = async () => {
   await Promise.allSettled([...openPools].map((rt) => rt.dispose()))
-  await Promise.allSettled([...baselineServers].map(stopServer))
+  killAll()
 }
 
 process.once("SIGINT", () => {
-  for (const s of baselineServers) killGroup(s.child.pid, "SIGKILL")
+  killAll()
   void Promise.allSettled([...openPools].map((rt) => rt.dispose())).then(() => process.exit(130))
 })
 
@@ -907,11 +837,12 @@ const fmt = (x) => {
 }
 
 const table = (rows) => {
-  const header = ["row", "snakepit", "baseline", "unit", "ratio", "target", ""]
+  const header = ["row", "snakepit", "baseline", "baseline is", "unit", "ratio", "target", ""]
   const body = rows.map((r) => [
     r.id,
     fmt(r.snakepit),
     fmt(r.baseline),
+    r.against,
     r.unit,
     r.ratio === null ? "—" : r.ratio.toFixed(2),
     r.target === null
@@ -929,19 +860,28 @@ const table = (rows) => {
 let failed = false
 try {
   log(
-    `${QUICK ? "quick" : "full"} run; ${machine.cores} cores, node ${machine.node}, python ${machine.python}, grpcio ${machine.grpcio}`
+    `${QUICK ? "quick" : "full"} run; ${machine.cores} cores, load ${machine.load}, node ${machine.node}, ` +
+      `python ${machine.python} (${PYTHON}), grpcio ${machine.grpcio ?? "missing"}`
   )
-  if (want("overhead")) await benchOverhead()
-  if (want("throughput")) await benchThroughput()
-  if (want("peer")) await benchPeer()
-  if (want("stream")) await benchStream()
-  if (want("startup")) {
-    // Resolve the interpreter once (the pool probes it on first use) before timing startups.
-    if (!want("overhead")) await withPool(1, async () => {})
-    await benchStartup()
+  if (!GRPC) {
+    notes.push(`${PYTHON} cannot import grpc and google.protobuf: the gRPC rows and the cross-transport rows are null.`)
+    log(notes.at(-1))
   }
-  if (want("mem")) await benchMem()
-  if (want("cluster")) await benchCluster()
+  const groups = [
+    ["overhead", benchOverhead],
+    ["throughput", benchThroughput],
+    ["peer", benchPeer],
+    ["stream", benchStream],
+    ["startup", benchStartup],
+    ["mem", benchMem],
+    ["cluster", benchCluster]
+  ]
+  for (const [name, run] of groups) {
+    if (!want(name)) continue
+    const t0 = performance.now()
+    await run()
+    log(`${name} done in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  }
 } catch (error) {
   failed = true
   console.error(`bench: FAILED: ${error?.stack ?? error}`)
@@ -955,22 +895,29 @@ if (left.length > 0) {
   console.error(`bench: FAILED: ${left.length} worker process(es) survived:\n${left.join("\n")}`)
   for (const line of left) {
     const pid = Number(line.split(" ")[0])
-    if (pid > 0) killGroup(pid, "SIGKILL")
+    if (pid > 0) {
+      try {
+        process.kill(pid, "SIGKILL")
+      } catch {}
+    }
   }
 }
 rmSync(dataDir, { recursive: true, force: true })
 
-const rows = ROW_IDS.map((id) => {
+const rows = ROWS.map(([id, unit, target, against]) => {
   const r = results.get(id) ?? { snakepit: null, baseline: null, ratio: null }
-  return { id, snakepit: r.snakepit, baseline: r.baseline, unit: UNITS[id], ratio: r.ratio, target: TARGETS[id] }
+  return { id, snakepit: r.snakepit, baseline: r.baseline, against, unit, ratio: r.ratio, target }
 })
-const report = { date: new Date().toISOString(), machine, rows }
+notes.push(
+  `load average (1 min): ${machine.load} at the start, ${loadavg()[0].toFixed(2)} at the end, on ${machine.cores} cores`
+)
+const report = { date: new Date().toISOString(), quick: QUICK, machine, rows, notes }
 mkdirSync(join(here, "results"), { recursive: true })
 writeFileSync(join(here, "results", "latest.json"), `${JSON.stringify(report, null, 2)}\n`)
 
 console.log(
   `\nSnakepit benchmarks, ${report.date} (${QUICK ? "quick" : "full"}): ${machine.cores} cores, node ${machine.node}, ` +
-    `python ${machine.python}, grpcio ${machine.grpcio}\n`
+    `python ${machine.python} (${PYTHON}), grpcio ${machine.grpcio ?? "missing"}\n`
 )
 console.log(table(rows))
 console.log(

@@ -3,10 +3,9 @@
 // installed package can start workers without this repository beside it.
 import { spawnSync } from "node:child_process"
 import { cpSync, rmSync } from "node:fs"
-import { dirname, join } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
+import { root, workerPython } from "./python.mjs"
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const target = join(root, "packages", "core", "python")
 rmSync(target, { recursive: true, force: true })
 cpSync(join(root, "python", "snakepit_bridge"), join(target, "snakepit_bridge"), {
@@ -16,11 +15,11 @@ cpSync(join(root, "python", "snakepit_bridge"), join(target, "snakepit_bridge"),
 
 // Precompile the bytecode: a worker otherwise compiles snakepit_bridge from source on every
 // start (~20 ms) whenever it cannot write __pycache__ (PYTHONDONTWRITEBYTECODE, read-only
-// node_modules). Compiled by each interpreter found, as the pool may pick any of them; the
-// .pyc names carry the Python version, so they never clash. checked-hash rather than
-// timestamps, because npm pack rewrites every mtime: Python still checks them against the
-// source, so an edited .py is never run stale. Best effort: it never fails the build.
-const pythons = [...new Set([process.env.SNAKEPIT_PYTHON, "/usr/bin/python3", "python3"].filter(Boolean))]
+// node_modules). Compiled by the interpreter the set-up chose and by the system ones, as an
+// installed pool may pick any of them; the .pyc names carry the Python version, so they never
+// clash. checked-hash rather than timestamps, because npm pack rewrites every mtime: Python
+// still checks them against the source, so an edited .py is never run stale. Best effort: it never fails the build.
+const pythons = [...new Set([workerPython(), "/usr/bin/python3", "python3"].filter(Boolean))]
 const compiled = pythons.filter(
   (python) =>
     spawnSync(python, ["-m", "compileall", "-q", "--invalidation-mode", "checked-hash", target], {

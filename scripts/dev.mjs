@@ -1,15 +1,14 @@
 #!/usr/bin/env node
 // The one entry point behind `npm run demo` and `npm test` on a fresh machine:
 // installs what the project needs (pnpm, JS deps, Python deps), builds, then runs.
-// Usage: node scripts/dev.mjs <setup|demo|test|test-python>
+// Python: the project venv `.venv` that scripts/python.mjs makes and every tool here uses.
+// Usage: node scripts/dev.mjs <setup|demo|test|test-python|check-python|snakepit [args...]>
 import { spawnSync } from "node:child_process"
 import { existsSync } from "node:fs"
-import { dirname, join } from "node:path"
-import { fileURLToPath } from "node:url"
+import { join } from "node:path"
+import { ensureVenv, envWithPython, root, workerPython } from "./python.mjs"
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const PNPM_VERSION = "10.34.8"
-const PYTHON_MODULES = "import grpc, google.protobuf"
 
 const log = (msg) => console.error(`[snakepit] ${msg}`)
 
@@ -47,68 +46,43 @@ const ensurePnpm = () => {
   return local
 }
 
-const pythonCandidates = () => [process.env.SNAKEPIT_PYTHON, "python3", "/usr/bin/python3", "python"].filter(Boolean)
-
-const pythonWithGrpc = () => pythonCandidates().find((py) => quiet(py, ["-c", PYTHON_MODULES], 30_000).status === 0)
-
-/** An interpreter that imports grpc and protobuf: found, else pip, else the system package manager. */
-const ensurePython = () => {
-  const found = pythonWithGrpc()
-  if (found) return found
-  const py = pythonCandidates().find((p) => quiet(p, ["--version"]).status === 0)
-  if (!py) throw new Error("no python3 on this machine: install Python 3.9+ first")
-  log(`${py} cannot import grpc/protobuf; trying pip`)
-  const pip = quiet(
-    py,
-    [
-      "-m",
-      "pip",
-      "install",
-      "--user",
-      "--disable-pip-version-check",
-      "--timeout",
-      "10",
-      "--retries",
-      "0",
-      "grpcio",
-      "protobuf"
-    ],
-    300_000
-  )
-  if (pip.status === 0 && pythonWithGrpc()) return pythonWithGrpc()
-  if (quiet("apt-get", ["--version"]).status === 0) {
-    // As root apt-get runs directly; otherwise only through a sudo that needs no password.
-    const [cmd, ...prefix] = process.getuid?.() === 0 ? ["apt-get"] : ["sudo", "-n", "apt-get"]
-    const pkgs = ["python3-grpcio", "python3-protobuf"]
-    log(`pip could not install them; installing ${pkgs.join(" ")} with apt-get`)
-    run(cmd, [...prefix, "update", "-qq"])
-    run(cmd, [...prefix, "install", "-y", "-qq", ...pkgs], {
-      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" }
-    })
-    const installed = pythonWithGrpc()
-    if (installed) return installed
-  }
-  throw new Error(
-    "no Python interpreter can import grpc and protobuf, and neither pip nor apt-get could install them. Install grpcio and protobuf for python3, or set SNAKEPIT_PYTHON."
-  )
-}
-
 const setup = () => {
   const pnpm = ensurePnpm()
   log("installing JS dependencies")
   run(pnpm, ["install", "--frozen-lockfile", "--reporter=append-only"])
-  const python = ensurePython()
-  log(`Python: ${python}`)
+  const venv = setupPython()
   log("building packages")
-  run(pnpm, ["run", "-s", "build"])
-  return { pnpm, python }
+  run(pnpm, ["run", "-s", "build"], { env: envWithPython() })
+  return { pnpm, venv }
 }
 
-const testPython = (python) => {
+/** The project venv, made or checked (fast when it is already good). */
+const setupPython = () => {
+  const venv = ensureVenv({ log })
+  log(`Python: ${venv.python} (${venv.mode === "index" ? "from the package index" : "system packages"})`)
+  const chosen = workerPython()
+  if (chosen !== venv.python) log(`workers run ${chosen} (SNAKEPIT_PYTHON)`)
+  return venv
+}
+
+const pythonEnv = () => ({ ...envWithPython(), PYTHONPATH: join(root, "python"), PYTHONDONTWRITEBYTECODE: "1" })
+
+const testPython = () => {
   log("Python tests")
-  run(python, ["-m", "unittest", "discover", "-s", "python/tests", "-t", "python", "-v"], {
-    env: { ...process.env, PYTHONPATH: join(root, "python"), PYTHONDONTWRITEBYTECODE: "1" }
+  run(workerPython(), ["-m", "unittest", "discover", "-s", "python/tests", "-t", "python", "-v"], {
+    env: pythonEnv()
   })
+}
+
+/** mypy and ruff over python/ (configured in pyproject.toml), with the venv's checkers. */
+const checkPython = (venv) => {
+  if (!venv.checks) {
+    log("mypy and ruff are not installed (no package index was reachable at set-up): Python checks SKIPPED")
+    return
+  }
+  log("Python checks: ruff, mypy")
+  run(venv.python, ["-m", "ruff", "check", "python"], { env: pythonEnv() })
+  run(venv.python, ["-m", "mypy"], { env: pythonEnv() })
 }
 
 const main = () => {
@@ -117,33 +91,48 @@ const main = () => {
     case "setup":
       setup()
       return
-    case "demo": {
-      const { python } = setup()
-      run(process.execPath, ["examples/demo.mjs"], {
-        env: { ...process.env, SNAKEPIT_PYTHON: process.env.SNAKEPIT_PYTHON ?? python }
+    case "demo":
+      setup()
+      run(process.execPath, ["examples/demo.mjs"], { env: envWithPython() })
+      return
+    case "test-python":
+      setupPython()
+      testPython()
+      return
+    case "check-python":
+      checkPython(setupPython())
+      return
+    case "snakepit": {
+      // The dev CLI, with the interpreter the set-up chose (no set-up here: it must be quick).
+      const bin = join(root, "packages", "cli", "dist", "bin.js")
+      if (!existsSync(bin))
+        throw new Error("packages/cli/dist is missing: run `npm run setup` (or `npm run build`) first")
+      const res = spawnSync(process.execPath, [bin, ...process.argv.slice(3)], {
+        stdio: "inherit",
+        env: envWithPython()
       })
+      if (res.error) throw res.error
+      process.exitCode = res.status ?? 1
       return
     }
-    case "test-python":
-      testPython(ensurePython())
-      return
     case "test": {
-      const { pnpm } = setup()
-      const python = ensurePython()
+      const { pnpm, venv } = setup()
+      const env = envWithPython()
       log("type-check and lint")
       run(pnpm, ["run", "-s", "typecheck"])
       run(pnpm, ["run", "-s", "lint"])
       run(pnpm, ["run", "-s", "proto:check"])
-      testPython(python)
+      checkPython(venv)
+      testPython()
       log("TypeScript tests")
-      run(pnpm, ["exec", "vitest", "run"])
+      run(pnpm, ["exec", "vitest", "run"], { env })
       log("release smoke test")
-      run(pnpm, ["run", "-s", "test:smoke"])
+      run(pnpm, ["run", "-s", "test:smoke"], { env })
       log("all checks passed")
       return
     }
     default:
-      console.error("usage: node scripts/dev.mjs <setup|demo|test|test-python>")
+      console.error("usage: node scripts/dev.mjs <setup|demo|test|test-python|check-python|snakepit [args...]>")
       process.exitCode = 2
   }
 }

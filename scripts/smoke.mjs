@@ -2,16 +2,17 @@
 // Release smoke test: the packed packages must run from dist/ with production dependencies only.
 // The original project's release crashed at boot because it needed a build tool at runtime; this
 // packs @snakepit/{grpc,registry,core,cli} as a user would receive them, installs them into an empty
-// project with `--omit=dev`, starts a real Python worker from there, and runs the installed
-// `snakepit doctor` and `snakepit status`.
+// project with the README's own `npm install` line (the Effect 3 peers pinned) and `--omit=dev`,
+// fails on any peer-dependency warning, starts a real Python worker from there, and runs the
+// installed `snakepit doctor` and `snakepit status`. Python: the interpreter the set-up chose
+// (scripts/python.mjs).
 // Usage (after `npm run build`): node scripts/smoke.mjs
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
-import { fileURLToPath } from "node:url"
+import { envWithPython, root } from "./python.mjs"
 
-const root = join(dirname(fileURLToPath(import.meta.url)), "..")
 const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core", "@snakepit/cli"]
 // Anything here at runtime means a dev tool leaked into the production dependency tree.
 const FORBIDDEN = ["typescript", "vitest", "tsx", "ts-node", "@biomejs", "ts-proto", "esbuild", "vite"]
@@ -105,14 +106,43 @@ const checkNoAncestorNodeModules = (dir) => {
   }
 }
 
+/** The package specs of the README's install line (`npm install @snakepit/core ...`). */
+const readmeInstallLine = () => {
+  const line = readFileSync(join(root, "README.md"), "utf8")
+    .split("\n")
+    .find((l) => l.startsWith("npm install @snakepit/core "))
+  if (line === undefined) fail("README.md has no `npm install @snakepit/core ...` line")
+  return line.split("#")[0].trim().split(/\s+/).slice(2)
+}
+
+// What npm prints when peer dependencies conflict or cannot be met (npm 7+ wording).
+const PEER_TROUBLE = /ERESOLVE|peer dep|conflicting peer|Could not resolve dependency|unmet peer|invalid: /i
+
 const installTarballs = (project, tarballs) => {
   writeFileSync(
     join(project, "package.json"),
     `${JSON.stringify({ name: "snakepit-smoke", version: "0.0.0", private: true, type: "module" }, null, 2)}\n`
   )
-  // One command for all tarballs, so npm satisfies core's @snakepit/grpc and @snakepit/registry
-  // ranges with the tarballs instead of looking them up on the registry (they are unpublished).
-  run("npm", ["install", "--omit=dev", "--no-audit", "--no-fund", ...tarballs], { cwd: project, timeout: 5 * MINUTE })
+  // The README's line, with each @snakepit package replaced by its tarball; grpc and registry
+  // tarballs too, in the same command, so npm satisfies core's ranges with them instead of
+  // looking them up on the registry (they are unpublished).
+  const byName = new Map(PACKAGES.map((name, i) => [name, tarballs[i]]))
+  const specs = readmeInstallLine()
+  const args = [...specs.map((spec) => byName.get(spec) ?? spec), ...tarballs.filter((t) => !specs.includes(t))]
+  log(`npm install ${specs.join(" ")} (the README's line)`)
+  const res = spawnSync("npm", ["install", "--omit=dev", "--no-audit", "--no-fund", ...new Set(args)], {
+    cwd: project,
+    stdio: ["ignore", "pipe", "pipe"],
+    encoding: "utf8",
+    // The registry may be slow on a loaded machine; the bound stays, generous.
+    timeout: 10 * MINUTE
+  })
+  const output = `${res.stdout ?? ""}${res.stderr ?? ""}`
+  if (res.error) fail(`npm install could not run: ${res.error.message}`)
+  if (res.status !== 0) fail(`npm install exited with ${res.status ?? res.signal}:\n${output}`)
+  const peerTrouble = output.split("\n").filter((l) => PEER_TROUBLE.test(l))
+  if (peerTrouble.length) fail(`npm install warned about peer dependencies:\n${peerTrouble.join("\n")}`)
+  log("installed with no peer-dependency warning")
 }
 
 /** Each @snakepit package must be installed once, from its tarball. */
@@ -164,20 +194,11 @@ const checkNoDevTools = (project) => {
   log(`no ${FORBIDDEN.join(", ")} among ${installed.length} installed packages`)
 }
 
-/**
- * The runtime script imports `effect` and `@effect/platform-node` without declaring them; they
- * work only if npm hoists core's copies to the top level. A missing `effect` is what a real user
- * fixes by installing it, so do that; a missing platform-node is reported (core would need to
- * re-export what users need, or declare it as a peer dependency).
- */
+/** The runtime script imports `effect` and `@effect/platform-node`: the README's line installs both. */
 const ensureUserImportsResolvable = (project) => {
   const top = (name) => existsSync(join(project, "node_modules", name, "package.json"))
-  if (!top("effect")) {
-    log("effect is not hoisted to the top level; installing it as a user would")
-    run("npm", ["install", "--omit=dev", "--no-audit", "--no-fund", "effect@^3"], { cwd: project, timeout: 5 * MINUTE })
-  }
-  if (!top("@effect/platform-node")) {
-    fail("@effect/platform-node is not resolvable from the project root (not hoisted from @snakepit/core)")
+  for (const name of ["effect", "@effect/platform-node"]) {
+    if (!top(name)) fail(`${name} is not resolvable from the project root after the README's install line`)
   }
   log("effect and @effect/platform-node resolvable from the project root")
 }
@@ -227,9 +248,12 @@ if (result.pythonPath !== undefined && first !== expectedPythonPath) {
 process.exit(result.message === "pong" && typeof result.pid === "number" && result.poolAdd === 42 ? 0 : 1)
 `
 
-/** The environment minus anything that could preload a loader or widen module resolution. */
+/**
+ * The environment minus anything that could preload a loader or widen module resolution, with
+ * SNAKEPIT_PYTHON set to the interpreter the set-up chose.
+ */
 const cleanEnv = () => {
-  const env = { ...process.env }
+  const env = envWithPython()
   for (const key of ["NODE_PATH", "NODE_OPTIONS"]) delete env[key]
   return env
 }

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar, overload
+from typing import Any, TypeVar, overload
 
+from .errors import CallCancelled
 from .host_bridge import (
     DEFAULT_TIMEOUT_S,
     HOST_TOOLS_UNAVAILABLE,
@@ -21,8 +23,9 @@ from .host_bridge import (
 )
 
 __all__ = [
-    "BaseAdapter",
     "HOST_TOOLS_UNAVAILABLE",
+    "BaseAdapter",
+    "CallCancelled",
     "HostBridge",
     "HostToolError",
     "HostToolsUnavailable",
@@ -50,7 +53,7 @@ _TOOL_MARKER = "__snakepit_tool__"
 class _ToolMarker:
     # A plain class, not a dataclass: a frozen @dataclass costs ~0.4 ms of worker
     # startup, and this private marker needs none of what it generates.
-    __slots__ = ("name", "description")
+    __slots__ = ("description", "name")
 
     def __init__(self, name: str | None, description: str | None) -> None:
         self.name = name
@@ -116,6 +119,29 @@ class ToolInfo:
     # The signature used to bind JSON arguments (without ``self`` and ``ctx``).
     signature: inspect.Signature
     func: Callable[..., Any]
+    # What check_arguments needs, precomputed: binding through the signature costs more
+    # than the rest of a small call.
+    keyword_names: frozenset[str] = frozenset()
+    required_names: frozenset[str] = frozenset()
+    var_keyword: bool = False
+    simple: bool = False
+
+    def check_arguments(self, args: Mapping[str, Any]) -> str | None:
+        """Why ``args`` (keyword arguments) do not fit the tool, or None when they do."""
+        if not self.simple:
+            try:
+                self.signature.bind(**args)
+            except TypeError as exc:
+                return str(exc)
+            return None
+        for name in self.required_names:
+            if name not in args:
+                return f"missing a required argument: {name!r}"
+        if not self.var_keyword:
+            for name in args:
+                if name not in self.keyword_names:
+                    return f"got an unexpected keyword argument {name!r}"
+        return None
 
 
 def _annotation_text(annotation: Any) -> str:
@@ -145,9 +171,7 @@ def _first_paragraph(doc: str | None) -> str:
     return " ".join(paragraph.split())
 
 
-def _build_tool_info(
-    method: Callable[..., Any], func: Callable[..., Any], marker: _ToolMarker
-) -> ToolInfo:
+def _build_tool_info(method: Callable[..., Any], func: Callable[..., Any], marker: _ToolMarker) -> ToolInfo:
     """Describe ``method`` (a bound method) whose underlying function is ``func``."""
     full_signature = inspect.signature(method)
     accepts_ctx = CONTEXT_PARAMETER in full_signature.parameters
@@ -166,11 +190,19 @@ def _build_tool_info(
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     )
 
+    kinds = {p.kind for p in bindable}
+    simple = kinds <= {
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+        inspect.Parameter.VAR_KEYWORD,
+    }
+    keyword_names = frozenset(p.name for p in bindable if p.kind != inspect.Parameter.VAR_KEYWORD)
+    required_names = frozenset(
+        p.name for p in bindable if p.default is inspect.Parameter.empty and p.kind != inspect.Parameter.VAR_KEYWORD
+    )
     streaming = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
     is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
-    description = (
-        marker.description if marker.description is not None else _first_paragraph(inspect.getdoc(func))
-    )
+    description = marker.description if marker.description is not None else _first_paragraph(inspect.getdoc(func))
     return ToolInfo(
         name=marker.name or func.__name__,
         description=description,
@@ -180,12 +212,31 @@ def _build_tool_info(
         accepts_ctx=accepts_ctx,
         signature=signature,
         func=method,
+        keyword_names=keyword_names,
+        required_names=required_names,
+        var_keyword=inspect.Parameter.VAR_KEYWORD in kinds,
+        simple=simple,
     )
 
 
 # --------------------------------------------------------------------------- #
 # Context and results
 # --------------------------------------------------------------------------- #
+
+
+class CancelFlag:
+    """Whether the host cancelled a call: set once, read often, never waited on."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 @dataclass
@@ -201,11 +252,28 @@ class ToolContext:
     # Per-session state kept in this worker. For calls without a session id it
     # is a fresh dict that lives only for the call.
     session: dict[str, Any] = field(default_factory=dict)
-    # Raw binary values sent beside the JSON arguments.
+    # Raw binary values sent beside the JSON arguments (``CallOptions.attachments``).
     attachments: dict[str, bytes] = field(default_factory=dict)
     # The worker's one bridge to the host's tools. A context made outside a
-    # worker (e.g. in a unit test) gets its own bridge from the environment.
-    host_bridge: HostBridge = field(default_factory=HostBridge.from_env, repr=False)
+    # worker (e.g. in a unit test) has none: calls raise HostToolsUnavailable.
+    host_bridge: HostBridge = field(default_factory=HostBridge, repr=False)
+    # Set when the host cancels the call (timeout, interruption, stream ended early).
+    cancel_event: CancelFlag = field(default_factory=lambda: CancelFlag(), repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the host has cancelled this call: a long tool should stop soon.
+
+        Sync tools are also interrupted with :class:`CallCancelled` at their next
+        Python instruction, and async tools with ``asyncio.CancelledError``; this
+        flag lets a tool stop cleanly (and is all there is for code blocked in C).
+        """
+        return self.cancel_event.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise :class:`CallCancelled` if the host has cancelled this call."""
+        if self.cancel_event.is_set():
+            raise CallCancelled()
 
     def call_host(
         self,
@@ -222,7 +290,13 @@ class ToolContext:
         Blocking: from async tools use :meth:`acall_host`.
         """
         return self.host_bridge.call(
-            name, args, self.session_id, attachments, worker_id=self.worker_id, timeout=timeout
+            name,
+            args,
+            self.session_id,
+            attachments,
+            worker_id=self.worker_id,
+            timeout=timeout,
+            cancelled=self.cancel_event,
         )
 
     async def acall_host(
@@ -302,8 +376,6 @@ class BaseAdapter:
                     continue
                 info = _build_tool_info(getattr(self, attribute), func, marker)
                 if info.name in found:
-                    raise ValueError(
-                        f"{type(self).__qualname__} defines two tools named {info.name!r}"
-                    )
+                    raise ValueError(f"{type(self).__qualname__} defines two tools named {info.name!r}")
                 found[info.name] = info
         return found

@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from .adapter import BaseAdapter, ToolContext, tool
 

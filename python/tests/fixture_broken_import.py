@@ -1,8 +1,8 @@
 """An adapter module that cannot be imported."""
 
-from snakepit_bridge import BaseAdapter
+import a_module_that_does_not_exist_snakepit  # type: ignore[import-not-found]  # noqa: F401
 
-import a_module_that_does_not_exist_snakepit  # noqa: F401
+from snakepit_bridge import BaseAdapter
 
 
 class NeverAdapter(BaseAdapter):

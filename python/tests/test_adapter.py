@@ -6,11 +6,20 @@ import contextlib
 import io
 import os
 import unittest
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from unittest import mock
 
-from snakepit_bridge import HOST_TOOLS_UNAVAILABLE, BaseAdapter, HostToolsUnavailable, ToolContext, tool
-from snakepit_bridge.server import load_adapter_class, parse_args
+from snakepit_bridge import (
+    HOST_TOOLS_UNAVAILABLE,
+    BaseAdapter,
+    HostToolsUnavailable,
+    ToolContext,
+    tool,
+)
+from snakepit_bridge.adapter import CallCancelled
+from snakepit_bridge.cli import parse_args
+from snakepit_bridge.loading import load_adapter_class
 from snakepit_bridge.showcase import ShowcaseAdapter
 
 
@@ -58,9 +67,7 @@ class ToolMetadataTest(unittest.TestCase):
         self.tools = SampleAdapter().tools()
 
     def test_discovers_only_decorated_methods(self) -> None:
-        self.assertEqual(
-            sorted(self.tools), ["agen", "coro", "gen", "odd_default", "plain", "renamed", "untyped"]
-        )
+        self.assertEqual(sorted(self.tools), ["agen", "coro", "gen", "odd_default", "plain", "renamed", "untyped"])
 
     def test_parameters_from_signature(self) -> None:
         plain = self.tools["plain"]
@@ -136,10 +143,25 @@ class ShowcaseToolsTest(unittest.TestCase):
     def test_showcase_has_exactly_the_documented_tools(self) -> None:
         self.assertEqual(
             sorted(ShowcaseAdapter().tools()),
-            sorted([
-                "ping", "echo", "add", "sleep", "fail", "crash", "spawn_child", "session_put",
-                "session_get", "stream_numbers", "flood", "flood_report", "env", "hog", "call_host",
-            ]),
+            sorted(
+                [
+                    "ping",
+                    "echo",
+                    "add",
+                    "sleep",
+                    "fail",
+                    "crash",
+                    "spawn_child",
+                    "session_put",
+                    "session_get",
+                    "stream_numbers",
+                    "flood",
+                    "flood_report",
+                    "env",
+                    "hog",
+                    "call_host",
+                ]
+            ),
         )
 
     def test_fail_raises_builtin_exceptions_only(self) -> None:
@@ -155,7 +177,7 @@ class ShowcaseToolsTest(unittest.TestCase):
         adapter = ShowcaseAdapter()
         gen = adapter.flood(100, size=3)
         self.assertEqual(next(gen), "xxx")
-        gen.close()
+        gen.close()  # type: ignore[attr-defined]  # flood is a generator
         self.assertEqual(adapter.flood_report(), {"produced": 1, "closed": True})
 
     def test_hog_holds_memory(self) -> None:
@@ -166,23 +188,27 @@ class ShowcaseToolsTest(unittest.TestCase):
 
 class ToolContextTest(unittest.IsolatedAsyncioTestCase):
     async def test_host_calls_are_not_available_without_a_bridge(self) -> None:
-        with mock.patch.dict(os.environ, clear=False) as env:
-            env.pop("SNAKEPIT_HOST_BRIDGE", None)
+        # The environment no longer configures a bridge: only a worker's transport does.
+        with mock.patch.dict(os.environ, {"SNAKEPIT_HOST_BRIDGE": "127.0.0.1:1", "SNAKEPIT_HOST_SECRET": "x"}):
             ctx = ToolContext(session_id="s")
+        self.assertFalse(ctx.host_bridge.configured)
         with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
             ctx.call_host("x", {})
         with self.assertRaisesRegex(RuntimeError, HOST_TOOLS_UNAVAILABLE):
             await ctx.acall_host("x", {})
+        with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
+            ctx.list_host_tools()
 
-    async def test_unreachable_host_bridge(self) -> None:
-        with mock.patch.dict(os.environ, {"SNAKEPIT_HOST_BRIDGE": "127.0.0.1:1"}):
-            ctx = ToolContext()
-        self.assertEqual(ctx.host_bridge.address, "127.0.0.1:1")
-        try:
-            with self.assertRaisesRegex(HostToolsUnavailable, "^host bridge unreachable: "):
-                await ctx.acall_host("x")
-        finally:
-            await ctx.host_bridge.aclose()
+    def test_cancellation_is_visible_to_the_tool(self) -> None:
+        ctx = ToolContext()
+        self.assertFalse(ctx.cancelled)
+        ctx.check_cancelled()
+        ctx.cancel_event.set()
+        self.assertTrue(ctx.cancelled)
+        with self.assertRaises(CallCancelled):
+            ctx.check_cancelled()
+        # Like asyncio.CancelledError, it is not an Exception a tool's handler would swallow.
+        self.assertFalse(issubclass(CallCancelled, Exception))
 
 
 class LoadAdapterTest(unittest.TestCase):
@@ -207,8 +233,17 @@ class CommandLineTest(unittest.TestCase):
     def test_defaults(self) -> None:
         args = parse_args([])
         self.assertEqual(
-            (args.adapter, args.port, args.host, args.max_message_bytes, args.log_level),
-            ("snakepit_bridge.showcase:ShowcaseAdapter", 0, "127.0.0.1", 64 * 1024 * 1024, "INFO"),
+            (
+                args.adapter,
+                args.transport,
+                args.concurrency,
+                args.port,
+                args.host,
+                args.unix_socket,
+                args.max_message_bytes,
+                args.log_level,
+            ),
+            ("snakepit_bridge.showcase:ShowcaseAdapter", "local", 1, 0, "127.0.0.1", "", 64 * 1024 * 1024, "INFO"),
         )
 
     def test_loopback_only(self) -> None:
@@ -217,6 +252,22 @@ class CommandLineTest(unittest.TestCase):
         for host in ("0.0.0.0", "10.1.2.3", "::", "example.com"):
             with self.subTest(host=host), self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
                 parse_args(["--host", host])
+
+    def test_bad_values_are_refused(self) -> None:
+        for argv in (
+            ["--transport", "http"],
+            ["--concurrency", "0"],
+            ["--port", "70000"],
+            ["--max-message-bytes", "0"],
+            ["--log-level", "LOUD"],
+        ):
+            with self.subTest(argv=argv), self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                parse_args(argv)
+
+    def test_the_old_entry_point_still_runs_the_worker(self) -> None:
+        from snakepit_bridge import cli, server
+
+        self.assertIs(server.main, cli.main)
 
 
 if __name__ == "__main__":

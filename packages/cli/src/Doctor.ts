@@ -6,10 +6,19 @@
  *
  * @since 0.1.0
  */
+import { statSync } from "node:fs"
 import { type AddressInfo, createServer } from "node:net"
+import { delimiter, resolve } from "node:path"
 import { Command, Options } from "@effect/cli"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
-import { Diagnostics, type ResolvedPoolOptions, Worker, type WorkerStartError } from "@snakepit/core"
+import {
+  Diagnostics,
+  PythonEnvironment,
+  type ResolvedPoolOptions,
+  type Transport,
+  Worker,
+  type WorkerStartError
+} from "@snakepit/core"
 import { ProcessInfo, Registry, RunId } from "@snakepit/registry"
 import { Console, Duration, Effect, Either, Option, Schedule, Schema } from "effect"
 import { DiagnosticFailure } from "./errors.js"
@@ -24,7 +33,7 @@ export type CheckStatus = "ok" | "warn" | "fail" | "skip"
 
 /** One check's outcome: what was found, and, unless it is ok, what to do about it. */
 export interface Check {
-  /** The check's name: node, config, python, bridge, loopback, worker, data-dir, leftovers. */
+  /** The check's name: node, config, python, bridge, loopback, worker, adapter (with --adapter), data-dir, leftovers. */
   readonly check: string
   readonly status: CheckStatus
   /** What was found, on one line. */
@@ -39,6 +48,12 @@ export interface DoctorOptions {
   readonly python?: string | undefined
   /** The registry's directory (default: SNAKEPIT_DATA_DIR, else the per-user state directory). */
   readonly dataDir?: string | undefined
+  /** Your adapter, `module` or `module:Class`: started in one worker, its tools listed, stopped (the `adapter` check). */
+  readonly adapter?: string | undefined
+  /** Directories holding your adapter's modules, as the pool's `pythonPath` option. */
+  readonly pythonPath?: ReadonlyArray<string> | undefined
+  /** The transport to check for (default: SNAKEPIT_TRANSPORT, else local). */
+  readonly transport?: Transport | undefined
   /** Called with each check as soon as it completes (to print progressively). */
   readonly onCheck?: ((check: Check) => Effect.Effect<void>) | undefined
 }
@@ -92,14 +107,8 @@ const checkConfig = (options: DoctorOptions) =>
 // python, bridge
 // ---------------------------------------------------------------------------------------------
 
-const describeTried = (tried: Diagnostics.TriedInterpreter): string => {
-  const found =
-    tried.version === undefined
-      ? ""
-      : ` (Python ${tried.version}${tried.executable && tried.executable !== tried.python ? ` at ${tried.executable}` : ""})`
-  const imports = tried.importErrors.length > 0 ? `: ${tried.importErrors.join("; ")}` : ""
-  return `${tried.python}${found}: ${tried.rejection ?? "rejected"}${imports}`
-}
+const describeTried = (tried: Diagnostics.TriedInterpreter): string =>
+  `${tried.environment === undefined ? tried.python : PythonEnvironment.describe(tried.environment)}: ${tried.rejection ?? "rejected"}`
 
 const SOURCE_LABEL: Record<Diagnostics.CandidateSource, string> = {
   option: "--python",
@@ -110,33 +119,38 @@ const SOURCE_LABEL: Record<Diagnostics.CandidateSource, string> = {
 const SEARCH = `leave it unset to search ${Diagnostics.DEFAULT_CANDIDATES.join(", ")}`
 
 const pythonFix = (diagnosis: Diagnostics.PythonDiagnosis): string => {
-  const existing = diagnosis.tried.find((t) => t.executable !== undefined)
   const named = diagnosis.candidates[0] ?? ""
-  if (existing === undefined) {
+  if (diagnosis.fix === undefined) {
     switch (diagnosis.source) {
       case "option":
         return `${named} cannot be run: pass --python the path of an installed interpreter that imports grpc and protobuf (\`command -v python3\` shows one), or leave --python out to search ${Diagnostics.DEFAULT_CANDIDATES.join(", ")}`
       case "SNAKEPIT_PYTHON":
         return `SNAKEPIT_PYTHON=${named} cannot be run: set it to an installed interpreter that imports grpc and protobuf, or ${SEARCH}`
       default:
-        return "no Python found: install Python 3 with grpcio and protobuf (Debian/Ubuntu: apt-get install python3 python3-grpcio python3-protobuf)"
+        return `no Python found: install Python ${Diagnostics.MIN_PYTHON.join(".")}+ with grpcio and protobuf (e.g. in a venv: \`python3 -m venv .venv && .venv/bin/python -m pip install grpcio protobuf\`, then SNAKEPIT_PYTHON=.venv/bin/python)`
     }
   }
-  const install = `install grpcio and protobuf for ${existing.executable}: \`${shellQuote(existing.executable!)} -m pip install grpcio protobuf\` (Debian/Ubuntu system Python: apt-get install python3-grpcio python3-protobuf)`
   const point =
     diagnosis.source === "option"
       ? "or pass --python an interpreter that has them"
       : diagnosis.source === "SNAKEPIT_PYTHON"
         ? `or set SNAKEPIT_PYTHON to an interpreter that has them, or ${SEARCH}`
         : "or set SNAKEPIT_PYTHON (or the pool's `python` option) to an interpreter that has them"
-  return `${install}, ${point}`
+  return `${diagnosis.fix}; ${point}`
 }
 
-const checkPython = (options: DoctorOptions) =>
+const moduleVersions = (environment: PythonEnvironment.PythonEnvironment): string =>
+  environment.modules.map((m) => `${PythonEnvironment.pipPackage(m.name)} ${m.version || "?"}`).join(", ")
+
+const checkPython = (options: DoctorOptions, transport: Transport) =>
   Effect.gen(function* () {
-    const diagnosis = yield* Diagnostics.diagnosePython(options.python)
+    // The local transport needs only the standard library; gRPC also grpcio and protobuf.
+    const diagnosis = yield* Diagnostics.diagnosePython(
+      options.python,
+      transport === "grpc" ? PythonEnvironment.DEFAULT_REQUIRED_MODULES : []
+    )
     const source = `candidates from ${SOURCE_LABEL[diagnosis.source]}: ${diagnosis.candidates.join(", ")}`
-    const chosen = diagnosis.tried.find((t) => t.accepted)
+    const chosen = diagnosis.chosen
     const rejected = diagnosis.tried.filter((t) => !t.accepted)
     if (chosen === undefined) {
       return {
@@ -148,11 +162,12 @@ const checkPython = (options: DoctorOptions) =>
         python: undefined
       }
     }
-    const where = chosen.executable && chosen.executable !== chosen.python ? ` at ${chosen.executable}` : ""
+    // Workers are spawned with the executable: a shim is run once, here, and never per worker.
+    const shim = chosen.shim ? `; workers run ${chosen.executable} directly, not through the shim` : ""
     const detail =
-      `${chosen.python}: Python ${chosen.version ?? "(version unknown)"}${where}, grpcio ${chosen.grpcio ?? "?"}, protobuf ${chosen.protobuf ?? "?"}` +
+      `${[PythonEnvironment.describe(chosen), moduleVersions(chosen)].filter((part) => part !== "").join(", ")}${shim}` +
       ` (${source}${rejected.length > 0 ? `; rejected before it: ${rejected.map(describeTried).join("; ")}` : ""})`
-    return { check: ok("python", detail), python: chosen.python }
+    return { check: ok("python", detail), python: chosen }
   })
 
 const checkBridge = Effect.sync(() => {
@@ -194,18 +209,21 @@ const bindOnce = (address: string) =>
     })
   })
 
-const checkLoopback = bindOnce("127.0.0.1").pipe(
-  Effect.map((port) => ok("loopback", `listened on 127.0.0.1:${port} and closed it (workers serve gRPC there)`)),
-  Effect.catchTag("BindFailed", (error) =>
-    Effect.succeed(
-      fail(
-        "loopback",
-        `cannot listen on ${error.address}: ${error.reason}`,
-        "workers serve gRPC on 127.0.0.1: bring the loopback interface up (`ip link set lo up`) or allow local binds in this sandbox or firewall"
+const checkLoopback = (transport: Transport) =>
+  transport === "local"
+    ? Effect.succeed(skip("loopback", "not needed: the local transport listens on no port"))
+    : bindOnce("127.0.0.1").pipe(
+        Effect.map((port) => ok("loopback", `listened on 127.0.0.1:${port} and closed it (workers serve gRPC there)`)),
+        Effect.catchTag("BindFailed", (error) =>
+          Effect.succeed(
+            fail(
+              "loopback",
+              `cannot listen on ${error.address}: ${error.reason}`,
+              "workers serve gRPC on 127.0.0.1: bring the loopback interface up (`ip link set lo up`) or allow local binds in this sandbox or firewall"
+            )
+          )
+        )
       )
-    )
-  )
-)
 
 // ---------------------------------------------------------------------------------------------
 // worker
@@ -221,11 +239,17 @@ const lastLines = (text: string, n: number): string =>
     .slice(-n)
     .join(" | ")
 
-const startFix = (error: WorkerStartError, python: string, startupTimeout: Duration.Duration): string => {
-  const byHand = `run it by hand to see why: PYTHONPATH=${shellQuote(Diagnostics.bridgeRuntime().path ?? "<bridge>")} ${shellQuote(python)} -m snakepit_bridge.server --adapter ${Worker.DEFAULT_ADAPTER} --port 0`
+const byHand = (python: string, adapter: string, pythonPath: ReadonlyArray<string>): string => {
+  const path = [Diagnostics.bridgeRuntime().path ?? "<bridge>", ...pythonPath].join(delimiter)
+  // Imports, constructs and starts the adapter as a worker would, without a host.
+  const code = `from snakepit_bridge.loading import load_adapter_class as load; load(${JSON.stringify(adapter)})().on_start()`
+  return `run it by hand to see why: PYTHONPATH=${shellQuote(path)} ${shellQuote(python)} -c ${shellQuote(code)}`
+}
+
+const startFix = (error: WorkerStartError, byHandLine: string, python: string, startupTimeout: Duration.Duration) => {
   switch (error.reason) {
     case "startup_timeout":
-      return `the worker was not ready within ${Duration.format(startupTimeout)}: raise SNAKEPIT_STARTUP_TIMEOUT if the machine is just slow or loaded; else ${byHand}`
+      return `the worker was not ready within ${Duration.format(startupTimeout)}: raise SNAKEPIT_STARTUP_TIMEOUT if the machine is just slow or loaded; else ${byHandLine}`
     case "connect_failed":
       return "the worker listened but the client could not connect: check the loopback check above, and that no grpc_proxy/http_proxy/https_proxy variable captures 127.0.0.1 (add it to no_proxy)"
     case "bad_readiness_line":
@@ -235,7 +259,7 @@ const startFix = (error: WorkerStartError, python: string, startupTimeout: Durat
     case "python_not_found":
       return "see the python check above"
     default:
-      return byHand
+      return byHandLine
   }
 }
 
@@ -246,9 +270,38 @@ const survivorsOf = (runId: string) =>
     return left.length === 0 ? Effect.succeed(left) : Effect.fail(left)
   }).pipe(Effect.retry({ schedule: Schedule.spaced(Duration.millis(50)), times: 100 }), Effect.merge)
 
+/**
+ * Starts one real worker with `options` in its own scope, runs `use` on it, and stops it (the
+ * scope's finalizer stops its whole process group); then waits until no process of its run is
+ * left. `survivors` are the pids still alive after that.
+ */
+const trialWorker = <A, E>(
+  options: Omit<Worker.WorkerOptions, "runId">,
+  use: (worker: Worker.Worker) => Effect.Effect<A, E>
+) =>
+  Effect.gen(function* () {
+    const runId = RunId.generate()
+    const outcome = yield* Effect.scoped(
+      Effect.gen(function* () {
+        const [ready, worker] = yield* Effect.timed(Worker.make({ ...options, runId }))
+        return { pid: worker.pid, ready, result: yield* use(worker) }
+      })
+    ).pipe(Effect.either)
+    return { runId, outcome, survivors: yield* survivorsOf(runId) }
+  })
+
+const survivorsFailure = (check: string, runId: string, survivors: ReadonlyArray<number>): Check =>
+  fail(
+    check,
+    `the worker was stopped but processes of its run ${runId} are still alive: ${survivors.join(", ")}`,
+    `kill them (\`kill -9 ${survivors.join(" ")}\`) and report this as a Snakepit bug`
+  )
+
+const millis = (duration: Duration.Duration) => `${Math.round(Duration.toMillis(duration))} ms`
+
 const checkWorker = (
   options: DoctorOptions,
-  python: string | undefined,
+  python: PythonEnvironment.PythonEnvironment | undefined,
   bridgeFound: boolean,
   pool: ResolvedPoolOptions | undefined
 ) =>
@@ -256,33 +309,19 @@ const checkWorker = (
     if (python === undefined) return skip("worker", "not started: no usable Python interpreter (see python)")
     if (!bridgeFound) return skip("worker", "not started: the worker runtime is missing (see bridge)")
     const startupTimeout = pool?.startupTimeout ?? Duration.seconds(30)
-    const runId = RunId.generate()
-    const outcome = yield* Effect.scoped(
-      Effect.gen(function* () {
-        const [ready, worker] = yield* Effect.timed(
-          // The same `python` the pool would pass, so the worker resolves it as a pool's worker does
-          // (from the search just made, remembered), and the time to ready is a worker's own.
-          Worker.make({
-            id: "doctor",
-            ...(options.python === undefined ? {} : { python: options.python }),
-            runId,
-            startupTimeout,
-            ...(pool ? { threadLimits: pool.threadLimits } : {})
-          })
-        )
-        const [answered, pong] = yield* Effect.timed(worker.execute("ping", {}, { timeout: Duration.seconds(10) }))
-        return { pid: worker.pid, ready, answered, pong: Schema.decodeUnknownOption(Pong)(pong) }
-      })
-    ).pipe(Effect.either)
-    // The scope is closed: the worker's finalizer has stopped its whole process group.
-    const survivors = yield* survivorsOf(runId)
-    if (survivors.length > 0) {
-      return fail(
-        "worker",
-        `the worker was stopped but processes of its run ${runId} are still alive: ${survivors.join(", ")}`,
-        `kill them (\`kill -9 ${survivors.join(" ")}\`) and report this as a Snakepit bug`
-      )
-    }
+    // The same `python` the pool would pass, so the worker resolves it as a pool's worker does
+    // (from the search just made, remembered), and the time to ready is a worker's own.
+    const { runId, outcome, survivors } = yield* trialWorker(
+      {
+        id: "doctor",
+        transport: options.transport ?? pool?.transport ?? "local",
+        ...(options.python === undefined ? {} : { python: options.python }),
+        startupTimeout,
+        ...(pool ? { threadLimits: pool.threadLimits } : {})
+      },
+      (worker) => Effect.timed(worker.execute("ping", {}, { timeout: Duration.seconds(10) }))
+    )
+    if (survivors.length > 0) return survivorsFailure("worker", runId, survivors)
     if (Either.isLeft(outcome)) {
       const error = outcome.left
       if (error._tag === "WorkerStartError") {
@@ -290,7 +329,7 @@ const checkWorker = (
         return fail(
           "worker",
           `${error.message}${stderr === "" ? "" : `; stderr: ${stderr}`}`,
-          startFix(error, python, startupTimeout)
+          startFix(error, byHand(python.executable, Worker.DEFAULT_ADAPTER, []), python.executable, startupTimeout)
         )
       }
       if (error._tag === "ConfigError") return fail("worker", error.message, "fix the setting it names (see config)")
@@ -300,8 +339,9 @@ const checkWorker = (
         "run `snakepit doctor --log-level debug` to see the worker's stderr"
       )
     }
-    const { pid, ready, answered, pong } = outcome.right
-    if (Option.isNone(pong)) {
+    const { pid, ready, result } = outcome.right
+    const [answered, pong] = result
+    if (Option.isNone(Schema.decodeUnknownOption(Pong)(pong))) {
       return fail(
         "worker",
         `worker pid ${pid} answered ping with something other than {"message": "pong"}`,
@@ -310,9 +350,170 @@ const checkWorker = (
     }
     return ok(
       "worker",
-      `showcase worker pid ${pid} ready in ${Math.round(Duration.toMillis(ready))} ms, ping answered in ${Math.round(Duration.toMillis(answered))} ms, stopped with nothing left running`
+      `showcase worker pid ${pid} ready in ${millis(ready)}, ping answered in ${millis(answered)}, stopped with nothing left running`
     )
   })
+
+// ---------------------------------------------------------------------------------------------
+// adapter (--adapter, --python-path)
+// ---------------------------------------------------------------------------------------------
+
+const exceptionLine = (error: WorkerStartError): string => {
+  const text = error.traceback ?? error.stderrTail
+  return (
+    text
+      .trim()
+      .split("\n")
+      .filter((line) => line.trim() !== "" && !line.startsWith(" "))
+      .at(-1) ?? "(no traceback on stderr)"
+  )
+}
+
+/** `File "/app/py/model.py", line 12, in on_start`: where the traceback ends, if it has frames. */
+const lastFrame = (error: WorkerStartError): string | undefined =>
+  (error.traceback ?? "")
+    .split("\n")
+    .filter((line) => /^\s+File "/.test(line))
+    .at(-1)
+    ?.trim()
+
+const where = (error: WorkerStartError) => {
+  const frame = lastFrame(error)
+  return frame === undefined ? "" : ` (the traceback ends at ${frame})`
+}
+
+/** What went wrong importing the adapter, and the fix, from the exception the worker printed. */
+const importFailure = (
+  error: WorkerStartError,
+  adapter: string,
+  pythonPath: ReadonlyArray<string>,
+  python: PythonEnvironment.PythonEnvironment
+): { readonly detail: string; readonly fix: string } => {
+  const [moduleName = adapter, className] = adapter.split(":")
+  const top = moduleName.split(".")[0] ?? moduleName
+  const exception = exceptionLine(error)
+  const path = pythonPath.length === 0 ? "no --python-path given" : `--python-path ${pythonPath.join(delimiter)}`
+  const missing = /^ModuleNotFoundError: No module named '([^']+)'/.exec(exception)?.[1]
+  if (missing !== undefined && (moduleName === missing || moduleName.startsWith(`${missing}.`))) {
+    return {
+      detail: `adapter module ${moduleName} is not on the python path (${path}): ${exception}`,
+      fix: `pass --python-path the directory that contains ${top}.py or the package directory ${top}/ (in the pool: the \`pythonPath\` option)`
+    }
+  }
+  if (missing !== undefined) {
+    return {
+      detail: `adapter module ${moduleName} imports ${missing}, which ${python.executable} cannot import: ${exception}`,
+      fix: `${PythonEnvironment.installHint(python, [missing])}${where(error)}`
+    }
+  }
+  if (exception.startsWith("AttributeError:") && className !== undefined) {
+    return {
+      detail: `adapter module ${moduleName} was imported but has no ${className}: ${exception}`,
+      fix: `check the class name after the colon in --adapter ${adapter}`
+    }
+  }
+  if (exception.startsWith("LookupError:") || exception.startsWith("TypeError:")) {
+    return {
+      detail: `${adapter} does not name one BaseAdapter subclass: ${exception}`,
+      fix: "name the adapter as module:Class, where Class subclasses snakepit_bridge.BaseAdapter"
+    }
+  }
+  return {
+    detail: `adapter ${adapter} could not be imported: ${exception}`,
+    fix: `fix the error the import raised${where(error)}`
+  }
+}
+
+const checkAdapter = (
+  options: DoctorOptions,
+  python: PythonEnvironment.PythonEnvironment | undefined,
+  bridgeFound: boolean,
+  pool: ResolvedPoolOptions | undefined
+) =>
+  Effect.gen(function* () {
+    const pythonPath = options.pythonPath ?? []
+    const adapter = options.adapter
+    if (adapter === undefined) {
+      return skip("adapter", "not checked: no --adapter given (--python-path is used only with it)")
+    }
+    const badDirs = pythonPath.filter((dir) => !isDirectory(dir))
+    if (badDirs.length > 0) {
+      return fail(
+        "adapter",
+        `--python-path ${badDirs.join(", ")}: not ${badDirs.length === 1 ? "a directory" : "directories"} (resolved from ${process.cwd()})`,
+        `pass --python-path the directory that contains your adapter module (${adapter.split(":")[0]}.py or its package directory)`
+      )
+    }
+    if (python === undefined) return skip("adapter", "not started: no usable Python interpreter (see python)")
+    if (!bridgeFound) return skip("adapter", "not started: the worker runtime is missing (see bridge)")
+    const startupTimeout = pool?.startupTimeout ?? Duration.seconds(30)
+    const { runId, outcome, survivors } = yield* trialWorker(
+      {
+        id: "doctor-adapter",
+        transport: options.transport ?? pool?.transport ?? "local",
+        adapter,
+        pythonPath: pythonPath.map((dir) => resolve(dir)),
+        ...(options.python === undefined ? {} : { python: options.python }),
+        startupTimeout,
+        ...(pool ? { threadLimits: pool.threadLimits } : {})
+      },
+      (worker) => worker.describeTools
+    )
+    if (survivors.length > 0) return survivorsFailure("adapter", runId, survivors)
+    if (Either.isLeft(outcome)) {
+      const error = outcome.left
+      switch (error._tag) {
+        case "WorkerStartError": {
+          if (error.reason === "adapter_import_failed") {
+            const { detail, fix } = importFailure(error, adapter, pythonPath, python)
+            return fail("adapter", detail, fix)
+          }
+          if (error.reason === "adapter_start_failed") {
+            return fail(
+              "adapter",
+              `adapter ${adapter} was imported but raised while starting (its __init__ or on_start): ${exceptionLine(error)}`,
+              `fix ${adapter.split(":")[1] ?? "the adapter"}'s start-up${where(error)}; \`snakepit doctor --log-level debug ...\` shows its whole stderr`
+            )
+          }
+          return fail(
+            "adapter",
+            `${error.message}${lastLines(error.stderrTail, 3) === "" ? "" : `; stderr: ${lastLines(error.stderrTail, 3)}`}`,
+            startFix(error, byHand(python.executable, adapter, pythonPath), python.executable, startupTimeout)
+          )
+        }
+        case "ConfigError":
+          return fail("adapter", error.message, "fix the setting it names (see config)")
+        default:
+          return fail(
+            "adapter",
+            `the adapter's worker started but did not list its tools: ${error.message}`,
+            "run `snakepit doctor --log-level debug ...` to see the worker's stderr"
+          )
+      }
+    }
+    const { pid, ready, result: tools } = outcome.right
+    const from = pythonPath.length === 0 ? "" : ` from ${pythonPath.join(delimiter)}`
+    if (tools.length === 0) {
+      return warn(
+        "adapter",
+        `${adapter}${from} started (worker pid ${pid}, ready in ${millis(ready)}) but has no tools`,
+        "decorate the methods callers should reach with @tool (from snakepit_bridge import tool)"
+      )
+    }
+    const names = tools.map((t) => t.name)
+    return ok(
+      "adapter",
+      `${adapter}${from}: worker pid ${pid} ready in ${millis(ready)} with ${names.length} ${names.length === 1 ? "tool" : "tools"} (${names.join(", ")}), stopped with nothing left running`
+    )
+  })
+
+const isDirectory = (path: string): boolean => {
+  try {
+    return statSync(path).isDirectory()
+  } catch {
+    return false
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // data dir, leftovers
@@ -383,12 +584,16 @@ export const run = (options: DoctorOptions = {}): Effect.Effect<ReadonlyArray<Ch
     yield* record(yield* checkNode)
     const config = yield* checkConfig(options)
     yield* record(config.check)
-    const python = yield* checkPython(options)
+    const transport = options.transport ?? config.pool?.transport ?? "local"
+    const python = yield* checkPython(options, transport)
     yield* record(python.check)
     const bridge = yield* checkBridge
     yield* record(bridge.check)
-    yield* record(yield* checkLoopback)
+    yield* record(yield* checkLoopback(transport))
     yield* record(yield* checkWorker(options, python.python, bridge.found, config.pool))
+    if (options.adapter !== undefined || (options.pythonPath?.length ?? 0) > 0) {
+      yield* record(yield* checkAdapter(options, python.python, bridge.found, config.pool))
+    }
     for (const check of yield* checkRegistry(options)) yield* record(check)
     return checks
   })
@@ -439,14 +644,56 @@ const pythonOption = Options.text("python").pipe(
   Options.optional
 )
 
+/** `--adapter module:Class`. */
+const adapterOption = Options.text("adapter").pipe(
+  Options.withPseudoName("module:Class"),
+  Options.withDescription(
+    "Your adapter, as the pool's `adapter` option names it: the doctor starts one worker with it, lists its tools and stops it, with a fix for each failure."
+  ),
+  Options.optional
+)
+
+/** `--python-path DIR` (repeatable; `:`-separated lists too). */
+const pythonPathOption = Options.text("python-path").pipe(
+  Options.withPseudoName("DIR"),
+  Options.withDescription(
+    "A directory holding your adapter's modules, as the pool's `pythonPath` option (repeat it, or separate directories with ':')."
+  ),
+  Options.repeated
+)
+
+/** `--transport local|grpc`. */
+const transportOption = Options.choice("transport", ["local", "grpc"]).pipe(
+  Options.withDescription(
+    "The transport to check for: local (the default; the Python side needs only its standard library) or grpc (needs grpcio and protobuf, and a loopback port). Default: SNAKEPIT_TRANSPORT, else local."
+  ),
+  Options.optional
+)
+
 /** The `doctor` subcommand. */
 export const command = Command.make(
   "doctor",
-  { python: pythonOption, dataDir: SharedOptions.dataDir, json: SharedOptions.json },
-  ({ python, dataDir, json }) =>
-    Effect.asVoid(doctor({ python: Option.getOrUndefined(python), dataDir: Option.getOrUndefined(dataDir), json }))
+  {
+    python: pythonOption,
+    adapter: adapterOption,
+    pythonPath: pythonPathOption,
+    transport: transportOption,
+    dataDir: SharedOptions.dataDir,
+    json: SharedOptions.json
+  },
+  ({ python, adapter, pythonPath, transport, dataDir, json }) =>
+    Effect.asVoid(
+      doctor({
+        python: Option.getOrUndefined(python),
+        transport: Option.getOrUndefined(transport),
+        adapter: Option.getOrUndefined(adapter),
+        pythonPath: pythonPath.flatMap((dirs) => dirs.split(delimiter)).filter((dir) => dir !== ""),
+        dataDir: Option.getOrUndefined(dataDir),
+        json
+      })
+    )
 ).pipe(
   Command.withDescription(
-    "Check Node, the SNAKEPIT_* environment, the Python interpreter, the worker runtime, a real worker, the registry and leftover processes; say what to do about each problem. Exit code 1 when a check FAILs."
+    "Check Node, the SNAKEPIT_* environment, the Python interpreter, the worker runtime, a real worker, your own adapter (--adapter), the registry and leftover processes; say what to do about each problem. Exit code 1 when a check FAILs."
   )
 )

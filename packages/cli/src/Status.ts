@@ -7,6 +7,7 @@
  */
 import { hostname } from "node:os"
 import { Command } from "@effect/cli"
+import type { PoolReport } from "@snakepit/core"
 import {
   ProcessInfo,
   Registry,
@@ -19,8 +20,10 @@ import { Console, Effect, Option } from "effect"
 import { DiagnosticFailure } from "./errors.js"
 import { type DataDirSource, dataDirArgument, dataDirSource, registryLayer } from "./internal/dataDir.js"
 import { count, formatDate, table } from "./internal/format.js"
+import { withHost } from "./internal/hosts.js"
 import * as SharedOptions from "./internal/options.js"
-import { reportRegistryFailure } from "./internal/registryFailure.js"
+import { poolJson, renderPool } from "./internal/pools.js"
+import { existingDataDir, reportRegistryFailure } from "./internal/registryFailure.js"
 
 /**
  * What the OS says about a recorded process: `alive` (and its command line carries the run's id),
@@ -49,6 +52,18 @@ export interface ProcessStatus {
   readonly orphan: boolean
 }
 
+/**
+ * What a run's control socket answered: `ok` with its pools, or why it could not (`stale`: the
+ * host died without removing it; `missing`, `denied`, `timeout`, `error`: see `Control.ControlUnavailable`).
+ */
+export interface ControlStatus {
+  readonly socket: string
+  readonly state: "ok" | "stale" | "missing" | "denied" | "timeout" | "error"
+  /** Why it could not answer; null when ok. */
+  readonly detail: string | null
+  readonly pools: ReadonlyArray<PoolReport>
+}
+
 /** One run of the registry, with its processes. */
 export interface RunStatus {
   readonly runId: string
@@ -60,6 +75,10 @@ export interface RunStatus {
   readonly startedAt: Date
   readonly endedAt: Date | null
   readonly processes: ReadonlyArray<ProcessStatus>
+  /** The control socket the run recorded, if any. */
+  readonly controlSocket: string | null
+  /** What that socket answered, once asked ({@link withControl}); null when not asked or none. */
+  readonly control: ControlStatus | null
 }
 
 /** A live process of a dead run. */
@@ -80,6 +99,8 @@ export interface StatusSummary {
 
 /** Everything `snakepit status` shows. */
 export interface StatusReport {
+  /** Control sockets that did not answer: a live host's (a problem), or a dead host's stale one (sweep removes it). */
+  readonly unreachable?: ReadonlyArray<ControlStatus & { readonly runId: string; readonly alive: boolean }>
   readonly dataDir: string
   readonly databasePath: string
   readonly runs: ReadonlyArray<RunStatus>
@@ -142,7 +163,9 @@ const runStatus = (
     state: !local ? "other-host" : run.endedAt !== null ? "ended" : ownerAlive ? "live" : "dead",
     startedAt: run.startedAt,
     endedAt: run.endedAt,
-    processes: [...registered, ...unregistered]
+    processes: [...registered, ...unregistered],
+    controlSocket: local ? run.controlSocket : null,
+    control: null
   }
 }
 
@@ -182,6 +205,42 @@ export const inspect: Effect.Effect<StatusReport, RegistryError, Registry> = Eff
     }
   }
 })
+
+/**
+ * Asks every run that recorded a control socket for its pools, through the socket (bounded in
+ * time: a dead host's stale socket is reported, never waited on).
+ */
+export const withControl = (report: StatusReport): Effect.Effect<StatusReport> =>
+  Effect.gen(function* () {
+    const runs = yield* Effect.forEach(
+      report.runs,
+      (run) =>
+        run.controlSocket === null
+          ? Effect.succeed(run)
+          : withHost(run.controlSocket, (client) => client.Pools()).pipe(
+              Effect.map((pools): ControlStatus => ({ socket: run.controlSocket!, state: "ok", detail: null, pools })),
+              Effect.catchTags({
+                ControlUnavailable: (e) =>
+                  Effect.succeed<ControlStatus>({
+                    socket: e.socket,
+                    state: e.reason,
+                    detail: e.explanation,
+                    pools: []
+                  }),
+                HostFailed: (e) =>
+                  Effect.succeed<ControlStatus>({ socket: e.socket, state: "error", detail: e.detail, pools: [] })
+              }),
+              Effect.map((control): RunStatus => ({ ...run, control }))
+            ),
+      { concurrency: 4 }
+    )
+    const unreachable = runs.flatMap((run) =>
+      run.control !== null && run.control.state !== "ok"
+        ? [{ ...run.control, runId: run.runId, alive: run.state === "live" }]
+        : []
+    )
+    return { ...report, runs, unreachable }
+  })
 
 /** "2 runs, 1 live; 3 worker processes alive; 0 orphans". */
 export const summaryLine = (summary: StatusSummary): string =>
@@ -233,6 +292,15 @@ export const render = (
         ]
       ])
     )
+    if (run.control !== null) {
+      const control = run.control
+      lines.push(
+        control.state === "ok"
+          ? `  control: ${control.socket}`
+          : `  control: ${control.socket}: ${control.state.toUpperCase()}: ${control.detail}`
+      )
+      for (const pool of control.pools) lines.push(...renderPool(pool, "  "))
+    }
     if (run.processes.length === 0) {
       lines.push("  (no worker recorded)")
       continue
@@ -255,6 +323,18 @@ export const render = (
     )
   }
   lines.push("", summaryLine(report.summary))
+  for (const control of report.unreachable ?? []) {
+    lines.push(
+      control.alive
+        ? `FAIL  run ${control.runId} is alive but its control socket ${control.socket} does not answer: ${control.detail}`
+        : `FAIL  run ${control.runId} is dead and left its control socket ${control.socket}: ${control.detail}`,
+      `      fix: ${
+        control.alive
+          ? "check the host process (is it stuck or overloaded?); its pools may still serve"
+          : `run \`${sweepCommand(explicitDataDir)}\`: it removes the dead run's rows and its stale socket (and kills its orphans, if any)`
+      }`
+    )
+  }
   if (report.orphans.length > 0) {
     lines.push(
       `FAIL  ${count(report.orphans.length, "orphaned process", "orphaned processes")} of dead runs: ${describeOrphans(report.orphans)}`,
@@ -273,9 +353,11 @@ export const toJson = (report: StatusReport, source: DataDirSource, explicitData
     ...run,
     startedAt: run.startedAt.toISOString(),
     endedAt: run.endedAt?.toISOString() ?? null,
+    control: run.control === null ? null : { ...run.control, pools: run.control.pools.map((pool) => poolJson(pool)) },
     processes: run.processes.map((p) => ({ ...p, startedAt: p.startedAt?.toISOString() ?? null }))
   })),
   orphans: report.orphans,
+  unreachable: report.unreachable ?? [],
   summary: report.summary,
   fix: report.orphans.length > 0 ? sweepFix(explicitDataDir) : null
 })
@@ -297,22 +379,23 @@ export const status = (options: StatusOptions = {}): Effect.Effect<StatusReport,
   Effect.gen(function* () {
     const json = options.json === true
     const source = yield* dataDirSource(options.dataDir)
+    yield* existingDataDir("status", options.dataDir, source, json)
     const report = yield* inspect.pipe(
       Effect.provide(registryLayer(options.dataDir)),
       Effect.catchTags({
         RegistryUnavailable: reportRegistryFailure("status", json),
         RegistryError: reportRegistryFailure("status", json)
-      })
+      }),
+      Effect.flatMap(withControl)
     )
     yield* json
       ? Console.log(JSON.stringify(toJson(report, source, options.dataDir), null, 2))
       : Console.log(render(report, source, options.dataDir).join("\n"))
-    if (report.orphans.length > 0) {
-      return yield* new DiagnosticFailure({
-        command: "status",
-        problems: [`orphans: ${describeOrphans(report.orphans)}`]
-      })
-    }
+    const problems = [
+      ...(report.orphans.length > 0 ? [`orphans: ${describeOrphans(report.orphans)}`] : []),
+      ...(report.unreachable ?? []).map((c) => `run ${c.runId}: control socket ${c.state}`)
+    ]
+    if (problems.length > 0) return yield* new DiagnosticFailure({ command: "status", problems })
     return report
   })
 
@@ -323,6 +406,6 @@ export const command = Command.make(
   ({ dataDir, json }) => Effect.asVoid(status({ dataDir: Option.getOrUndefined(dataDir), json }))
 ).pipe(
   Command.withDescription(
-    "Show the runs and worker processes the registry records, checked against the OS, and flag orphans (live processes of dead runs). Exit code 1 when there are orphans."
+    "Show the runs and worker processes the registry records, checked against the OS, each live host's pools and workers through its control socket, and flag orphans (live processes of dead runs) and control sockets that do not answer. Exit code 1 when there is any."
   )
 )

@@ -2,7 +2,9 @@
  * `snakepit sweep`: runs the registry's orphan sweep now, as a pool does at startup. For each
  * run whose owner is dead it SIGKILLs the run's live processes, each only after the OS shows
  * the run's id on its command line (a reused pid is never touched, only reported), then deletes
- * the run's rows. Runs of live owners and of other hosts are left alone.
+ * the run's rows (and those of runs that ended cleanly before their host exited). Runs of live
+ * owners and of other hosts are left alone. A data directory that does not exist is reported,
+ * not created.
  *
  * @since 0.1.0
  */
@@ -13,7 +15,7 @@ import type { DiagnosticFailure } from "./errors.js"
 import { type DataDirSource, dataDirSource, registryLayer } from "./internal/dataDir.js"
 import { count } from "./internal/format.js"
 import * as SharedOptions from "./internal/options.js"
-import { reportRegistryFailure } from "./internal/registryFailure.js"
+import { existingDataDir, reportRegistryFailure } from "./internal/registryFailure.js"
 
 /** What `snakepit sweep` did, and in which registry. */
 export interface SweepResult extends SweepReport {
@@ -31,12 +33,16 @@ export const runSweep = Effect.gen(function* () {
 /** The result as text lines, as `snakepit sweep` prints it. */
 export const render = (result: SweepResult, source: DataDirSource): ReadonlyArray<string> => {
   const lines = [`registry: ${result.databasePath} (data dir from ${source})`]
-  if (result.runsSwept === 0) {
-    lines.push("nothing to sweep: no run of this host has a dead owner")
+  const ended =
+    result.endedRunsRemoved > 0
+      ? `removed the rows of ${count(result.endedRunsRemoved, "cleanly ended run")} whose host has exited`
+      : ""
+  if (result.runsSwept === 0 && result.killed.length === 0 && result.skipped.length === 0) {
+    lines.push(`nothing to sweep: no run of this host has a dead owner${ended === "" ? "" : ` (${ended})`}`)
     return lines
   }
   lines.push(
-    `swept ${count(result.runsSwept, "dead run")}; killed ${count(result.killed.length, "orphaned process", "orphaned processes")}${result.killed.length > 0 ? ":" : ""}`
+    `swept ${count(result.runsSwept, "dead run")}; killed ${count(result.killed.length, "orphaned process", "orphaned processes")}${ended === "" ? "" : `; ${ended}`}${result.killed.length > 0 ? ":" : ""}`
   )
   for (const killed of result.killed) {
     const what = killed.via === "row" ? "registered worker" : "unregistered process carrying the run id"
@@ -65,6 +71,7 @@ export const sweep = (options: SweepOptions = {}): Effect.Effect<SweepResult, Di
   Effect.gen(function* () {
     const json = options.json === true
     const source = yield* dataDirSource(options.dataDir)
+    yield* existingDataDir("sweep", options.dataDir, source, json)
     const result = yield* runSweep.pipe(
       Effect.provide(registryLayer(options.dataDir)),
       Effect.catchTags({

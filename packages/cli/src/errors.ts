@@ -19,3 +19,19 @@ export class DiagnosticFailure extends Schema.TaggedError<DiagnosticFailure>()("
     return `snakepit ${this.command} found ${this.problems.length} problem(s): ${this.problems.join("; ")}`
   }
 }
+
+/**
+ * What a command was asked to act on does not exist: no live host in the data dir, no such
+ * worker or pool in any of them. The command line exits with code 3.
+ */
+export class TargetNotFound extends Schema.TaggedError<TargetNotFound>()("TargetNotFound", {
+  command: Schema.String,
+  /** What was looked for, e.g. `worker default-1.1` or `pool gpu`. */
+  target: Schema.String,
+  /** Where it was looked for, one line. */
+  detail: Schema.String
+}) {
+  override get message(): string {
+    return `snakepit ${this.command}: no ${this.target} (${this.detail})`
+  }
+}

@@ -11,7 +11,11 @@ export * as Cli from "./Cli.js"
 export * as Doctor from "./Doctor.js"
 /** Typed failures of the commands. */
 export * from "./errors.js"
+/** `snakepit restart|stop|resize|drain|events`: act on running hosts through their control sockets. */
+export * as Operate from "./Operate.js"
 /** `snakepit status`: `Status.inspect` reads the registry against the OS; `Status.status` also prints it. */
 export * as Status from "./Status.js"
 /** `snakepit sweep`: `Sweep.sweep(options)` kills proven orphans of dead runs and prints what it killed. */
 export * as Sweep from "./Sweep.js"
+/** `snakepit top`: `Top.frame(runs)` asks the live hosts for their pools; `Top.top(options)` prints frames. */
+export * as Top from "./Top.js"

@@ -2,7 +2,7 @@
  * `snakepit status` and `snakepit sweep` against real registries and real processes: an empty
  * data dir, a live pool, and the orphans a dead host leaves. Each test leaves no process behind.
  */
-import { writeFileSync } from "node:fs"
+import { existsSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Snakepit, SnakepitPool } from "@snakepit/core"
@@ -70,6 +70,29 @@ describe("snakepit status", () => {
       expect(json.runs).toEqual([])
       expect(json.summary).toEqual({ runs: 0, liveRuns: 0, processesAlive: 0, orphans: 0 })
       expect(json.fix).toBeNull()
+    })
+  )
+
+  it.scopedLive("says a data dir that does not exist does not exist, exits 1, and creates nothing", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const missing = join(dir, "typo", "data")
+      const text = yield* runCli("status", "--data-dir", missing)
+      expect(text.code).toBe(1)
+      expect(text.stderr).toMatch(
+        new RegExp(`^FAIL +the data directory ${missing} does not exist \\(data dir from --data-dir\\)`, "m")
+      )
+      expect(text.stderr).toContain("fix: check the path: pass --data-dir the directory your pools use")
+      expect(text.stdout).toBe("")
+      const json = yield* runCli("status", "--data-dir", missing, "--json")
+      expect(json.code).toBe(1)
+      expect(JSON.parse(json.stdout)).toMatchObject({ error: { check: "data-dir", status: "fail" } })
+      expect(JSON.parse(json.stdout).error.detail).toContain(`${missing} does not exist`)
+      const sweep = yield* runCli("sweep", "--data-dir", missing)
+      expect(sweep.code).toBe(1)
+      expect(sweep.stderr).toContain(`the data directory ${missing} does not exist`)
+      // Looking created nothing: not the directory, not its parent.
+      expect(existsSync(join(dir, "typo"))).toBe(false)
     })
   )
 

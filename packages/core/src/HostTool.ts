@@ -5,11 +5,8 @@
  *
  * @since 0.1.0
  */
-import { Proto } from "@snakepit/grpc"
 import { Cause, Context, Effect, Exit, Layer, Option, ParseResult, Schema, SchemaAST } from "effect"
-import { findJsonProblem } from "./internal/json.js"
-
-const Kind = Proto.ToolError_Kind
+import * as Codec from "./internal/codec.js"
 
 /** Tool names become Python identifiers on the worker side, so they follow Python's rules (ASCII). */
 const NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/
@@ -21,9 +18,60 @@ export interface HostTool<A, I = unknown, E = never, R = never> {
   /** Decodes the JSON arguments object the worker sends. */
   readonly parameters: Schema.Schema<A, I, R>
   readonly handler: (args: A) => Effect.Effect<unknown, E, R>
-  /** What `ListHostTools` reports for this tool, derived from `parameters`. */
-  readonly spec: Proto.ToolSpec
+  /** What Python's `ctx.list_host_tools()` reports for this tool, derived from `parameters`. */
+  readonly spec: HostToolSpec
 }
+
+/**
+ * A host tool as workers see it.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface HostToolSpec {
+  readonly name: string
+  readonly description: string
+  readonly parameters: ReadonlyArray<{ readonly name: string; readonly type: string; readonly required: boolean }>
+}
+
+/**
+ * Why a call failed, as it crosses to the other side (a Python exception for host tools).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ToolFailureInfo {
+  readonly kind: "python_exception" | "tool_not_found" | "invalid_arguments" | "unserializable_result"
+  /** The error's type: a `_tag`, a class name, or `Defect`. */
+  readonly type: string
+  readonly message: string
+  readonly traceback: string
+  readonly available: ReadonlyArray<string>
+}
+
+/**
+ * One call of a host tool, from a worker.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface HostCall {
+  readonly tool: string
+  /** The decoded arguments object. */
+  readonly args: unknown
+  readonly session: string
+  readonly workerId: string
+}
+
+/**
+ * The outcome of a host tool call: the encoded result, or the failure Python raises.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type HostCallOutcome =
+  | { readonly _tag: "Success"; readonly value: Codec.Encoded }
+  | { readonly _tag: "Failure"; readonly failure: ToolFailureInfo }
 
 /** Any host tool, whatever its types; the element type of `HostTools.layer`'s arguments. */
 // biome-ignore lint/suspicious/noExplicitAny: A and I are invariant in Schema, so only `any` admits every tool.
@@ -44,21 +92,18 @@ export interface HostToolOptions<A, I, RS, E, RH> {
   readonly handler: (args: A) => Effect.Effect<unknown, E, RH>
 }
 
-const noDefault = Buffer.alloc(0)
-
 /**
  * One parameter per property of a Struct-like Schema. The encoded side is described, since
  * that is what the worker must send (a `NumberFromString` takes a string), while refinements
  * keep their names (`Int`) where the encoded side allows.
  */
-const parametersOf = (schema: Schema.Schema.Any): Array<Proto.ToolParameter> => {
+const parametersOf = (schema: Schema.Schema.Any): HostToolSpec["parameters"] => {
   const ast = SchemaAST.encodedBoundAST(schema.ast)
   if (!SchemaAST.isTypeLiteral(ast)) return []
   return ast.propertySignatures.map((property) => ({
     name: String(property.name),
     type: String(property.type),
-    required: !property.isOptional,
-    defaultJson: noDefault
+    required: !property.isOptional
   }))
 }
 
@@ -82,8 +127,7 @@ const make = <A, I, RS, E, RH>(options: HostToolOptions<A, I, RS, E, RH>): HostT
     spec: {
       name: options.name,
       description,
-      parameters: parametersOf(options.parameters as Schema.Schema.Any),
-      streaming: false
+      parameters: parametersOf(options.parameters as Schema.Schema.Any)
     }
   }
 }
@@ -97,33 +141,30 @@ export const HostTool: {
   readonly make: <A, I, RS, E, RH>(options: HostToolOptions<A, I, RS, E, RH>) => HostTool<A, I, E, RS | RH>
 } = { make }
 
-/** The registered host tools, as the host bridge serves them. */
+/**
+ * The registered host tools, as every transport serves them to workers.
+ *
+ * @since 0.1.0
+ * @category models
+ */
 export interface HostToolsService {
-  /** Every tool's spec, in registration order: the answer to `ListHostTools`. */
-  readonly tools: ReadonlyArray<Proto.ToolSpec>
+  /** Every tool's spec, in registration order. */
+  readonly tools: ReadonlyArray<HostToolSpec>
   /**
-   * Serves one `CallHostTool`. Never fails: unknown tools, bad arguments, handler failures and
-   * defects all become a `ToolError` in the response. Interrupting it interrupts the handler.
+   * Serves one call. Never fails: unknown tools, bad arguments, handler failures and defects
+   * all become a `Failure` outcome. Interrupting it interrupts the handler.
    */
-  readonly call: (request: Proto.CallHostToolRequest) => Effect.Effect<Proto.CallHostToolResponse>
+  readonly call: (request: HostCall) => Effect.Effect<HostCallOutcome>
 }
 
 const toolError = (
-  kind: Proto.ToolError_Kind,
+  kind: ToolFailureInfo["kind"],
   type: string,
   message: string,
   extra: { readonly traceback?: string; readonly availableTools?: ReadonlyArray<string> } = {}
-): Proto.CallHostToolResponse => ({
-  outcome: {
-    $case: "error",
-    value: {
-      kind,
-      type,
-      message,
-      traceback: extra.traceback ?? "",
-      availableTools: [...(extra.availableTools ?? [])]
-    }
-  }
+): HostCallOutcome => ({
+  _tag: "Failure",
+  failure: { kind, type, message, traceback: extra.traceback ?? "", available: [...(extra.availableTools ?? [])] }
 })
 
 /** The name Python shows as the exception class: the `_tag` of a tagged error, else the class name. */
@@ -155,55 +196,31 @@ const stackOf = (error: unknown): string => {
   return typeof stack === "string" ? stack : ""
 }
 
-/** `JSON.parse` of the arguments; empty means `{}`, as for worker tools. */
-const parseArgs = (
-  argsJson: Uint8Array
-): { readonly ok: true; readonly value: unknown } | { readonly ok: false; readonly error: string } => {
-  if (argsJson.length === 0) return { ok: true, value: {} }
-  try {
-    return { ok: true, value: JSON.parse(Buffer.from(argsJson).toString("utf8")) }
-  } catch (error) {
-    return { ok: false, error: messageOf(error) }
-  }
-}
-
 /**
- * The result as JSON, or why it cannot be. Refuses what `JSON.stringify` would silently change
- * (a Map becoming `{}`, NaN becoming null); `undefined` (an `Effect.void` handler) is sent as null.
+ * The result as it crosses, or why it cannot. Refuses what `JSON.stringify` would silently
+ * change (a Map becoming `{}`, NaN becoming null); `undefined` (an `Effect.void` handler) is null.
  */
-const encodeResult = (tool: string, result: unknown): Proto.CallHostToolResponse => {
-  if (result === undefined) return { outcome: { $case: "resultJson", value: Buffer.from("null") } }
-  const problem = findJsonProblem(result, "result")
-  if (problem !== undefined) {
+const encodeResult = (tool: string, result: unknown): HostCallOutcome => {
+  const encoded = Codec.encode(result === undefined ? null : result, "result")
+  if (Codec.isProblem(encoded)) {
     return toolError(
-      Kind.UNSERIALIZABLE_RESULT,
+      "unserializable_result",
       "UnserializableResult",
-      `result of host tool "${tool}" is not JSON-serialisable at ${problem.path}: ${problem.reason}`
+      `result of host tool "${tool}" cannot be sent at ${encoded.path}: ${encoded.reason}`
     )
   }
-  let json: string | undefined
-  try {
-    json = JSON.stringify(result)
-  } catch (error) {
-    // A toJSON that throws, for instance.
-    return toolError(
-      Kind.UNSERIALIZABLE_RESULT,
-      "UnserializableResult",
-      `result of host tool "${tool}" is not JSON-serialisable: ${messageOf(error)}`
-    )
-  }
-  return { outcome: { $case: "resultJson", value: Buffer.from(json ?? "null", "utf8") } }
+  return { _tag: "Success", value: encoded }
 }
 
 /** The handler's failure or defect as the ToolError Python raises; `PYTHON_EXCEPTION` is the "tool failed" kind. */
-const failureResponse = (cause: Cause.Cause<unknown>): Proto.CallHostToolResponse => {
+const failureResponse = (cause: Cause.Cause<unknown>): HostCallOutcome => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
     const error = failure.value
-    return toolError(Kind.PYTHON_EXCEPTION, typeOf(error), messageOf(error), { traceback: stackOf(error) })
+    return toolError("python_exception", typeOf(error), messageOf(error), { traceback: stackOf(error) })
   }
   const defect = Cause.squash(cause)
-  return toolError(Kind.PYTHON_EXCEPTION, "Defect", messageOf(defect), { traceback: Cause.pretty(cause) })
+  return toolError("python_exception", "Defect", messageOf(defect), { traceback: Cause.pretty(cause) })
 }
 
 const decodeOptions: SchemaAST.ParseOptions = {
@@ -223,34 +240,28 @@ const makeService = (tools: ReadonlyArray<AnyHostTool>, context: Context.Context
   }
   const available = [...byName.keys()].sort()
 
-  const call = (request: Proto.CallHostToolRequest): Effect.Effect<Proto.CallHostToolResponse> =>
+  const call = (request: HostCall): Effect.Effect<HostCallOutcome> =>
     Effect.suspend(() => {
       const tool = byName.get(request.tool)
       if (tool === undefined) {
         return Effect.succeed(
           toolError(
-            Kind.TOOL_NOT_FOUND,
+            "tool_not_found",
             "ToolNotFound",
             `no host tool named "${request.tool}"; available: ${available.join(", ") || "(none)"}`,
             { availableTools: available }
           )
         )
       }
-      const parsed = parseArgs(request.argsJson)
-      if (!parsed.ok) {
-        return Effect.succeed(
-          toolError(Kind.INVALID_ARGUMENTS, "SyntaxError", `argsJson is not valid JSON: ${parsed.error}`)
-        )
-      }
       const schema = tool.parameters as Schema.Schema<unknown, unknown, never>
-      return Schema.decodeUnknown(schema)(parsed.value, decodeOptions).pipe(
+      return Schema.decodeUnknown(schema)(request.args, decodeOptions).pipe(
         Effect.matchCauseEffect({
           onFailure: (cause) => {
             const failure = Cause.failureOption(cause)
             if (Option.isSome(failure) && ParseResult.isParseError(failure.value)) {
               return Effect.succeed(
                 toolError(
-                  Kind.INVALID_ARGUMENTS,
+                  "invalid_arguments",
                   "ParseError",
                   `invalid arguments for host tool "${tool.name}":\n${ParseResult.TreeFormatter.formatErrorSync(failure.value)}`
                 )

@@ -26,3 +26,15 @@ export const ready = Metric.gauge("snakepit_workers_ready", { description: "Work
 export const busy = Metric.gauge("snakepit_workers_busy", { description: "Workers serving a call" })
 /** Callers waiting for a worker. */
 export const queued = Metric.gauge("snakepit_queue_length", { description: "Callers waiting for a worker" })
+
+/**
+ * Cancelled calls still running after `cancelGrace`, tagged with `pool` and `tool`: each
+ * retired its worker.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const stuckCalls = Metric.counter("snakepit_stuck_calls_total", {
+  description: "Cancelled calls still running after cancelGrace (their worker was replaced)",
+  incremental: true
+})

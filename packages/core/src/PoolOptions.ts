@@ -5,21 +5,44 @@
  */
 import type { Duration } from "effect"
 import type * as ThreadLimits from "./ThreadLimits.js"
+import type { Transport } from "./WorkerFactory.js"
 
 /** How calls with a `session` are routed to the session's worker. */
 export type Affinity = "hint" | "strict_queue" | "strict_fail_fast"
 
+/**
+ * A pool's size: a fixed number of workers, or the bounds of an elastic pool, which starts
+ * `min` workers, adds workers while callers wait longer than `scaleUpAfter` (up to `max`) and
+ * retires workers idle longer than `idleTimeout` (down to `min`).
+ */
+export type PoolSize = number | { readonly min: number; readonly max: number }
+
 /** Options of one pool. Every field is optional; see {@link ResolvedPoolOptions} for the defaults. */
 export interface PoolOptions {
-  /** Number of workers. Default 2 (env `SNAKEPIT_SIZE`). */
-  readonly size?: number
-  /** Workers that must be ready for the layer to start. Default: `size`. */
+  /** Number of workers, or `{ min, max }` for an elastic pool. Default 2 (env `SNAKEPIT_SIZE`: `4` or `2..8`). */
+  readonly size?: PoolSize
+  /**
+   * Elastic pools: add a worker (up to `max`) when a caller has waited this long for one.
+   * Default 1 second (env `SNAKEPIT_SCALE_UP_AFTER`).
+   */
+  readonly scaleUpAfter?: Duration.DurationInput
+  /**
+   * Elastic pools: retire a worker idle this long (down to `min`; never a live session's
+   * worker). Default 5 minutes (env `SNAKEPIT_IDLE_TIMEOUT`; may be infinite).
+   */
+  readonly idleTimeout?: Duration.DurationInput
+  /** Workers that must be ready for the layer to start. Default: `size` (its `min`). */
   readonly minReady?: number
   /** Calls one worker serves at once. Default 1. */
   readonly capacity?: number
   /** `module` or `module:Class`. Default: the built-in showcase adapter (env `SNAKEPIT_ADAPTER`). */
   readonly adapter?: string
-  /** Interpreter. Default: `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc. */
+  /**
+   * Interpreter: any Python 3.10+ with grpcio and protobuf, e.g. a venv's, conda env's or uv
+   * venv's `bin/python`, or a name on PATH (a pyenv shim is run once to find the real
+   * interpreter; workers are spawned with that). Pools may use different ones. Default:
+   * `SNAKEPIT_PYTHON`, else the first of python3, /usr/bin/python3, python that imports grpc.
+   */
   readonly python?: string
   /** Extra PYTHONPATH entries, where your adapter lives (env `SNAKEPIT_PYTHON_PATH`, `:`-separated). */
   readonly pythonPath?: ReadonlyArray<string>
@@ -86,8 +109,26 @@ export interface PoolOptions {
   }
   /** How long a retiring worker may finish its calls. Default 30 s. */
   readonly drainTimeout?: Duration.DurationInput
-  /** Largest gRPC message. Default 64 MiB. */
+  /**
+   * How long a cancelled call (timed out, interrupted, a stream ended early) may keep running in
+   * Python before its worker is replaced. The worker is not handed out meanwhile. Default 5 s
+   * (env `SNAKEPIT_CANCEL_GRACE`).
+   */
+  readonly cancelGrace?: Duration.DurationInput
+  /** Largest message in either direction, on either transport. Default 64 MiB. */
   readonly maxMessageBytes?: number
+  /**
+   * How the host talks to its workers. `local` (default): a private socket pair each worker
+   * inherits; no port, no secret, only the standard library in Python, and the fastest. `grpc`:
+   * gRPC with a per-worker token, for users who want gRPC tooling (needs grpcio and protobuf in
+   * the worker's environment). Env `SNAKEPIT_TRANSPORT`.
+   */
+  readonly transport?: Transport
+  /** gRPC transport only. */
+  readonly grpc?: {
+    /** `loopback` (default): a 127.0.0.1 port; `unix`: a 0600 unix socket in a 0700 directory. */
+    readonly listen?: "loopback" | "unix"
+  }
   /** Where state lives (the process registry). Default `SNAKEPIT_DATA_DIR`, else a per-user directory. */
   readonly dataDir?: string
 }
@@ -96,12 +137,23 @@ export interface PoolOptions {
 export interface SnakepitOptions extends PoolOptions {
   /** Named pools; calls choose one with `opts.pool`. The first is the default. */
   readonly pools?: Readonly<Record<string, PoolOptions>>
+  /**
+   * Serve the control API (`Control`) on a 0600 unix socket in the data dir, for `snakepit
+   * status`, `top`, `restart`, `resize`, `drain`, `events`. Default true (env `SNAKEPIT_CONTROL`).
+   * Needs the process registry (it records the socket's path); there is never a TCP listener.
+   */
+  readonly control?: boolean
 }
 
 /** Every option with its value decided. */
 export interface ResolvedPoolOptions {
   readonly name: string
+  /** Workers started with the pool: the fixed size, or an elastic pool's `min`. */
   readonly size: number
+  /** Most workers: `size` for a fixed pool. */
+  readonly maxSize: number
+  readonly scaleUpAfter: Duration.Duration
+  readonly idleTimeout: Duration.Duration
   readonly minReady: number
   readonly capacity: number
   readonly adapter: string
@@ -135,6 +187,9 @@ export interface ResolvedPoolOptions {
     readonly cooldown: Duration.Duration
   }
   readonly drainTimeout: Duration.Duration
+  readonly cancelGrace: Duration.Duration
   readonly maxMessageBytes: number
+  readonly transport: Transport
+  readonly grpc: { readonly listen: "loopback" | "unix" }
   readonly dataDir: string | undefined
 }

@@ -4,7 +4,9 @@
  * @since 0.1.0
  */
 import { Context, type Duration, type Effect, type Stream } from "effect"
-import type { CallError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
+import type { CallError, ConfigError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
+import type { PoolSize } from "./PoolOptions.js"
+import type { PoolEvent, PoolReport } from "./PoolReport.js"
 
 /** Per-call options. */
 export interface CallOptions {
@@ -57,7 +59,7 @@ export interface WorkerInfo {
 /** Counters and gauges of one pool. */
 export interface PoolStats {
   readonly pool: string
-  /** Configured number of workers. */
+  /** Worker slots: the configured number of workers, or an elastic pool's current size. */
   readonly size: number
   /** Workers able to serve (idle or busy). */
   readonly ready: number
@@ -108,6 +110,28 @@ export interface SnakepitService {
   ) => Effect.Effect<WorkerInfo, WorkerNotFound | WorkerStartError | PoolClosed>
   /** Completes when every slot of the pool has a ready worker. */
   readonly awaitReady: (pool?: string) => Effect.Effect<void, PoolNotFound>
+  /**
+   * Sets one pool's size at run time: a number fixes it, `{ min, max }` makes it elastic.
+   * Workers are started (in the startup window) or retired (idle ones first, busy ones after
+   * their calls) at once; completes with the new bounds without waiting for them. A bad size
+   * is a `ConfigError` keyed `size`.
+   */
+  readonly resize: (
+    size: PoolSize,
+    pool?: string
+  ) => Effect.Effect<{ readonly min: number; readonly max: number }, PoolNotFound | ConfigError>
+  /**
+   * Drains one pool: new and queued calls fail with `PoolDraining`, the calls in flight run to
+   * their end; completes when none is left. The workers stay up until the pool closes.
+   */
+  readonly drain: (pool?: string) => Effect.Effect<void, PoolNotFound>
+  /** One pool as an operator sees it: bounds, stats, workers in detail, per-tool latency (p50/p99). */
+  readonly report: (pool?: string) => Effect.Effect<PoolReport, PoolNotFound>
+  /**
+   * Every pool's events from now on (worker started, ready, crashed, recycled, restarted,
+   * queue full, resized...). A subscriber that falls more than 1024 events behind loses the oldest.
+   */
+  readonly events: Stream.Stream<PoolEvent>
 }
 
 /** The Snakepit service. Provide it with `SnakepitPool.layer(options)`. */

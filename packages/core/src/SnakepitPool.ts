@@ -3,14 +3,17 @@
  *
  * @since 0.1.0
  */
-import { HostBridgeServer } from "@snakepit/grpc"
 import { Registry, type RegistryError, RunId } from "@snakepit/registry"
-import { Effect, Layer, Option, type Scope, Stream } from "effect"
-import { ConfigError, PoolNotFound, PoolStartError, WorkerNotFound } from "./errors.js"
+import { Effect, Layer, Option, PubSub, type Scope, Stream } from "effect"
+import * as Control from "./Control.js"
+import { ConfigError, PoolNotFound, type PoolStartError, WorkerNotFound } from "./errors.js"
 import { HostTools } from "./HostTool.js"
-import { resolveSnakepitOptions } from "./internal/config.js"
+import { resolveControl, resolveSnakepitOptions } from "./internal/config.js"
+import * as ControlServer from "./internal/controlServer.js"
+import * as GrpcHostBridge from "./internal/grpc/hostBridge.js"
 import * as Pool from "./internal/pool.js"
-import type { SnakepitOptions } from "./PoolOptions.js"
+import type { ResolvedPoolOptions, SnakepitOptions } from "./PoolOptions.js"
+import type { PoolEvent } from "./PoolReport.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
 
@@ -18,32 +21,46 @@ import { WorkerFactory } from "./WorkerFactory.js"
  * With a process registry: records this run, then sweeps what dead runs left behind (workers
  * whose host died without cleaning up), before any worker of ours starts.
  */
+const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
+  effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
+
 const startRun = Effect.gen(function* () {
   const registry = yield* Effect.serviceOption(Registry)
-  if (Option.isNone(registry)) return
+  if (Option.isNone(registry)) return Option.none()
   const runId = yield* RunId.current
-  const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
-    effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
   yield* logged(registry.value.startRun(runId))
   yield* Effect.addFinalizer(() => logged(registry.value.endRun(runId)))
   yield* logged(registry.value.sweep())
+  return Option.some({ registry: registry.value, runId })
 })
 
 /**
- * When `HostTools` are provided, serves them on a loopback bridge for the pools' lifetime and
- * returns the environment that tells workers where it is and the per-run secret.
+ * Serves the control API on `<dataDir>/control/<runId>.sock` and records the path in the run's
+ * row. A socket that cannot be served is logged, never fatal: the pools work without it.
  */
-const startHostBridge = Effect.gen(function* () {
-  const hostTools = yield* Effect.serviceOption(HostTools)
-  if (Option.isNone(hostTools)) return {}
-  const tools = hostTools.value
-  const server = yield* HostBridgeServer.make({ handler: tools.call, listTools: () => tools.tools }).pipe(
-    Effect.mapError(
-      (e) => new PoolStartError({ pool: "*", detail: `the host-tool bridge could not start: ${e.message}`, causes: [] })
-    )
+const startControl = (
+  service: SnakepitService,
+  run: { readonly registry: Registry["Type"]; readonly runId: string }
+) => {
+  const socket = Control.socketPath(run.registry.dataDir, run.runId)
+  return ControlServer.serve(service, { socket, runId: run.runId }).pipe(
+    Effect.zipRight(logged(run.registry.setControlSocket(run.runId, socket))),
+    Effect.catchTag("ControlServeError", (e) => Effect.logWarning(`control socket ${e.socket} not served: ${e.reason}`))
   )
-  return server.env
-})
+}
+
+/**
+ * When `HostTools` are provided: local workers call them over their own channel; for gRPC
+ * workers they are served on a loopback bridge (per-run secret) for the pools' lifetime.
+ */
+const hostToolsFor = (pools: ReadonlyArray<ResolvedPoolOptions>) =>
+  Effect.gen(function* () {
+    const hostTools = yield* Effect.serviceOption(HostTools)
+    if (Option.isNone(hostTools)) return {}
+    const tools = hostTools.value
+    if (!pools.some((pool) => pool.transport === "grpc")) return { hostTools: tools }
+    return { hostTools: tools, hostBridge: yield* GrpcHostBridge.serve(tools) }
+  })
 
 /**
  * Starts every pool in `options` in the current scope and returns the service. Closing the
@@ -54,11 +71,12 @@ export const make = (
 ): Effect.Effect<SnakepitService, PoolStartError | ConfigError, Scope.Scope | WorkerFactory> =>
   Effect.gen(function* () {
     const resolved = yield* resolveSnakepitOptions(options)
-    yield* startRun
-    const hostEnv = yield* startHostBridge
-    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make({ ...pool, env: { ...pool.env, ...hostEnv } }), {
-      concurrency: "unbounded"
-    })
+    const control = yield* resolveControl(options.control)
+    const run = yield* startRun
+    const host = yield* hostToolsFor(resolved)
+    // Sliding: a subscriber that falls behind loses the oldest events, never slows a pool down.
+    const events = yield* PubSub.sliding<PoolEvent>(1024)
+    const pools = yield* Effect.forEach(resolved, (pool) => Pool.make(pool, events, host), { concurrency: "unbounded" })
     const names = pools.map((pool) => pool.name)
 
     const poolOf = (name: string | undefined): Effect.Effect<Pool.Pool, PoolNotFound> => {
@@ -67,17 +85,14 @@ export const make = (
     }
 
     // The one lookup path for stop and restart, by id or by handle (LESSONS #2, #3).
-    const locate = (ref: WorkerRef) =>
+    const owner = (ref: WorkerRef) =>
       Effect.suspend(() => {
         const workerId = typeof ref === "string" ? ref : ref.id
-        for (const pool of pools) {
-          const entry = pool.find(workerId)
-          if (entry && entry.retiring === undefined) return Effect.succeed({ pool, entry })
-        }
-        return Effect.fail(new WorkerNotFound({ workerId }))
+        const pool = pools.find((p) => p.hasWorker(workerId))
+        return pool ? Effect.succeed({ pool, workerId }) : Effect.fail(new WorkerNotFound({ workerId }))
       })
 
-    return Snakepit.of({
+    const service = Snakepit.of({
       pools: names,
       execute: (tool, args, callOptions = {}) =>
         Effect.flatMap(poolOf(callOptions.pool), (pool) => pool.execute(tool, args, callOptions)),
@@ -87,9 +102,15 @@ export const make = (
       stats: (pool) => Effect.flatMap(poolOf(pool), (p) => p.stats),
       workers: (pool) => Effect.flatMap(poolOf(pool), (p) => p.workers),
       awaitReady: (pool) => Effect.flatMap(poolOf(pool), (p) => p.awaitReady),
-      stopWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.stopWorker(entry)),
-      restartWorker: (ref) => Effect.flatMap(locate(ref), ({ entry, pool }) => pool.restartWorker(entry))
+      stopWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.stopWorker(workerId)),
+      restartWorker: (ref) => Effect.flatMap(owner(ref), ({ pool, workerId }) => pool.restartWorker(workerId)),
+      resize: (size, pool) => Effect.flatMap(poolOf(pool), (p) => p.resize(size)),
+      drain: (pool) => Effect.flatMap(poolOf(pool), (p) => p.drain),
+      report: (pool) => Effect.flatMap(poolOf(pool), (p) => p.report),
+      events: Stream.fromPubSub(events)
     })
+    if (control && Option.isSome(run)) yield* startControl(service, run.value)
+    return service
   })
 
 /** The `Snakepit` service for a `WorkerFactory` you provide (the testkit's fake, for instance). */

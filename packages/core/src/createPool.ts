@@ -5,7 +5,8 @@
  */
 import { Cause, Effect, Exit, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
 import { ConfigError, PoolClosed } from "./errors.js"
-import type { SnakepitOptions } from "./PoolOptions.js"
+import type { PoolSize, SnakepitOptions } from "./PoolOptions.js"
+import type { PoolReport } from "./PoolReport.js"
 import { type CallOptions, type PoolStats, Snakepit, type WorkerInfo, type WorkerRef } from "./Snakepit.js"
 import * as SnakepitPool from "./SnakepitPool.js"
 
@@ -50,6 +51,12 @@ export interface PoolClient {
   readonly stopWorker: (worker: WorkerRef) => Promise<void>
   readonly restartWorker: (worker: WorkerRef) => Promise<WorkerInfo>
   readonly awaitReady: (pool?: string) => Promise<void>
+  /** New size of a pool: a number, or `{ min, max }` for an elastic pool; rejects with `ConfigError`. */
+  readonly resize: (size: PoolSize, pool?: string) => Promise<{ readonly min: number; readonly max: number }>
+  /** New and queued calls fail with `PoolDraining`; resolves once the running calls ended. */
+  readonly drain: (pool?: string) => Promise<void>
+  /** Bounds, stats, workers in detail, per-tool latency. */
+  readonly report: (pool?: string) => Promise<PoolReport>
   /** Stops every worker; resolves when their processes are gone. */
   readonly close: () => Promise<void>
 }
@@ -139,6 +146,9 @@ export const createPool = async (options: CreatePoolOptions = {}): Promise<PoolC
     stopWorker: (worker) => withService((s) => s.stopWorker(worker)),
     restartWorker: (worker) => withService((s) => s.restartWorker(worker)),
     awaitReady: (pool) => withService((s) => s.awaitReady(pool)),
+    resize: (size, pool) => withService((s) => s.resize(size, pool)),
+    drain: (pool) => withService((s) => s.drain(pool)),
+    report: (pool) => withService((s) => s.report(pool)),
     close: async () => {
       if (closed) return
       closed = true

@@ -79,15 +79,36 @@ export class CallTimeout extends Schema.TaggedError<CallTimeout>()("CallTimeout"
   }
 }
 
-/** The worker answered, but the transport failed in a way that is not a crash (e.g. message too large). */
+/**
+ * Why the channel to a worker failed while its process still runs, whatever the transport:
+ *
+ * - `connection_lost`: the channel closed or broke;
+ * - `protocol_error`: the worker sent something that is not the protocol (the worker is replaced);
+ * - `message_too_large`: a message over `maxMessageBytes` in either direction;
+ * - `not_reading`: the worker stopped reading its channel (the worker is replaced);
+ * - `unauthenticated`: the worker refused the host's credential (gRPC);
+ * - `rpc_failed`: any other failure of the call on the wire.
+ */
+export const TransportErrorReason = Schema.Literal(
+  "connection_lost",
+  "protocol_error",
+  "message_too_large",
+  "not_reading",
+  "unauthenticated",
+  "rpc_failed"
+)
+/** @since 0.2.0 */
+export type TransportErrorReason = typeof TransportErrorReason.Type
+
+/** The channel to a worker failed in a way that is not (yet) a crash; `reason` says how. */
 export class TransportError extends Schema.TaggedError<TransportError>()("TransportError", {
   workerId: Schema.String,
   tool: Nullable(Schema.String),
-  grpcCode: Schema.String,
-  details: Schema.String
+  reason: TransportErrorReason,
+  detail: Schema.String
 }) {
   override get message() {
-    return `transport to worker ${this.workerId} failed${this.tool ? ` during "${this.tool}"` : ""}: ${this.grpcCode} ${this.details}`
+    return `transport to worker ${this.workerId} failed${this.tool ? ` during "${this.tool}"` : ""} (${this.reason}): ${this.detail}`
   }
 }
 
@@ -169,6 +190,15 @@ export class PoolClosed extends Schema.TaggedError<PoolClosed>()("PoolClosed", {
 }) {
   override get message() {
     return `pool "${this.pool}" is closed`
+  }
+}
+
+/** `drain` was called on the pool: it finishes the calls in flight and takes no new ones. */
+export class PoolDraining extends Schema.TaggedError<PoolDraining>()("PoolDraining", {
+  pool: Schema.String
+}) {
+  override get message() {
+    return `pool "${this.pool}" is draining: it takes no new calls`
   }
 }
 
@@ -265,6 +295,7 @@ export type CallError =
   | WorkerBusy
   | SessionWorkerUnavailable
   | PoolClosed
+  | PoolDraining
   | PoolNotFound
   | RunnerUnreachable
   | EntityMoved

@@ -4,6 +4,8 @@
  * @since 0.1.0
  */
 
+/** The control API of a running host (`@effect/rpc`): `Control.ControlRpcs`, `Control.connect(socket)`. */
+export * as Control from "./Control.js"
 /** Promise facade: `createPool()`. */
 export * from "./createPool.js"
 /** For diagnostics tools: the interpreter search step by step, the worker runtime's location, option resolution. */
@@ -16,6 +18,10 @@ export * from "./HostTool.js"
 export * as SnakepitMetrics from "./Metrics.js"
 /** Pool options. */
 export * from "./PoolOptions.js"
+/** What an operator sees of a running pool: its report (workers in detail, latency) and its events, as Schemas. */
+export * from "./PoolReport.js"
+/** A configured Python command resolved: its real executable, kind of environment, missing modules, install hint. */
+export * as PythonEnvironment from "./PythonEnvironment.js"
 /** The `Snakepit` service and its types. */
 export * from "./Snakepit.js"
 /** `SnakepitPool.layer(options)`. */

@@ -857,6 +857,15 @@ describe("SnakepitPool", () => {
         expect(failure._tag).toBe("PythonError")
         expect(failure.traceback).toContain("ValueError")
         expect(yield* Effect.promise(() => pool.stats())).toMatchObject({ size: 2, requests: 2, errors: 1 })
+        const report = yield* Effect.promise(() => pool.report())
+        expect(report).toMatchObject({ pool: "default", min: 2, max: 2, draining: false })
+        expect(report.tools.map((t) => [t.tool, t.calls, t.errors])).toEqual([
+          ["add", 1, 0],
+          ["fail", 1, 1]
+        ])
+        expect(yield* rejection(pool.resize({ min: 3, max: 1 }))).toMatchObject({ _tag: "ConfigError", key: "size" })
+        yield* Effect.promise(() => pool.drain())
+        expect(yield* rejection(pool.execute("add", { a: 1, b: 1 }))).toMatchObject({ _tag: "PoolDraining" })
         yield* Effect.promise(() => pool.close())
         expect(workerPids.filter(Processes.isAlive)).toEqual([])
         const closed = yield* rejection(pool.execute("add", { a: 1, b: 1 }))
@@ -930,22 +939,23 @@ describe("SnakepitPool", () => {
     it.live("SNAKEPIT_SIZE through the ConfigProvider sizes the pool; code options win", () =>
       withRun(() =>
         Effect.gen(function* () {
-          const provider = ConfigProvider.fromMap(new Map([["SNAKEPIT_SIZE", "1"]]))
+          // Over the real environment, so the interpreter is still the suite's (SNAKEPIT_PYTHON).
+          const withEnv = (entries: ReadonlyArray<readonly [string, string]>) =>
+            ConfigProvider.fromMap(new Map(entries)).pipe(ConfigProvider.orElse(() => ConfigProvider.fromEnv()))
           const fromEnv = yield* Effect.scoped(
-            Effect.flatMap(startPool({}), (pool) => pool.stats()).pipe(Effect.withConfigProvider(provider))
+            Effect.flatMap(startPool({}), (pool) => pool.stats()).pipe(
+              Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "1"]]))
+            )
           )
           expect(fromEnv).toMatchObject({ size: 1, ready: 1 })
           const bad = yield* Effect.flip(
-            startPool({}).pipe(
-              Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["SNAKEPIT_SIZE", "zero"]]))),
-              Effect.scoped
-            )
+            startPool({}).pipe(Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "zero"]])), Effect.scoped)
           )
           expect(bad._tag).toBe("ConfigError")
           if (bad._tag === "ConfigError") expect(bad.key).toBe("SNAKEPIT_SIZE")
           // Through the layer too, with a code option over the environment.
           const context = yield* Layer.build(SnakepitPool.layer({ size: 1, env: { X: "1" } })).pipe(
-            Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["SNAKEPIT_SIZE", "3"]])))
+            Effect.withConfigProvider(withEnv([["SNAKEPIT_SIZE", "3"]]))
           )
           expect(yield* Context.get(context, Snakepit).stats()).toMatchObject({ size: 1, ready: 1 })
         })

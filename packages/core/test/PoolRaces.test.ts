@@ -89,6 +89,8 @@ describe("pool on TestClock", () => {
       yield* settle
       expect(yield* pool.stats()).toMatchObject({ busy: 1, queued: 1 })
       yield* Fiber.interruptAll(calls)
+      // A cancelled call's lease comes back once the worker confirms it stopped (at once, here).
+      yield* settle
       expect(yield* pool.stats()).toMatchObject({ busy: 0, queued: 0 })
       const both = yield* Effect.fork(
         Effect.all([pool.execute("sleep", { ms: 10 }), pool.execute("sleep", { ms: 10 })], { concurrency: 2 })
@@ -454,12 +456,14 @@ describe("pool on TestClock", () => {
       )
       yield* TestClock.adjust("100 millis")
       expect(Chunk.size(yield* Fiber.join(taken))).toBe(2)
+      yield* settle
       expect((yield* pool.stats()).busy).toBe(0)
       const interrupted = yield* Effect.fork(
         Stream.runDrain(pool.executeStream("stream_numbers", { count: 1000, delay_ms: 10 }))
       )
       yield* TestClock.adjust("55 millis")
       yield* Fiber.interrupt(interrupted)
+      yield* settle
       expect((yield* pool.stats()).busy).toBe(0)
       expect(yield* pool.execute("echo", { value: "free" })).toBe("free")
     })

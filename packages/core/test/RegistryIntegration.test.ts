@@ -4,12 +4,15 @@
 import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Registry, RunId } from "@snakepit/registry"
-import { Context, Effect, Layer } from "effect"
+import { Processes } from "@snakepit/testkit"
+import { Context, Effect, Layer, Logger, LogLevel, Schema } from "effect"
 import { createPool, Snakepit, SnakepitPool } from "../src/index.js"
 
 const freshDir = () => mkdtempSync(join(tmpdir(), "snakepit-data-"))
+const cleanHost = fileURLToPath(new URL("./fixtures/hosts/clean-host.mjs", import.meta.url))
 
 describe("pool ↔ registry", () => {
   it.scopedLive("worker rows are active while the pool runs and gone once it is closed", () =>
@@ -28,6 +31,39 @@ describe("pool ↔ registry", () => {
       )
       expect(pids).toHaveLength(2)
       expect(yield* registry.workers(runId)).toEqual([])
+    })
+  )
+
+  it.scopedLive("after a clean shutdown, the next start reports no dead run", () =>
+    Effect.gen(function* () {
+      const dataDir = freshDir()
+      // Another host process runs a pool, closes it cleanly, and exits.
+      const host = yield* Processes.runToCompletion(process.execPath, [cleanHost, dataDir])
+      const { runId } = yield* Schema.decodeUnknown(Schema.parseJson(Schema.Struct({ runId: Schema.String })))(
+        host.stdout.trim()
+      )
+      yield* Processes.awaitGone([host.pid])
+      yield* Processes.awaitRunGone(runId)
+
+      const logs: Array<string> = []
+      const answer = yield* Effect.scoped(
+        Effect.flatMap(Snakepit, (pool) => pool.execute("add", { a: 2, b: 3 })).pipe(
+          Effect.provide(SnakepitPool.layer({ size: 1, dataDir }))
+        )
+      ).pipe(
+        Effect.provide(
+          Logger.replace(
+            Logger.defaultLogger,
+            Logger.make(({ logLevel, message }) => logs.push(`${logLevel.label} ${String(message)}`))
+          )
+        ),
+        Logger.withMinimumLogLevel(LogLevel.Info)
+      )
+      expect(answer).toBe(5)
+      // The ended run was tidied away without a word at Info: it was not dead, nothing was swept.
+      expect(logs.filter((line) => /dead run|swept|orphan/.test(line))).toEqual([])
+      const registry = Context.get(yield* Layer.build(Registry.layer({ dataDir, exitHook: false })), Registry)
+      expect((yield* registry.runs).map((run) => run.runId)).not.toContain(runId)
     })
   )
 

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url"
 import { NodeContext } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { RunId } from "@snakepit/registry"
-import { Processes } from "@snakepit/testkit"
+import { Processes, Venv } from "@snakepit/testkit"
 import { Duration, Effect, Exit, Fiber, Schedule, Scope } from "effect"
 import { Worker } from "../src/index.js"
 
@@ -78,8 +78,12 @@ describe("Worker", () => {
           expect(missing.reason).toBe("python_not_found")
           expect(missing.tried).toEqual(["/nonexistent/python3"])
           expect(missing.detail).toContain("/nonexistent/python3 (not found)")
-          // An interpreter that exists but cannot import grpc (node stands in for it).
-          const noGrpc = yield* startError({ runId, python: process.execPath })
+          // A program that exists but is no Python (node stands in for it).
+          const notPython = yield* startError({ runId, python: process.execPath })
+          expect(notPython.reason).toBe("python_not_found")
+          // A bare venv runs the local transport, but not gRPC: that one needs grpcio, and says so.
+          const bare = yield* Venv.make()
+          const noGrpc = yield* startError({ runId, python: bare.python, transport: "grpc" })
           expect(noGrpc.reason).toBe("python_not_found")
           expect(noGrpc.detail).toContain("cannot import grpc")
         })

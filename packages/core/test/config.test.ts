@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect } from "effect"
-import { resolveSnakepitOptions } from "../src/internal/config.js"
+import { resolveControl, resolveSnakepitOptions } from "../src/internal/config.js"
 import type { SnakepitOptions } from "../src/PoolOptions.js"
 import { DEFAULT_ADAPTER } from "../src/Worker.js"
 
@@ -61,6 +61,47 @@ describe("resolveSnakepitOptions", () => {
         ].map(ms)
       ).toEqual([0, 30_000, 60_000, 2_000, 30_000, 1_800_000, 10_000, 5_000, 100, 10_000, 60_000, 30_000, 30_000])
       expect(Duration.isDuration(pool.callTimeout)).toBe(true)
+    })
+  )
+
+  it.effect("size: a number is fixed, { min, max } elastic; from code or SNAKEPIT_SIZE=min..max", () =>
+    Effect.gen(function* () {
+      const fixed = yield* resolveOne({ size: 3 })
+      expect([fixed.size, fixed.maxSize, fixed.minReady]).toEqual([3, 3, 3])
+      expect([ms(fixed.scaleUpAfter), ms(fixed.idleTimeout)]).toEqual([1_000, 300_000])
+      const elastic = yield* resolveOne({
+        size: { min: 2, max: 8 },
+        scaleUpAfter: "250 millis",
+        idleTimeout: "1 minute"
+      })
+      expect([elastic.size, elastic.maxSize, elastic.minReady]).toEqual([2, 8, 2])
+      expect([ms(elastic.scaleUpAfter), ms(elastic.idleTimeout)]).toEqual([250, 60_000])
+      const env = yield* resolveOne(undefined, {
+        SNAKEPIT_SIZE: "2..6",
+        SNAKEPIT_SCALE_UP_AFTER: "500",
+        SNAKEPIT_IDLE_TIMEOUT: "infinity"
+      })
+      expect([env.size, env.maxSize, ms(env.scaleUpAfter), ms(env.idleTimeout)]).toEqual([2, 6, 500, Infinity])
+      expect((yield* resolveOne(undefined, { SNAKEPIT_SIZE: "3..3" })).maxSize).toBe(3)
+      // Named pools inherit and override the bounds like any option.
+      const pools = yield* resolve({ size: { min: 1, max: 4 }, pools: { a: {}, b: { size: 2 } } })
+      expect(pools.map((p) => [p.size, p.maxSize])).toEqual([
+        [1, 4],
+        [2, 2]
+      ])
+    })
+  )
+
+  it.effect("control: on by default, off by option or SNAKEPIT_CONTROL", () =>
+    Effect.gen(function* () {
+      const control = (option: boolean | undefined, env: Record<string, string> = {}) =>
+        resolveControl(option).pipe(Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+      expect(yield* control(undefined)).toBe(true)
+      expect(yield* control(false, { SNAKEPIT_CONTROL: "true" })).toBe(false)
+      expect(yield* control(undefined, { SNAKEPIT_CONTROL: "off" })).toBe(false)
+      expect(yield* control(undefined, { SNAKEPIT_CONTROL: "0" })).toBe(false)
+      const bad = yield* Effect.flip(control(undefined, { SNAKEPIT_CONTROL: "maybe" }))
+      expect(bad).toMatchObject({ _tag: "ConfigError", key: "SNAKEPIT_CONTROL", value: "maybe" })
     })
   )
 
@@ -171,6 +212,10 @@ describe("resolveSnakepitOptions", () => {
       ["SNAKEPIT_SIZE", "-1", "expected a positive integer"],
       ["SNAKEPIT_SIZE", "1.5", "expected a positive integer"],
       ["SNAKEPIT_SIZE", "0x10", "expected a positive integer"],
+      ["SNAKEPIT_SIZE", "8..2", "expected a positive integer like 4, or min..max like 2..8"],
+      ["SNAKEPIT_SIZE", "0..2", "expected a positive integer like 4, or min..max like 2..8"],
+      ["SNAKEPIT_SCALE_UP_AFTER", "0", "expected a duration greater than zero"],
+      ["SNAKEPIT_IDLE_TIMEOUT", "soon", "expected a duration like"],
       ["SNAKEPIT_QUEUE_MAX", "-1", "expected a non-negative integer"],
       ["SNAKEPIT_AFFINITY", "sticky", "expected one of hint, strict_queue, strict_fail_fast"],
       ["SNAKEPIT_CALL_TIMEOUT", "soon", "expected a duration like '30 seconds' or '500 millis'"],
@@ -200,6 +245,12 @@ describe("resolveSnakepitOptions", () => {
     const cases: ReadonlyArray<readonly [options: SnakepitOptions, key: string, value: string, reason: string]> = [
       [{ size: 0 }, "size", "0", "expected a positive integer"],
       [{ size: 2.5 }, "size", "2.5", "expected a positive integer"],
+      [{ size: { min: 3, max: 2 } }, "size", '{"min":3,"max":2}', "expected min (3) <= max (2)"],
+      [{ size: { min: 0, max: 2 } }, "size", '{"min":0,"max":2}', "expected a positive integer, or { min, max }"],
+      [{ size: { min: 1 } as never }, "size", '{"min":1}', "expected a positive integer, or { min, max }"],
+      [{ size: { min: 2, max: 4 }, minReady: 3 }, "minReady", "3", "expected an integer from 1 to size (2, the min)"],
+      [{ scaleUpAfter: 0 }, "scaleUpAfter", "0", "expected a duration greater than zero"],
+      [{ idleTimeout: -1 }, "idleTimeout", "-1", "expected a non-negative duration"],
       [{ queue: { max: -1 } }, "queue.max", "-1", "expected a non-negative integer"],
       [{ size: 2, minReady: 3 }, "minReady", "3", "expected an integer from 1 to size (2)"],
       [{ minReady: 0 }, "minReady", "0", "expected an integer from 1 to size (2)"],

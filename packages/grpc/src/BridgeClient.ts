@@ -23,7 +23,8 @@ import {
   type ExecuteToolResponse,
   type HealthResponse,
   type PingResponse,
-  type ToolChunk
+  type ToolChunk,
+  type WaitSettledResponse
 } from "./generated/snakepit_bridge.js"
 
 /** Default cap on a single message in either direction: 64 MiB. */
@@ -37,7 +38,12 @@ export interface BridgeClientOptions {
   readonly maxMessageBytes?: number
   /** How long to wait for the channel to become ready. Default 5 seconds. */
   readonly connectTimeout?: Duration.DurationInput
+  /** The worker's token, sent with every call as `x-snakepit-token`. */
+  readonly token?: string
 }
+
+/** The metadata key under which the host sends a worker its token. */
+export const TOKEN_METADATA_KEY = "x-snakepit-token"
 
 /** Per-call settings. */
 export interface RpcOptions {
@@ -74,6 +80,12 @@ export interface BridgeClient {
   readonly cleanupSession: (sessionId: string, options?: RpcOptions) => Effect.Effect<boolean, GrpcError>
   /** Asks the worker to stop serving and exit after `grace`. */
   readonly stop: (grace: Duration.DurationInput, options?: RpcOptions) => Effect.Effect<void, GrpcError>
+  /** Completes once the call with `requestId` no longer runs in the worker; false if it still ran at `timeout`. */
+  readonly waitSettled: (
+    requestId: string,
+    timeout: Duration.DurationInput,
+    options?: RpcOptions
+  ) => Effect.Effect<boolean, GrpcError>
 }
 
 type Callback<A> = (error: ServiceError | null, response: A) => void
@@ -144,13 +156,15 @@ const streamFailure =
 const callOptions = (options: RpcOptions | undefined): Partial<CallOptions> =>
   options?.deadline === undefined ? {} : { deadline: Date.now() + Duration.toMillis(options.deadline) }
 
-const metadataOf = (options: RpcOptions | undefined): Metadata => {
+const metadataOf = (token: string | undefined, options: RpcOptions | undefined): Metadata => {
   const metadata = new Metadata()
+  if (token !== undefined) metadata.set(TOKEN_METADATA_KEY, token)
   for (const [key, value] of Object.entries(options?.metadata ?? {})) metadata.set(key, value)
   return metadata
 }
 
 const unary = <A>(
+  token: string | undefined,
   method: string,
   options: RpcOptions | undefined,
   invoke: (metadata: Metadata, callOptions: Partial<CallOptions>, callback: Callback<A>) => ClientUnaryCall
@@ -160,7 +174,7 @@ const unary = <A>(
     let timer: NodeJS.Timeout | undefined
     let timedOut = false
     try {
-      call = invoke(metadataOf(options), callOptions(options), (error, response) => {
+      call = invoke(metadataOf(token, options), callOptions(options), (error, response) => {
         // The call cancelled by its timeout still reports CANCELLED here: the timeout has answered.
         if (timedOut) return
         clearTimeout(timer)
@@ -217,7 +231,7 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
     const executeStreamingTool = (request: ExecuteToolRequest, rpc?: RpcOptions): Stream.Stream<ToolChunk, GrpcError> =>
       Stream.acquireRelease(
         Effect.try({
-          try: () => client.executeStreamingTool(request, metadataOf(rpc), callOptions(rpc)),
+          try: () => client.executeStreamingTool(request, metadataOf(options.token, rpc), callOptions(rpc)),
           catch: (error) => startFailure("ExecuteStreamingTool", error)
         }),
         // Cancelling an already-finished call is a no-op; an unfinished one is cancelled on the wire.
@@ -231,27 +245,38 @@ export const make = (options: BridgeClientOptions): Effect.Effect<BridgeClient, 
         )
       )
 
+    const token = options.token
     return {
       address: options.address,
-      ping: (message = "", rpc) => unary("Ping", rpc, (md, co, cb) => client.ping({ message }, md, co, cb)),
-      health: (rpc) => unary("Health", rpc, (md, co, cb) => client.health({}, md, co, cb)),
-      executeTool: (request, rpc) => unary("ExecuteTool", rpc, (md, co, cb) => client.executeTool(request, md, co, cb)),
+      ping: (message = "", rpc) => unary(token, "Ping", rpc, (md, co, cb) => client.ping({ message }, md, co, cb)),
+      health: (rpc) => unary(token, "Health", rpc, (md, co, cb) => client.health({}, md, co, cb)),
+      executeTool: (request, rpc) =>
+        unary(token, "ExecuteTool", rpc, (md, co, cb) => client.executeTool(request, md, co, cb)),
       executeStreamingTool,
-      describeTools: (rpc) => unary("DescribeTools", rpc, (md, co, cb) => client.describeTools({}, md, co, cb)),
+      describeTools: (rpc) => unary(token, "DescribeTools", rpc, (md, co, cb) => client.describeTools({}, md, co, cb)),
       initializeSession: (sessionId, rpc) =>
         Effect.asVoid(
-          unary("InitializeSession", rpc, (md, co, cb) => client.initializeSession({ sessionId }, md, co, cb))
+          unary(token, "InitializeSession", rpc, (md, co, cb) => client.initializeSession({ sessionId }, md, co, cb))
         ),
       cleanupSession: (sessionId, rpc) =>
         Effect.map(
-          unary<CleanupSessionResponse>("CleanupSession", rpc, (md, co, cb) =>
+          unary<CleanupSessionResponse>(token, "CleanupSession", rpc, (md, co, cb) =>
             client.cleanupSession({ sessionId }, md, co, cb)
           ),
           (res) => res.existed
         ),
       stop: (grace, rpc) =>
         Effect.asVoid(
-          unary("Stop", rpc, (md, co, cb) => client.stop({ graceMs: Math.round(Duration.toMillis(grace)) }, md, co, cb))
+          unary(token, "Stop", rpc, (md, co, cb) =>
+            client.stop({ graceMs: Math.round(Duration.toMillis(grace)) }, md, co, cb)
+          )
+        ),
+      waitSettled: (requestId, timeout, rpc) =>
+        Effect.map(
+          unary<WaitSettledResponse>(token, "WaitSettled", rpc, (md, co, cb) =>
+            client.waitSettled({ requestId, timeoutMs: Math.round(Duration.toMillis(timeout)) }, md, co, cb)
+          ),
+          (res) => res.settled
         )
     } satisfies BridgeClient
   })

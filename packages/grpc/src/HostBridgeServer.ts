@@ -26,12 +26,6 @@ import {
   type ToolSpec
 } from "./generated/snakepit_bridge.js"
 
-/** Environment variable telling a worker where the host bridge listens (`127.0.0.1:<port>` or `unix:/path`). */
-export const ENV_HOST_BRIDGE = "SNAKEPIT_HOST_BRIDGE"
-
-/** Environment variable carrying the per-run secret a worker must send with every call. */
-export const ENV_HOST_SECRET = "SNAKEPIT_HOST_SECRET"
-
 /** The metadata key under which a worker sends the secret. */
 export const SECRET_METADATA_KEY = "x-snakepit-secret"
 
@@ -66,12 +60,10 @@ export interface HostBridgeServerOptions {
 
 /** A running host bridge. */
 export interface HostBridgeServer {
-  /** `127.0.0.1:<port>` or `unix:<socketPath>`: the value of `SNAKEPIT_HOST_BRIDGE`. */
+  /** `127.0.0.1:<port>` or `unix:<socketPath>`: what workers connect to. */
   readonly address: string
-  /** The secret every call must carry in `x-snakepit-secret`. */
+  /** The secret every call must carry in `x-snakepit-secret`; workers get it on stdin, never in their environment. */
   readonly secret: string
-  /** `{ SNAKEPIT_HOST_BRIDGE, SNAKEPIT_HOST_SECRET }`, to merge into each worker's environment. */
-  readonly env: Readonly<Record<string, string>>
 }
 
 /** The host bridge could not listen (address in use, socket path not writable, ...). */
@@ -236,7 +228,6 @@ export const make = (
     const bound = options.socketPath === undefined ? `127.0.0.1:${port}` : address
     return {
       address: bound,
-      secret,
-      env: { [ENV_HOST_BRIDGE]: bound, [ENV_HOST_SECRET]: secret }
+      secret
     } satisfies HostBridgeServer
   })

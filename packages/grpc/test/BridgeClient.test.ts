@@ -85,12 +85,28 @@ const request = (overrides: Partial<Proto.ExecuteToolRequest> = {}): Proto.Execu
   attachments: {},
   sessionId: "",
   requestId: "",
+  traceparent: "",
+  blobs: [],
+  tagged: false,
   ...overrides
 })
 
 const json = (value: unknown) => Buffer.from(JSON.stringify(value))
 
-const chunkOf = (i: number): Proto.ToolChunk => ({ outcome: { $case: "dataJson", value: json(i) }, attachments: {} })
+const chunkOf = (i: number): Proto.ToolChunk => ({
+  outcome: { $case: "dataJson", value: json(i) },
+  attachments: {},
+  blobs: [],
+  tagged: false
+})
+
+/** A result response with no attachments or blobs. */
+const resultOf = (value: Buffer): Proto.ExecuteToolResponse => ({
+  outcome: { $case: "resultJson", value },
+  attachments: {},
+  blobs: [],
+  tagged: false
+})
 
 const dataOf = (chunk: Proto.ToolChunk): unknown =>
   chunk.outcome?.$case === "dataJson" ? JSON.parse(chunk.outcome.value.toString("utf8")) : chunk.outcome
@@ -108,6 +124,18 @@ describe("BridgeClient", () => {
   describe("unary calls round-trip their fields", () => {
     it.scopedLive("ping, health, describeTools", () =>
       Effect.gen(function* () {
+        const health: Proto.HealthResponse = {
+          ok: false,
+          pid: 4242,
+          rssBytes: 123_456_789,
+          activeCalls: 3,
+          uptimeMs: 9_876,
+          detail: "all 1 tool threads are busy",
+          running: [
+            { tool: "sleep", ms: 1200, cancelledMs: 700 },
+            { tool: "add", ms: 3, cancelledMs: 0 }
+          ]
+        }
         const seenMetadata: Array<string | undefined> = []
         const client = yield* connect({
           ping: (call, callback) => {
@@ -120,8 +148,7 @@ describe("BridgeClient", () => {
               adapter: "demo"
             })
           },
-          health: (_call, callback) =>
-            callback(null, { ok: true, pid: 4242, rssBytes: 123_456_789, activeCalls: 3, uptimeMs: 9_876 }),
+          health: (_call, callback) => callback(null, health),
           describeTools: (_call, callback) =>
             callback(null, {
               adapter: "demo",
@@ -147,13 +174,7 @@ describe("BridgeClient", () => {
         expect((yield* client.ping()).message).toBe("pong:")
         expect(seenMetadata).toEqual(["r-7", undefined])
 
-        expect(yield* client.health()).toEqual({
-          ok: true,
-          pid: 4242,
-          rssBytes: 123_456_789,
-          activeCalls: 3,
-          uptimeMs: 9_876
-        })
+        expect(yield* client.health()).toEqual(health)
 
         const described = yield* client.describeTools()
         expect(described.adapter).toBe("demo")
@@ -199,6 +220,95 @@ describe("BridgeClient", () => {
     )
   })
 
+  describe("the worker token", () => {
+    /** Every handler records the x-snakepit-token values it received, then answers. */
+    const recording = (seen: Array<ReadonlyArray<string>>): Handlers => {
+      const record = (metadata: Metadata) => seen.push(metadata.get(BridgeClient.TOKEN_METADATA_KEY).map(String))
+      return {
+        ping: (call, callback) => {
+          record(call.metadata)
+          callback(null, { message: "pong", pid: 1, workerId: "w", pythonVersion: "3", adapter: "a" })
+        },
+        executeTool: (call, callback) => {
+          record(call.metadata)
+          callback(null, resultOf(json(1)))
+        },
+        executeStreamingTool: (call) => {
+          record(call.metadata)
+          call.write(chunkOf(0))
+          call.end()
+        },
+        stop: (call, callback) => {
+          record(call.metadata)
+          callback(null, {})
+        },
+        waitSettled: (call, callback) => {
+          record(call.metadata)
+          callback(null, { settled: true })
+        }
+      }
+    }
+
+    it.scopedLive("is sent with every call, unary and streaming", () =>
+      Effect.gen(function* () {
+        const seen: Array<ReadonlyArray<string>> = []
+        const client = yield* connect(recording(seen), { token: "t0k3n" })
+        yield* client.ping()
+        yield* client.executeTool(request())
+        yield* Stream.runDrain(client.executeStreamingTool(request()))
+        yield* client.waitSettled("r-1", "1 second")
+        // Per-call metadata adds to the token; it does not replace it.
+        yield* client.stop("1 second", { metadata: { "x-request-id": "r" } })
+        expect(seen).toEqual([["t0k3n"], ["t0k3n"], ["t0k3n"], ["t0k3n"], ["t0k3n"]])
+      })
+    )
+
+    it.scopedLive("is absent when none is configured", () =>
+      Effect.gen(function* () {
+        const seen: Array<ReadonlyArray<string>> = []
+        const client = yield* connect(recording(seen))
+        yield* client.ping()
+        yield* Stream.runDrain(client.executeStreamingTool(request()))
+        expect(seen).toEqual([[], []])
+      })
+    )
+
+    it.scopedLive("a server that refuses it gives a GrpcFailure with code UNAUTHENTICATED", () =>
+      Effect.gen(function* () {
+        const client = yield* connect(
+          {
+            ping: (call, callback) =>
+              call.metadata.get(BridgeClient.TOKEN_METADATA_KEY)[0] === "right"
+                ? callback(null, { message: "pong", pid: 1, workerId: "w", pythonVersion: "3", adapter: "a" })
+                : callback(serviceError(status.UNAUTHENTICATED, "missing or wrong worker token"))
+          },
+          { token: "wrong" }
+        )
+        const error = expectTag(yield* Effect.flip(client.ping()), "GrpcFailure")
+        expect(error.code).toBe(status.UNAUTHENTICATED)
+        expect(error.message).toContain("missing or wrong worker token")
+      })
+    )
+  })
+
+  it.scopedLive("waitSettled sends the request id and the timeout in milliseconds, and returns settled", () =>
+    Effect.gen(function* () {
+      const received: Array<Proto.WaitSettledRequest> = []
+      const client = yield* connect({
+        waitSettled: (call, callback) => {
+          received.push(call.request)
+          callback(null, { settled: call.request.requestId === "done" })
+        }
+      })
+      expect(yield* client.waitSettled("done", "2 seconds")).toBe(true)
+      expect(yield* client.waitSettled("running", Duration.millis(250.4))).toBe(false)
+      expect(received).toEqual([
+        { requestId: "done", timeoutMs: 2000 },
+        { requestId: "running", timeoutMs: 250 }
+      ])
+    })
+  )
+
   it.scopedLive("executeTool sends tool, args, attachments and session, and returns both outcomes", () =>
     Effect.gen(function* () {
       const received: Array<Proto.ExecuteToolRequest> = []
@@ -214,40 +324,59 @@ describe("BridgeClient", () => {
                   type: "",
                   message: "no tool named missing",
                   traceback: "",
-                  availableTools: ["echo", "add"]
+                  availableTools: ["echo", "add"],
+                  path: ""
                 }
               },
-              attachments: {}
+              attachments: {},
+              blobs: [],
+              tagged: false
             })
           } else {
             callback(null, {
               outcome: { $case: "resultJson", value: call.request.argsJson },
-              attachments: { out: Buffer.concat([call.request.attachments.blob ?? Buffer.alloc(0), Buffer.from([9])]) }
+              attachments: { out: Buffer.concat([call.request.attachments.blob ?? Buffer.alloc(0), Buffer.from([9])]) },
+              // Binary values travel raw: the request's blobs come back reversed, in order.
+              blobs: call.request.blobs.map((b) => Buffer.from(b).reverse()),
+              tagged: call.request.tagged
             })
           }
         }
       })
 
       const blob = Buffer.from([0, 1, 2, 255])
+      const argsJson = json({ x: [1, "two"], b: { __snakepit__: "bytes", blob: 0 } })
+      const traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
       const ok = yield* client.executeTool(
         request({
           tool: "echo",
-          argsJson: json({ x: [1, "two"] }),
+          argsJson,
           attachments: { blob },
           sessionId: "s-9",
-          requestId: "q-1"
+          requestId: "q-1",
+          traceparent,
+          blobs: [Buffer.from([1, 2, 3])],
+          tagged: true
         })
       )
       expect(received[0]).toEqual({
         tool: "echo",
-        argsJson: json({ x: [1, "two"] }),
+        argsJson,
         attachments: { blob },
         sessionId: "s-9",
-        requestId: "q-1"
+        requestId: "q-1",
+        traceparent,
+        blobs: [Buffer.from([1, 2, 3])],
+        tagged: true
       })
       expect(ok.outcome?.$case).toBe("resultJson")
-      expect(JSON.parse(ok.outcome?.value.toString() ?? "null")).toEqual({ x: [1, "two"] })
+      expect(JSON.parse(ok.outcome?.value.toString() ?? "null")).toEqual({
+        x: [1, "two"],
+        b: { __snakepit__: "bytes", blob: 0 }
+      })
       expect(ok.attachments).toEqual({ out: Buffer.from([0, 1, 2, 255, 9]) })
+      expect(ok.blobs).toEqual([Buffer.from([3, 2, 1])])
+      expect(ok.tagged).toBe(true)
 
       const failed = yield* client.executeTool(request({ tool: "missing" }))
       expect(failed.outcome).toEqual({
@@ -257,7 +386,8 @@ describe("BridgeClient", () => {
           type: "",
           message: "no tool named missing",
           traceback: "",
-          availableTools: ["echo", "add"]
+          availableTools: ["echo", "add"],
+          path: ""
         }
       })
     })
@@ -400,10 +530,7 @@ describe("BridgeClient", () => {
         const client = yield* connect(
           {
             executeTool: (call, callback) =>
-              callback(null, {
-                outcome: { $case: "resultJson", value: Buffer.alloc(call.request.tool === "big" ? 4096 : 16, 0x61) },
-                attachments: {}
-              })
+              callback(null, resultOf(Buffer.alloc(call.request.tool === "big" ? 4096 : 16, 0x61)))
           },
           { maxMessageBytes: 1024 }
         )
@@ -423,7 +550,7 @@ describe("BridgeClient", () => {
           {
             executeTool: (call, callback) => {
               seen.push(call.request.tool)
-              callback(null, { outcome: { $case: "resultJson", value: json(null) }, attachments: {} })
+              callback(null, resultOf(json(null)))
             }
           },
           { maxMessageBytes: 1024 }
@@ -481,7 +608,9 @@ describe("BridgeClient", () => {
               while (!stopped && written < 1000) {
                 const more = call.write({
                   outcome: { $case: "dataJson", value: json({ i: written, payload }) },
-                  attachments: {}
+                  attachments: {},
+                  blobs: [],
+                  tagged: false
                 })
                 written++
                 if (!more) {

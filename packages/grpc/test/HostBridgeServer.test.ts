@@ -13,11 +13,15 @@ const request = (overrides: Partial<Proto.CallHostToolRequest> = {}): Proto.Call
   attachments: {},
   sessionId: "s-1",
   workerId: "w-1",
+  blobs: [],
+  tagged: false,
   ...overrides
 })
 
-const ok = (value: unknown): Proto.CallHostToolResponse => ({
-  outcome: { $case: "resultJson", value: Buffer.from(JSON.stringify(value)) }
+const ok = (value: unknown, blobs: Array<Buffer> = []): Proto.CallHostToolResponse => ({
+  outcome: { $case: "resultJson", value: Buffer.from(JSON.stringify(value)) },
+  blobs,
+  tagged: blobs.length > 0
 })
 
 const spec: Proto.ToolSpec = {
@@ -89,13 +93,15 @@ const tcpAccepts = (host: string, port: number) =>
 const portOf = (address: string) => Number(address.slice(address.lastIndexOf(":") + 1))
 
 describe("HostBridgeServer", () => {
-  it.scopedLive("binds an ephemeral loopback port and exposes address, secret and env", () =>
+  it.scopedLive("binds an ephemeral loopback port and exposes address and secret, and nothing for an environment", () =>
     Effect.gen(function* () {
       const server = yield* HostBridgeServer.make({ handler: echo, listTools: () => [spec] })
       expect(server.address).toMatch(/^127\.0\.0\.1:\d+$/)
       expect(portOf(server.address)).toBeGreaterThan(0)
       expect(server.secret).toMatch(/^[0-9a-f]{64}$/)
-      expect(server.env).toEqual({ SNAKEPIT_HOST_BRIDGE: server.address, SNAKEPIT_HOST_SECRET: server.secret })
+      // Workers get the address and the secret on stdin: nothing here is meant for an environment.
+      expect(Object.keys(server).sort()).toEqual(["address", "secret"])
+      expect(Object.keys(HostBridgeServer)).not.toContain("ENV_HOST_SECRET")
 
       const other = yield* HostBridgeServer.make({ handler: echo, listTools: () => [], secret: "given-secret" })
       expect(other.secret).toBe("given-secret")
@@ -112,6 +118,32 @@ describe("HostBridgeServer", () => {
 
       const listed = yield* list(c, server.secret)
       expect("value" in listed && listed.value.tools).toEqual([spec])
+    })
+  )
+
+  it.scopedLive("binary blobs travel raw both ways, beside the JSON", () =>
+    Effect.gen(function* () {
+      const server = yield* HostBridgeServer.make({
+        // Returns the request's blobs reversed, each reversed too.
+        handler: (req) =>
+          Effect.succeed(
+            ok(
+              { blob: 0, tagged: req.tagged },
+              [...req.blobs].reverse().map((b) => Buffer.from(b).reverse())
+            )
+          ),
+        listTools: () => []
+      })
+      const c = yield* client(server.address)
+      const result = yield* call(
+        c,
+        request({ blobs: [Buffer.from([1, 2]), Buffer.from([3])], tagged: true }),
+        server.secret
+      )
+      if ("error" in result) throw new Error(result.error.message)
+      expect(result.value.blobs).toEqual([Buffer.from([3]), Buffer.from([2, 1])])
+      expect(result.value.tagged).toBe(true)
+      expect(resultOf(result)).toEqual({ blob: 0, tagged: true })
     })
   )
 
@@ -216,7 +248,6 @@ describe("HostBridgeServer", () => {
         Effect.gen(function* () {
           const server = yield* HostBridgeServer.make({ handler: echo, listTools: () => [], socketPath })
           expect(server.address).toBe(`unix:${socketPath}`)
-          expect(server.env.SNAKEPIT_HOST_BRIDGE).toBe(`unix:${socketPath}`)
           expect(statSync(socketPath).isSocket()).toBe(true)
           expect(statSync(socketPath).mode & 0o777).toBe(0o600)
           const c = yield* client(server.address)

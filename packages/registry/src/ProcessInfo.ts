@@ -185,3 +185,61 @@ export const processesOfRun = (runId: string): ReadonlyArray<number> =>
   allProcesses()
     .filter(([pid, cmdline]) => carriesRunId(cmdline, runId) && isAlive(pid))
     .map(([pid]) => pid)
+
+/** A process as a snapshot names it: pid and start time, so a later kill can prove it is the same one. */
+export interface ProcessRef {
+  readonly pid: number
+  readonly startTime: string
+}
+
+/**
+ * Every live descendant of `pid` (children, their children, ...), each with its start time.
+ * Linux reads /proc; elsewhere `ps`. Empty when `pid` is gone.
+ */
+export const descendants = (pid: number): ReadonlyArray<ProcessRef> => {
+  const children = new Map<number, Array<number>>()
+  const link = (child: number, parent: number) => {
+    const list = children.get(parent)
+    if (list === undefined) children.set(parent, [child])
+    else list.push(child)
+  }
+  if (isLinux) {
+    let entries: ReadonlyArray<string>
+    try {
+      entries = readdirSync("/proc")
+    } catch {
+      return []
+    }
+    for (const entry of entries) {
+      if (!/^\d+$/.test(entry)) continue
+      const ppid = statFields(Number(entry))?.[1]
+      if (ppid !== undefined) link(Number(entry), Number(ppid))
+    }
+  } else {
+    for (const line of (ps(["-axo", "pid=,ppid="]) ?? "").split("\n")) {
+      const match = line.trim().match(/^(\d+)\s+(\d+)$/)
+      if (match !== null) link(Number(match[1]), Number(match[2]))
+    }
+  }
+  const found: Array<ProcessRef> = []
+  const frontier = [pid]
+  while (frontier.length > 0) {
+    for (const child of children.get(frontier.pop()!) ?? []) {
+      const started = startTime(child)
+      if (started !== undefined && isAlive(child)) found.push({ pid: child, startTime: started })
+      frontier.push(child)
+    }
+  }
+  return found
+}
+
+/** SIGKILLs `ref` if it is still the process the snapshot saw (same pid and start time). */
+export const killIfSame = (ref: ProcessRef): boolean => {
+  if (startTime(ref.pid) !== ref.startTime) return false
+  try {
+    process.kill(ref.pid, "SIGKILL")
+    return true
+  } catch {
+    return false
+  }
+}

@@ -7,12 +7,13 @@
  *
  * @since 0.1.0
  */
+import { lstatSync, rmSync } from "node:fs"
 import { hostname } from "node:os"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Clock, Context, Duration, Effect, Layer, Metric, Schema, String as Str } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Metric, Schema, String as Str } from "effect"
 import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
 import { prepareDatabase, resolveDataDir, restrictCompanions } from "./internal/database.js"
@@ -26,7 +27,9 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
   ownerStartTime: Schema.String,
   host: Schema.String,
   startedAt: Schema.DateFromNumber,
-  endedAt: Schema.NullOr(Schema.DateFromNumber)
+  endedAt: Schema.NullOr(Schema.DateFromNumber),
+  /** The unix socket its control API listens on, when it serves one. */
+  controlSocket: Schema.NullOr(Schema.String)
 }) {}
 
 /** The state of a worker row: reserved before its process is spawned, active once ready. */
@@ -61,8 +64,13 @@ export interface SkippedProcess {
 
 /** What one sweep found and did. */
 export interface SweepReport {
-  /** Dead runs whose rows were deleted. */
+  /** Dead runs (their owner died without ending them: killed, crashed) whose rows were deleted. */
   readonly runsSwept: number
+  /**
+   * Runs that ended cleanly (their pools closed) and whose owner has since exited: their rows
+   * were deleted too. Not dead runs: nothing went wrong with them.
+   */
+  readonly endedRunsRemoved: number
   readonly killed: ReadonlyArray<SweptProcess>
   readonly skipped: ReadonlyArray<SkippedProcess>
 }
@@ -107,6 +115,8 @@ export interface RegistryService {
   readonly startRun: (runId: string) => Effect.Effect<void, RegistryError>
   /** Marks `runId` ended (its rows stay until a sweep after the owner is gone). */
   readonly endRun: (runId: string) => Effect.Effect<void, RegistryError>
+  /** Records (or clears, with null) the unix socket the run's control API listens on. */
+  readonly setControlSocket: (runId: string, socket: string | null) => Effect.Effect<void, RegistryError>
   /** Inserts a `reserved` worker row, before the process is spawned. */
   readonly reserveWorker: (worker: WorkerKey) => Effect.Effect<void, RegistryError>
   /**
@@ -125,7 +135,9 @@ export interface RegistryService {
   /**
    * Kills the workers of runs whose owner is dead (pid gone, or reused by a process with
    * another start time), proving each from its OS command line first, plus any live process
-   * carrying a dead run's id; then deletes those runs' rows. Never touches this registry's
+   * carrying a dead run's id; then deletes those runs' rows. Runs that ended cleanly before
+   * their owner exited are counted apart (`endedRunsRemoved`), not as dead runs, and logged
+   * at Info only when something was killed or skipped. Never touches this registry's
    * own runs, runs of live owners, or runs recorded by another host.
    */
   readonly sweep: () => Effect.Effect<SweepReport, RegistryError>
@@ -169,6 +181,11 @@ const migrations = Migrator.fromRecord({
     yield* sql`INSERT INTO workers_by_run SELECT worker_id, run_id, pid, pgid, state, started_at FROM workers`
     yield* sql`DROP TABLE workers`
     yield* sql`ALTER TABLE workers_by_run RENAME TO workers`
+  }),
+  // Where a live run serves its control API (a 0600 unix socket), for `snakepit status` and `top`.
+  "3_runs_control_socket": Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`ALTER TABLE runs ADD COLUMN control_socket TEXT NULL`
   })
 })
 
@@ -231,6 +248,15 @@ const killIfProven = (pid: number, runId: string, recordedPgid: number | null, o
   return outcome
 }
 
+/** Removes a dead run's control socket file, if it is still there and still a socket. */
+const removeStaleSocket = (socket: string): void => {
+  try {
+    if (lstatSync(socket).isSocket()) rmSync(socket)
+  } catch (error) {
+    if (errnoCode(error) !== "ENOENT") throw error
+  }
+}
+
 const make = (options: RegistryOptions) =>
   Effect.gen(function* () {
     const busyTimeout = Duration.decode(options.busyTimeout ?? Duration.seconds(5))
@@ -279,15 +305,23 @@ const make = (options: RegistryOptions) =>
           VALUES (${runId}, ${process.pid}, ${start}, ${host}, ${now}, NULL)
           ON CONFLICT (run_id) DO UPDATE SET owner_pid = excluded.owner_pid,
             owner_start_time = excluded.owner_start_time, host = excluded.host,
-            started_at = excluded.started_at, ended_at = NULL`.pipe(failWith("startRun"))
+            started_at = excluded.started_at, ended_at = NULL, control_socket = NULL`.pipe(failWith("startRun"))
         ownRuns.add(runId)
       })
 
     const endRun = (runId: string) =>
       Effect.gen(function* () {
         const now = yield* Clock.currentTimeMillis
-        yield* sql`UPDATE runs SET ended_at = ${now} WHERE run_id = ${runId}`.pipe(failWith("endRun"))
+        yield* sql`UPDATE runs SET ended_at = ${now}, control_socket = NULL WHERE run_id = ${runId}`.pipe(
+          failWith("endRun")
+        )
       })
+
+    const setControlSocket = (runId: string, socket: string | null) =>
+      sql`UPDATE runs SET control_socket = ${socket} WHERE run_id = ${runId}`.pipe(
+        Effect.asVoid,
+        failWith("setControlSocket")
+      )
 
     const reserveWorker = ({ workerId, runId }: { readonly workerId: string; readonly runId: string }) =>
       Effect.gen(function* () {
@@ -332,16 +366,17 @@ const make = (options: RegistryOptions) =>
     const sweep = () =>
       Effect.gen(function* () {
         const all = yield* runs
-        const dead = all.filter(
+        // Runs whose owner process is gone, ended cleanly or not.
+        const gone = all.filter(
           (run) =>
             !ownRuns.has(run.runId) && run.host === host && !ProcessInfo.isOwnerAlive(run.ownerPid, run.ownerStartTime)
         )
         const killed: Array<SweptProcess> = []
         const skipped: Array<SkippedProcess> = []
-        if (dead.length > 0) {
+        if (gone.length > 0) {
           const ownPgid = ProcessInfo.processGroup(process.pid)
           const handled = new Set<number>()
-          for (const run of dead) {
+          for (const run of gone) {
             for (const worker of yield* workers(run.runId)) {
               if (worker.pid === null || handled.has(worker.pid)) continue
               handled.add(worker.pid)
@@ -354,29 +389,43 @@ const make = (options: RegistryOptions) =>
           }
           for (const [pid, cmdline] of ProcessInfo.allProcesses()) {
             if (handled.has(pid)) continue
-            const run = dead.find((candidate) => ProcessInfo.carriesRunId(cmdline, candidate.runId))
+            const run = gone.find((candidate) => ProcessInfo.carriesRunId(cmdline, candidate.runId))
             if (run === undefined) continue
             handled.add(pid)
             const outcome = killIfProven(pid, run.runId, null, ownPgid)
             if (outcome._tag === "Killed") killed.push({ pid, runId: run.runId, pgid: outcome.pgid, via: "scan" })
             if (outcome._tag === "Skipped") skipped.push({ pid, runId: run.runId, reason: outcome.reason })
           }
-          for (const run of dead) {
+          for (const run of gone) {
+            const socket = run.controlSocket
+            if (socket !== null) {
+              const removed = Either.try(() => removeStaleSocket(socket))
+              if (Either.isLeft(removed)) {
+                yield* Effect.logWarning(`snakepit registry sweep: cannot remove ${socket}: ${String(removed.left)}`)
+              }
+            }
             yield* sql`DELETE FROM workers WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
             yield* sql`DELETE FROM runs WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
           }
         }
-        const report: SweepReport = { runsSwept: dead.length, killed, skipped }
+        // A run that ended cleanly and whose owner has since exited is not dead: its rows are
+        // only tidied away. Only runs whose owner died without ending them are dead.
+        const crashed = gone.filter((run) => run.endedAt === null).length
+        const ended = gone.length - crashed
+        const report: SweepReport = { runsSwept: crashed, endedRunsRemoved: ended, killed, skipped }
         yield* Metric.incrementBy(orphansKilled, killed.length)
-        yield* Effect.logInfo(
-          `snakepit registry sweep: ${dead.length} dead run(s) swept, ${killed.length} orphan process(es) killed` +
+        const log = crashed > 0 || killed.length > 0 || skipped.length > 0 ? Effect.logInfo : Effect.logDebug
+        yield* log(
+          `snakepit registry sweep: ${crashed} dead run(s) swept, ${killed.length} orphan process(es) killed` +
             (killed.length > 0 ? ` (pids ${killed.map((k) => k.pid).join(", ")})` : "") +
             `, ${skipped.length} skipped` +
-            (skipped.length > 0 ? ` (${skipped.map((s) => `${s.pid}: ${s.reason}`).join("; ")})` : "")
+            (skipped.length > 0 ? ` (${skipped.map((s) => `${s.pid}: ${s.reason}`).join("; ")})` : "") +
+            (ended > 0 ? `; ${ended} cleanly ended run(s) cleaned up` : "")
         ).pipe(
           Effect.annotateLogs({
             dataDir,
-            runsSwept: dead.length,
+            runsSwept: crashed,
+            endedRunsRemoved: ended,
             killed: killed.length,
             skipped: skipped.length
           })
@@ -392,6 +441,7 @@ const make = (options: RegistryOptions) =>
       databasePath,
       startRun,
       endRun,
+      setControlSocket,
       reserveWorker,
       attachProcess: setProcess("attachProcess", "reserved"),
       activateWorker: setProcess("activateWorker", "active"),
@@ -413,4 +463,11 @@ export class Registry extends Context.Tag("@snakepit/registry/Registry")<Registr
    */
   static readonly layer = (options: RegistryOptions = {}): Layer.Layer<Registry, RegistryUnavailable> =>
     Layer.scoped(Registry, make(options))
+
+  /**
+   * The data directory the layer would use for `dataDir` (the option, else `SNAKEPIT_DATA_DIR`,
+   * else the per-user state directory), as an absolute path. Creates nothing.
+   */
+  static readonly resolveDataDir = (dataDir?: string | undefined): Effect.Effect<string, RegistryUnavailable> =>
+    resolveDataDir(dataDir)
 }

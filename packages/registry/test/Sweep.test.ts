@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Logger, Metric } from "effect"
+import { Effect, Logger, LogLevel, Metric } from "effect"
 import { orphansKilled, ProcessInfo } from "../src/index.js"
 import {
   awaitGone,
@@ -60,7 +60,39 @@ describe("Registry.sweep (real processes)", () => {
 
       // a second sweep finds nothing left
       const again = yield* registry.sweep()
-      expect(again).toEqual({ runsSwept: 0, killed: [], skipped: [] })
+      expect(again).toEqual({ runsSwept: 0, endedRunsRemoved: 0, killed: [], skipped: [] })
+    })
+  )
+
+  it.scopedLive("a run that ended cleanly before its owner exited is removed, not reported as a dead run", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const registry = yield* registryIn(dir)
+      const owner = yield* deadOwner
+      const endedRun = newRunId()
+      yield* insertRun(registry.databasePath, {
+        runId: endedRun,
+        ownerPid: owner.pid,
+        ownerStartTime: owner.startTime,
+        endedAt: Date.now()
+      })
+      const logs: Array<{ level: string; message: string }> = []
+      const report = yield* registry.sweep().pipe(
+        Effect.provide(
+          Logger.replace(
+            Logger.defaultLogger,
+            Logger.make(({ logLevel, message }) => logs.push({ level: logLevel.label, message: String(message) }))
+          )
+        ),
+        Logger.withMinimumLogLevel(LogLevel.All)
+      )
+      expect(report).toEqual({ runsSwept: 0, endedRunsRemoved: 1, killed: [], skipped: [] })
+      expect(yield* registry.runs).toEqual([])
+      // Said at Debug only, and as what it is: nothing at Info, no "dead run" swept.
+      expect(logs.filter((l) => l.level !== "DEBUG")).toEqual([])
+      expect(logs.map((l) => l.message)).toEqual([
+        "snakepit registry sweep: 0 dead run(s) swept, 0 orphan process(es) killed, 0 skipped; 1 cleanly ended run(s) cleaned up"
+      ])
     })
   )
 
@@ -120,9 +152,9 @@ describe("Registry.sweep (real processes)", () => {
 
       const other = yield* registryIn(dir) // another instance, as a second host would be
       const report = yield* other.sweep()
-      expect(report).toEqual({ runsSwept: 0, killed: [], skipped: [] })
+      expect(report).toEqual({ runsSwept: 0, endedRunsRemoved: 0, killed: [], skipped: [] })
       // the owner's own sweep never touches its own run either
-      expect(yield* host.sweep()).toEqual({ runsSwept: 0, killed: [], skipped: [] })
+      expect(yield* host.sweep()).toEqual({ runsSwept: 0, endedRunsRemoved: 0, killed: [], skipped: [] })
       yield* Effect.sleep("200 millis")
       expect(ProcessInfo.isAlive(worker.pid)).toBe(true)
       expect((yield* host.workers(liveRun)).map((w) => w.workerId)).toEqual(["w"])

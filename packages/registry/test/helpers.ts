@@ -104,14 +104,21 @@ export const deadOwner = Effect.scoped(
 /** Inserts a run row for an owner other than this process, straight into the database. */
 export const insertRun = (
   databasePath: string,
-  run: { readonly runId: string; readonly ownerPid: number; readonly ownerStartTime: string; readonly host?: string }
+  run: {
+    readonly runId: string
+    readonly ownerPid: number
+    readonly ownerStartTime: string
+    readonly host?: string
+    /** When the run ended cleanly (its pools closed); default: not ended. */
+    readonly endedAt?: number
+  }
 ) =>
   Effect.sync(() => {
     const db = new Database(databasePath, { timeout: 5000 })
     try {
       db.prepare(
-        "INSERT INTO runs (run_id, owner_pid, owner_start_time, host, started_at, ended_at) VALUES (?, ?, ?, ?, ?, NULL)"
-      ).run(run.runId, run.ownerPid, run.ownerStartTime, run.host ?? hostname(), Date.now())
+        "INSERT INTO runs (run_id, owner_pid, owner_start_time, host, started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?)"
+      ).run(run.runId, run.ownerPid, run.ownerStartTime, run.host ?? hostname(), Date.now(), run.endedAt ?? null)
     } finally {
       db.close()
     }

@@ -168,7 +168,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
       const executeEncoded: Worker.Worker["executeEncoded"] = (tool, argsJson, callOptions = {}) =>
         Effect.gen(function* () {
           if (yield* Deferred.isDone(exit)) return yield* crashed(tool)
-          const args = JSON.parse(Buffer.from(argsJson).toString("utf8")) as Record<string, unknown>
+          const args = argsJson.value as Record<string, unknown>
           fake.calls.push({ tool, args, session: callOptions.session })
           calls.push({ workerId: id, tool, args, session: callOptions.session })
           const handler = tools[tool]
@@ -189,7 +189,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
         Stream.unwrap(
           Effect.map(Deferred.isDone(exit), (done): Stream.Stream<unknown, WorkerCallError> => {
             if (done) return Stream.fromEffect(crashed(tool))
-            const args = JSON.parse(Buffer.from(argsJson).toString("utf8")) as Record<string, unknown>
+            const args = argsJson.value as Record<string, unknown>
             fake.calls.push({ tool, args, session: streamOptions.session })
             calls.push({ workerId: id, tool, args, session: streamOptions.session })
             const handler = streams[tool]
@@ -223,7 +223,15 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
               })
             )
           }
-          return { ok: true, pid: fake.pid, rssBytes: fake.rssBytes, activeCalls: 0, uptimeMs: 0 }
+          return {
+            ok: true,
+            detail: "",
+            pid: fake.pid,
+            rssBytes: fake.rssBytes,
+            activeCalls: 0,
+            uptimeMs: 0,
+            running: []
+          }
         })
 
       return {
@@ -244,13 +252,15 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
               return yield* new TransportError({
                 workerId: id,
                 tool: null,
-                grpcCode: "GrpcUnavailable",
-                details: "gone"
+                reason: "connection_lost",
+                detail: "the fake worker is gone"
               })
             }
             fake.cleanedSessions.push(session)
             return true
           }),
+        settled: Effect.void,
+        failed: Effect.never,
         exited: Deferred.await(exit)
       }
     })

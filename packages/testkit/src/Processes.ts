@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+import { spawn } from "node:child_process"
 import { ProcessInfo } from "@snakepit/registry"
 import { Duration, Effect, Schedule } from "effect"
 
@@ -45,4 +46,55 @@ export const awaitRunGone = (runId: string, timeout?: Duration.DurationInput) =>
     `processes of run ${runId} still alive: ${JSON.stringify(processesOfRun(runId))}`,
     () => processesOfRun(runId).length === 0,
     timeout
+  )
+
+/**
+ * What a process printed, once it exited with code 0.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Completed {
+  readonly pid: number
+  readonly stdout: string
+}
+
+/**
+ * Runs `command args` to completion and returns its stdout; fails (with its stderr) on a non-zero
+ * exit, or after `timeout`. Interrupting the wait SIGKILLs the process.
+ *
+ * @since 0.1.0
+ * @category processes
+ */
+export const runToCompletion = (
+  command: string,
+  args: ReadonlyArray<string>,
+  timeout: Duration.DurationInput = Duration.seconds(60)
+): Effect.Effect<Completed, Error> =>
+  Effect.async<Completed, Error>((resume) => {
+    const child = spawn(command, [...args], { stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (chunk) => {
+      stdout += chunk
+    })
+    child.stderr.on("data", (chunk) => {
+      stderr += chunk
+    })
+    child.on("error", (error) => resume(Effect.fail(error)))
+    child.on("close", (code, signal) =>
+      resume(
+        code === 0
+          ? Effect.succeed({ pid: child.pid ?? 0, stdout })
+          : Effect.fail(new Error(`${command} ${args.join(" ")} exited with ${code ?? signal}: ${stderr}`))
+      )
+    )
+    return Effect.sync(() => {
+      child.kill("SIGKILL")
+    })
+  }).pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () => new Error(`${command} ${args.join(" ")} did not exit within ${Duration.format(timeout)}`)
+    })
   )

@@ -13,3 +13,5 @@ export * as Fixtures from "./Fixtures.js"
 export * as Processes from "./Processes.js"
 /** `SnakepitTest.layer(...)`: the Snakepit service backed by fake workers. */
 export * from "./SnakepitTest.js"
+/** Real virtualenvs made for a test, from the suite interpreter's base (no shim). */
+export * as Venv from "./Venv.js"

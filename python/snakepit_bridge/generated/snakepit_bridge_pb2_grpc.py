@@ -55,6 +55,11 @@ class BridgeServiceStub(object):
                 request_serializer=snakepit__bridge__pb2.StopRequest.SerializeToString,
                 response_deserializer=snakepit__bridge__pb2.StopResponse.FromString,
                 )
+        self.WaitSettled = channel.unary_unary(
+                '/snakepit.bridge.v1.BridgeService/WaitSettled',
+                request_serializer=snakepit__bridge__pb2.WaitSettledRequest.SerializeToString,
+                response_deserializer=snakepit__bridge__pb2.WaitSettledResponse.FromString,
+                )
 
 
 class BridgeServiceServicer(object):
@@ -116,6 +121,14 @@ class BridgeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitSettled(self, request, context):
+        """Completes once the call with that request id no longer runs in the worker (or at timeout_ms):
+        the host learns when a call it cancelled has really stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +171,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=snakepit__bridge__pb2.StopRequest.FromString,
                     response_serializer=snakepit__bridge__pb2.StopResponse.SerializeToString,
+            ),
+            'WaitSettled': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitSettled,
+                    request_deserializer=snakepit__bridge__pb2.WaitSettledRequest.FromString,
+                    response_serializer=snakepit__bridge__pb2.WaitSettledResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +321,23 @@ class BridgeService(object):
         return grpc.experimental.unary_unary(request, target, '/snakepit.bridge.v1.BridgeService/Stop',
             snakepit__bridge__pb2.StopRequest.SerializeToString,
             snakepit__bridge__pb2.StopResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WaitSettled(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/snakepit.bridge.v1.BridgeService/WaitSettled',
+            snakepit__bridge__pb2.WaitSettledRequest.SerializeToString,
+            snakepit__bridge__pb2.WaitSettledResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -43,6 +43,15 @@ const writable = (path: string): boolean => {
   }
 }
 
+/** The nearest existing ancestor of `path` is a file, not a directory. */
+export const underAFile = (path: string): boolean => {
+  for (let dir = dirname(resolve(path)); ; dir = dirname(dir)) {
+    const stats = statOf(dir)
+    if (stats !== undefined) return !stats.isDirectory()
+    if (dirname(dir) === dir) return false
+  }
+}
+
 /** The `--data-dir` argument that repeats the operator's choice in a suggested command. */
 export const dataDirArgument = (explicit: string | undefined): string =>
   explicit !== undefined && explicit !== "" ? ` --data-dir ${shellQuote(explicit)}` : ""

@@ -16,3 +16,10 @@ export const dataDir = Options.text("data-dir").pipe(
 
 /** `--json`: machine-readable output on stdout. */
 export const json = Options.boolean("json").pipe(Options.withDescription("Print machine-readable JSON on stdout."))
+
+/** `--run RUNID`: act on one host of the data dir (default: every live one). */
+export const run = Options.text("run").pipe(
+  Options.withPseudoName("RUNID"),
+  Options.withDescription("The run id of one host (see `snakepit status`). Default: every live host of the data dir."),
+  Options.optional
+)

@@ -6,8 +6,10 @@
  *
  * | option            | default                                   | environment                     |
  * | ----------------- | ----------------------------------------- | ------------------------------- |
- * | size              | 2                                         | SNAKEPIT_SIZE                   |
- * | minReady          | = size                                    | SNAKEPIT_MIN_READY              |
+ * | size              | 2 (or `{ min, max }`: elastic)            | SNAKEPIT_SIZE (`4` or `2..8`)   |
+ * | scaleUpAfter      | 1 second                                  | SNAKEPIT_SCALE_UP_AFTER         |
+ * | idleTimeout       | 5 minutes                                 | SNAKEPIT_IDLE_TIMEOUT           |
+ * | minReady          | = size (its min)                          | SNAKEPIT_MIN_READY              |
  * | capacity          | 1                                         | SNAKEPIT_CAPACITY               |
  * | adapter           | `DEFAULT_ADAPTER` (the showcase adapter)  | SNAKEPIT_ADAPTER                |
  * | python            | undefined (the worker searches)           | SNAKEPIT_PYTHON                 |
@@ -27,8 +29,12 @@
  * | restart           | baseDelay 100 ms, maxDelay 10 s,          |                                 |
  * |                   | maxRestarts 5, window 60 s, cooldown 30 s |                                 |
  * | drainTimeout      | 30 seconds                                |                                 |
- * | maxMessageBytes   | 64 MiB (`BridgeClient.DEFAULT_MAX_...`)   |                                 |
+ * | cancelGrace       | 5 seconds                                 | SNAKEPIT_CANCEL_GRACE           |
+ * | maxMessageBytes   | 64 MiB                                    | SNAKEPIT_MAX_MESSAGE_BYTES      |
+ * | transport         | "local"                                   | SNAKEPIT_TRANSPORT              |
+ * | grpc.listen       | "loopback"                                | SNAKEPIT_GRPC_LISTEN            |
  * | dataDir           | undefined (a per-user directory)          | SNAKEPIT_DATA_DIR               |
+ * | control           | true (the control socket; layer-wide)     | SNAKEPIT_CONTROL                |
  *
  * Durations from the environment are Effect duration strings ("30 seconds", "500 millis"),
  * a bare number of milliseconds ("1500"), or "infinity" where an infinite value is allowed.
@@ -36,15 +42,17 @@
  * @since 0.1.0
  */
 import { delimiter } from "node:path"
-import { BridgeClient } from "@snakepit/grpc"
 import { Config, Duration, Effect, Either, Option } from "effect"
 import { ConfigError } from "../errors.js"
-import type { Affinity, PoolOptions, ResolvedPoolOptions, SnakepitOptions } from "../PoolOptions.js"
+import type { Affinity, PoolOptions, PoolSize, ResolvedPoolOptions, SnakepitOptions } from "../PoolOptions.js"
 import * as ThreadLimits from "../ThreadLimits.js"
-import { DEFAULT_ADAPTER } from "../Worker.js"
+import { DEFAULT_ADAPTER, DEFAULT_MAX_MESSAGE_BYTES } from "../Worker.js"
+import type { Transport } from "../WorkerFactory.js"
 
 const DEFAULTS = {
   size: 2,
+  scaleUpAfter: Duration.seconds(1),
+  idleTimeout: Duration.minutes(5),
   capacity: 1,
   adapter: DEFAULT_ADAPTER,
   pythonPath: [] as ReadonlyArray<string>,
@@ -66,10 +74,23 @@ const DEFAULTS = {
     cooldown: Duration.seconds(30)
   },
   drainTimeout: Duration.seconds(30),
-  maxMessageBytes: BridgeClient.DEFAULT_MAX_MESSAGE_BYTES
+  cancelGrace: Duration.seconds(5),
+  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  transport: "local" as Transport,
+  grpc: { listen: "loopback" as "loopback" | "unix" }
 } as const
 
+/** A pool's size bounds; a fixed size has `min === max`. */
+export interface PoolSizeBounds {
+  readonly min: number
+  readonly max: number
+}
+
+const toPoolSize = (bounds: PoolSizeBounds): PoolSize => (bounds.min === bounds.max ? bounds.min : bounds)
+
 const AFFINITIES: ReadonlyArray<Affinity> = ["hint", "strict_queue", "strict_fail_fast"]
+const TRANSPORTS: ReadonlyArray<Transport> = ["local", "grpc"]
+const LISTENS: ReadonlyArray<"loopback" | "unix"> = ["loopback", "unix"]
 const ADAPTER_PATTERN = /^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$/
 const POOL_NAME_PATTERN = /^[A-Za-z0-9_-]+$/
 
@@ -97,6 +118,43 @@ const integerBetween =
       ? Either.right(value)
       : Either.left(expected)
 
+const SIZE_EXPECTED = "expected a positive integer, or { min, max } with positive integers and min <= max"
+
+/** A fixed size `n` as `{ min: n, max: n }`; bounds with `min > max` or non-positive values are refused. */
+const poolSize: Validator<PoolSizeBounds> = (value) => {
+  if (typeof value === "number") {
+    return Either.map(positiveInteger(value), (n) => ({ min: n, max: n }))
+  }
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    const { max, min } = value as { readonly min?: unknown; readonly max?: unknown }
+    const valid = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 1
+    if (!valid(min) || !valid(max)) return Either.left(SIZE_EXPECTED)
+    if (min > max) return Either.left(`expected min (${min}) <= max (${max})`)
+    return Either.right({ min, max })
+  }
+  return Either.left(SIZE_EXPECTED)
+}
+
+/** `4` or `2..8` from the environment. */
+const toSizeInput = (raw: string): unknown => {
+  const range = /^(\d+)\s*\.\.\s*(\d+)$/.exec(raw)
+  return range ? { min: Number(range[1]), max: Number(range[2]) } : toNumber(raw)
+}
+
+const BOOLEANS: Readonly<Record<string, boolean>> = {
+  true: true,
+  false: false,
+  "1": true,
+  "0": false,
+  on: true,
+  off: false
+}
+
+const toBooleanInput = (raw: string): unknown => BOOLEANS[raw.toLowerCase()] ?? raw
+
+const boolean: Validator<boolean> = (value) =>
+  typeof value === "boolean" ? Either.right(value) : Either.left("expected true or false (or 1/0, on/off)")
+
 const positiveNumber: Validator<number> = (value) =>
   typeof value === "number" && Number.isFinite(value) && value > 0
     ? Either.right(value)
@@ -106,6 +164,11 @@ const affinity: Validator<Affinity> = (value) =>
   AFFINITIES.includes(value as Affinity)
     ? Either.right(value as Affinity)
     : Either.left(`expected one of ${AFFINITIES.join(", ")}`)
+
+const oneOf =
+  <A extends string>(choices: ReadonlyArray<A>): Validator<A> =>
+  (value) =>
+    choices.includes(value as A) ? Either.right(value as A) : Either.left(`expected one of ${choices.join(", ")}`)
 
 const adapterName: Validator<string> = (value) =>
   typeof value === "string" && ADAPTER_PATTERN.test(value)
@@ -260,7 +323,11 @@ const defined = <T extends object>(fields: Loose<T>): T =>
 /** The environment as an override layer, every value already validated under its variable's name. */
 const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(function* () {
   return defined<PoolOptions>({
-    size: yield* envInteger("SNAKEPIT_SIZE"),
+    size: yield* fromEnv("SNAKEPIT_SIZE", toSizeInput, (value) =>
+      Either.mapLeft(poolSize(value), () => "expected a positive integer like 4, or min..max like 2..8")
+    ).pipe(Effect.map((bounds) => (bounds === undefined ? undefined : toPoolSize(bounds)))),
+    scaleUpAfter: yield* envDuration("SNAKEPIT_SCALE_UP_AFTER", TIMEOUT),
+    idleTimeout: yield* envDuration("SNAKEPIT_IDLE_TIMEOUT", UNBOUNDED_TIMEOUT),
     minReady: yield* envInteger("SNAKEPIT_MIN_READY"),
     capacity: yield* envInteger("SNAKEPIT_CAPACITY"),
     adapter: yield* fromEnv("SNAKEPIT_ADAPTER", same, adapterName),
@@ -291,6 +358,10 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
       maxRssMb: yield* fromEnv("SNAKEPIT_RECYCLE_MAX_RSS_MB", toNumber, positiveNumber)
     }),
     healthCheck: defined({ interval: yield* envDuration("SNAKEPIT_HEALTH_INTERVAL", TIMEOUT) }),
+    maxMessageBytes: yield* envInteger("SNAKEPIT_MAX_MESSAGE_BYTES"),
+    cancelGrace: yield* envDuration("SNAKEPIT_CANCEL_GRACE", TIMEOUT),
+    transport: yield* fromEnv("SNAKEPIT_TRANSPORT", same, oneOf(TRANSPORTS)),
+    grpc: defined({ listen: yield* fromEnv("SNAKEPIT_GRPC_LISTEN", same, oneOf(LISTENS)) }),
     dataDir: yield* fromEnv("SNAKEPIT_DATA_DIR", same, nonEmptyString)
   })
 })
@@ -300,7 +371,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
 // ---------------------------------------------------------------------------------------------
 
 /** The groups merged field by field: a pool setting `queue.max` keeps the inherited `queue.timeout`. */
-const NESTED = ["queue", "sessions", "recycle", "healthCheck", "restart", "threadLimits", "env"] as const
+const NESTED = ["queue", "sessions", "recycle", "healthCheck", "restart", "threadLimits", "env", "grpc"] as const
 
 /** `over`'s set fields on top of `base`; `undefined` means "not set", never "clear". */
 const overlay = <A extends object>(base: A, over: A): A => {
@@ -342,15 +413,24 @@ const resolvePool = (
     const recycle = options.recycle ?? {}
     const healthCheck = options.healthCheck ?? {}
     const restart = options.restart ?? {}
+    const grpc = options.grpc ?? {}
 
-    const size = yield* field("size", options.size ?? DEFAULTS.size, positiveInteger)
+    const bounds = yield* field("size", options.size ?? DEFAULTS.size, poolSize)
+    const size = bounds.min
     return {
       name,
       size,
+      maxSize: bounds.max,
+      scaleUpAfter: yield* field("scaleUpAfter", options.scaleUpAfter ?? DEFAULTS.scaleUpAfter, duration(TIMEOUT)),
+      idleTimeout: yield* field(
+        "idleTimeout",
+        options.idleTimeout ?? DEFAULTS.idleTimeout,
+        duration(UNBOUNDED_TIMEOUT)
+      ),
       minReady: yield* field(
         "minReady",
         options.minReady ?? size,
-        integerBetween(1, size, `expected an integer from 1 to size (${size})`)
+        integerBetween(1, size, `expected an integer from 1 to size (${size}${bounds.max > size ? ", the min" : ""})`)
       ),
       capacity: yield* field("capacity", options.capacity ?? DEFAULTS.capacity, positiveInteger),
       adapter: yield* field("adapter", options.adapter ?? DEFAULTS.adapter, adapterName),
@@ -436,11 +516,14 @@ const resolvePool = (
         cooldown: yield* field("restart.cooldown", restart.cooldown ?? DEFAULTS.restart.cooldown, duration(DELAY))
       },
       drainTimeout: yield* field("drainTimeout", options.drainTimeout ?? DEFAULTS.drainTimeout, duration(TIMEOUT)),
+      cancelGrace: yield* field("cancelGrace", options.cancelGrace ?? DEFAULTS.cancelGrace, duration(TIMEOUT)),
       maxMessageBytes: yield* field(
         "maxMessageBytes",
         options.maxMessageBytes ?? DEFAULTS.maxMessageBytes,
         integerAtLeast(1024, "expected an integer of at least 1024")
       ),
+      transport: yield* field("transport", options.transport ?? DEFAULTS.transport, oneOf(TRANSPORTS)),
+      grpc: { listen: yield* field("grpc.listen", grpc.listen ?? DEFAULTS.grpc.listen, oneOf(LISTENS)) },
       dataDir: yield* field("dataDir", options.dataDir, optional(nonEmptyString))
     }
   })
@@ -483,3 +566,16 @@ export const resolveSnakepitOptions = (
           )
     )
   })
+
+/**
+ * Validates a runtime `resize` like the `size` option: a positive integer (fixed), or
+ * `{ min, max }` with `1 <= min <= max`. Fails with `ConfigError` keyed `size`.
+ */
+export const resolvePoolSize = (size: unknown): Effect.Effect<PoolSizeBounds, ConfigError> =>
+  Either.mapLeft(poolSize(size), (reason) => new ConfigError({ key: "size", value: render(size), reason }))
+
+/** `control` (layer-wide): the option, else `SNAKEPIT_CONTROL`, else on. */
+export const resolveControl = (option: boolean | undefined): Effect.Effect<boolean, ConfigError> =>
+  option !== undefined
+    ? Either.mapLeft(boolean(option), (reason) => new ConfigError({ key: "control", value: render(option), reason }))
+    : Effect.map(fromEnv("SNAKEPIT_CONTROL", toBooleanInput, boolean), (fromEnv) => fromEnv ?? true)

@@ -53,6 +53,28 @@ export interface HealthResponse {
   rssBytes: number;
   activeCalls: number;
   uptimeMs: number;
+  /** Why ok is false: e.g. every tool thread is busy and calls are waiting. */
+  detail: string;
+  running: RunningCall[];
+}
+
+/** A call running in the worker. */
+export interface RunningCall {
+  tool: string;
+  /** Milliseconds since it started. */
+  ms: number;
+  /** Milliseconds since the host cancelled it; 0 when not cancelled. */
+  cancelledMs: number;
+}
+
+export interface WaitSettledRequest {
+  requestId: string;
+  timeoutMs: number;
+}
+
+export interface WaitSettledResponse {
+  /** False when the call still ran at timeout_ms. */
+  settled: boolean;
 }
 
 export interface ExecuteToolRequest {
@@ -62,8 +84,14 @@ export interface ExecuteToolRequest {
   /** Raw binary values, keyed by name, passed to the tool beside the JSON args. */
   attachments: { [key: string]: Buffer };
   sessionId: string;
-  /** Caller-chosen id, for logs and cancellation diagnostics. */
+  /** Caller-chosen id, for logs, cancellation and WaitSettled. */
   requestId: string;
+  /** W3C trace context of the caller's span ("" when none). */
+  traceparent: string;
+  /** Binary values of args_json: it holds tagged objects {"__snakepit__": ...} referring to these. */
+  blobs: Buffer[];
+  /** args_json holds tagged objects (see blobs). */
+  tagged: boolean;
 }
 
 export interface ExecuteToolRequest_AttachmentsEntry {
@@ -79,6 +107,8 @@ export interface ToolError {
   message: string;
   traceback: string;
   availableTools: string[];
+  /** Where in the arguments the problem is (INVALID_ARGUMENTS), e.g. "args.items[2]". */
+  path: string;
 }
 
 export enum ToolError_Kind {
@@ -143,7 +173,10 @@ export interface ExecuteToolResponse {
     { $case: "resultJson"; value: Buffer }
     | { $case: "error"; value: ToolError }
     | undefined;
+  /** Unused since protocol 2: binary values travel in blobs. */
   attachments: { [key: string]: Buffer };
+  blobs: Buffer[];
+  tagged: boolean;
 }
 
 export interface ExecuteToolResponse_AttachmentsEntry {
@@ -152,10 +185,16 @@ export interface ExecuteToolResponse_AttachmentsEntry {
 }
 
 export interface ToolChunk {
-  outcome?: { $case: "dataJson"; value: Buffer } | //
-  /** Terminal: the generator raised; chunks before it were delivered. */
-  { $case: "error"; value: ToolError } | undefined;
+  outcome?:
+    | { $case: "dataJson"; value: Buffer }
+    | //
+    /** Terminal: the generator raised; chunks before it were delivered. */
+    { $case: "error"; value: ToolError }
+    | undefined;
+  /** Unused since protocol 2: binary values travel in blobs. */
   attachments: { [key: string]: Buffer };
+  blobs: Buffer[];
+  tagged: boolean;
 }
 
 export interface ToolChunk_AttachmentsEntry {
@@ -223,6 +262,8 @@ export interface CallHostToolRequest {
   attachments: { [key: string]: Buffer };
   sessionId: string;
   workerId: string;
+  blobs: Buffer[];
+  tagged: boolean;
 }
 
 export interface CallHostToolRequest_AttachmentsEntry {
@@ -232,6 +273,8 @@ export interface CallHostToolRequest_AttachmentsEntry {
 
 export interface CallHostToolResponse {
   outcome?: { $case: "resultJson"; value: Buffer } | { $case: "error"; value: ToolError } | undefined;
+  blobs: Buffer[];
+  tagged: boolean;
 }
 
 function createBasePingRequest(): PingRequest {
@@ -495,7 +538,7 @@ export const HealthRequest: MessageFns<HealthRequest> = {
 };
 
 function createBaseHealthResponse(): HealthResponse {
-  return { ok: false, pid: 0, rssBytes: 0, activeCalls: 0, uptimeMs: 0 };
+  return { ok: false, pid: 0, rssBytes: 0, activeCalls: 0, uptimeMs: 0, detail: "", running: [] };
 }
 
 export const HealthResponse: MessageFns<HealthResponse> = {
@@ -514,6 +557,12 @@ export const HealthResponse: MessageFns<HealthResponse> = {
     }
     if (message.uptimeMs !== 0) {
       writer.uint32(40).int64(message.uptimeMs);
+    }
+    if (message.detail !== "") {
+      writer.uint32(50).string(message.detail);
+    }
+    for (const v of message.running) {
+      RunningCall.encode(v!, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -571,6 +620,22 @@ export const HealthResponse: MessageFns<HealthResponse> = {
             message.uptimeMs = longToNumber(reader.int64());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.running.push(RunningCall.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -602,6 +667,10 @@ export const HealthResponse: MessageFns<HealthResponse> = {
         : isSet(object.uptime_ms)
         ? globalThis.Number(object.uptime_ms)
         : 0,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+      running: globalThis.Array.isArray(object?.running)
+        ? object.running.map((e: any) => RunningCall.fromJSON(e))
+        : [],
     };
   },
 
@@ -622,6 +691,12 @@ export const HealthResponse: MessageFns<HealthResponse> = {
     if (message.uptimeMs !== 0) {
       obj.uptimeMs = Math.round(message.uptimeMs);
     }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    if (message.running?.length) {
+      obj.running = message.running.map((e) => RunningCall.toJSON(e));
+    }
     return obj;
   },
 
@@ -635,12 +710,288 @@ export const HealthResponse: MessageFns<HealthResponse> = {
     message.rssBytes = object.rssBytes ?? 0;
     message.activeCalls = object.activeCalls ?? 0;
     message.uptimeMs = object.uptimeMs ?? 0;
+    message.detail = object.detail ?? "";
+    message.running = object.running?.map((e) => RunningCall.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRunningCall(): RunningCall {
+  return { tool: "", ms: 0, cancelledMs: 0 };
+}
+
+export const RunningCall: MessageFns<RunningCall> = {
+  encode(message: RunningCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tool !== "") {
+      writer.uint32(10).string(message.tool);
+    }
+    if (message.ms !== 0) {
+      writer.uint32(16).int64(message.ms);
+    }
+    if (message.cancelledMs !== 0) {
+      writer.uint32(24).int64(message.cancelledMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunningCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunningCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tool = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ms = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cancelledMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunningCall {
+    return {
+      tool: isSet(object.tool) ? globalThis.String(object.tool) : "",
+      ms: isSet(object.ms) ? globalThis.Number(object.ms) : 0,
+      cancelledMs: isSet(object.cancelledMs)
+        ? globalThis.Number(object.cancelledMs)
+        : isSet(object.cancelled_ms)
+        ? globalThis.Number(object.cancelled_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: RunningCall): unknown {
+    const obj: any = {};
+    if (message.tool !== "") {
+      obj.tool = message.tool;
+    }
+    if (message.ms !== 0) {
+      obj.ms = Math.round(message.ms);
+    }
+    if (message.cancelledMs !== 0) {
+      obj.cancelledMs = Math.round(message.cancelledMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RunningCall>, I>>(base?: I): RunningCall {
+    return RunningCall.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RunningCall>, I>>(object: I): RunningCall {
+    const message = createBaseRunningCall();
+    message.tool = object.tool ?? "";
+    message.ms = object.ms ?? 0;
+    message.cancelledMs = object.cancelledMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseWaitSettledRequest(): WaitSettledRequest {
+  return { requestId: "", timeoutMs: 0 };
+}
+
+export const WaitSettledRequest: MessageFns<WaitSettledRequest> = {
+  encode(message: WaitSettledRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.requestId !== "") {
+      writer.uint32(10).string(message.requestId);
+    }
+    if (message.timeoutMs !== 0) {
+      writer.uint32(16).int32(message.timeoutMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WaitSettledRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWaitSettledRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.timeoutMs = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WaitSettledRequest {
+    return {
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      timeoutMs: isSet(object.timeoutMs)
+        ? globalThis.Number(object.timeoutMs)
+        : isSet(object.timeout_ms)
+        ? globalThis.Number(object.timeout_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: WaitSettledRequest): unknown {
+    const obj: any = {};
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.timeoutMs !== 0) {
+      obj.timeoutMs = Math.round(message.timeoutMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WaitSettledRequest>, I>>(base?: I): WaitSettledRequest {
+    return WaitSettledRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WaitSettledRequest>, I>>(object: I): WaitSettledRequest {
+    const message = createBaseWaitSettledRequest();
+    message.requestId = object.requestId ?? "";
+    message.timeoutMs = object.timeoutMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseWaitSettledResponse(): WaitSettledResponse {
+  return { settled: false };
+}
+
+export const WaitSettledResponse: MessageFns<WaitSettledResponse> = {
+  encode(message: WaitSettledResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.settled !== false) {
+      writer.uint32(8).bool(message.settled);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WaitSettledResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWaitSettledResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.settled = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WaitSettledResponse {
+    return { settled: isSet(object.settled) ? globalThis.Boolean(object.settled) : false };
+  },
+
+  toJSON(message: WaitSettledResponse): unknown {
+    const obj: any = {};
+    if (message.settled !== false) {
+      obj.settled = message.settled;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WaitSettledResponse>, I>>(base?: I): WaitSettledResponse {
+    return WaitSettledResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WaitSettledResponse>, I>>(object: I): WaitSettledResponse {
+    const message = createBaseWaitSettledResponse();
+    message.settled = object.settled ?? false;
     return message;
   },
 };
 
 function createBaseExecuteToolRequest(): ExecuteToolRequest {
-  return { tool: "", argsJson: Buffer.alloc(0), attachments: {}, sessionId: "", requestId: "" };
+  return {
+    tool: "",
+    argsJson: Buffer.alloc(0),
+    attachments: {},
+    sessionId: "",
+    requestId: "",
+    traceparent: "",
+    blobs: [],
+    tagged: false,
+  };
 }
 
 export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
@@ -659,6 +1010,15 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     }
     if (message.requestId !== "") {
       writer.uint32(42).string(message.requestId);
+    }
+    if (message.traceparent !== "") {
+      writer.uint32(50).string(message.traceparent);
+    }
+    for (const v of message.blobs) {
+      writer.uint32(58).bytes(v!);
+    }
+    if (message.tagged !== false) {
+      writer.uint32(64).bool(message.tagged);
     }
     return writer;
   },
@@ -719,6 +1079,30 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
             message.requestId = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.traceparent = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.blobs.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.tagged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -763,6 +1147,11 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
         : isSet(object.request_id)
         ? globalThis.String(object.request_id)
         : "",
+      traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : "",
+      blobs: globalThis.Array.isArray(object?.blobs)
+        ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
     };
   },
 
@@ -789,6 +1178,15 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     if (message.requestId !== "") {
       obj.requestId = message.requestId;
     }
+    if (message.traceparent !== "") {
+      obj.traceparent = message.traceparent;
+    }
+    if (message.blobs?.length) {
+      obj.blobs = message.blobs.map((e) => base64FromBytes(e));
+    }
+    if (message.tagged !== false) {
+      obj.tagged = message.tagged;
+    }
     return obj;
   },
 
@@ -810,6 +1208,9 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     );
     message.sessionId = object.sessionId ?? "";
     message.requestId = object.requestId ?? "";
+    message.traceparent = object.traceparent ?? "";
+    message.blobs = object.blobs?.map((e) => e) || [];
+    message.tagged = object.tagged ?? false;
     return message;
   },
 };
@@ -904,7 +1305,7 @@ export const ExecuteToolRequest_AttachmentsEntry: MessageFns<ExecuteToolRequest_
 };
 
 function createBaseToolError(): ToolError {
-  return { kind: 0, type: "", message: "", traceback: "", availableTools: [] };
+  return { kind: 0, type: "", message: "", traceback: "", availableTools: [], path: "" };
 }
 
 export const ToolError: MessageFns<ToolError> = {
@@ -923,6 +1324,9 @@ export const ToolError: MessageFns<ToolError> = {
     }
     for (const v of message.availableTools) {
       writer.uint32(42).string(v!);
+    }
+    if (message.path !== "") {
+      writer.uint32(50).string(message.path);
     }
     return writer;
   },
@@ -980,6 +1384,14 @@ export const ToolError: MessageFns<ToolError> = {
             message.availableTools.push(reader.string());
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1003,6 +1415,7 @@ export const ToolError: MessageFns<ToolError> = {
         : globalThis.Array.isArray(object?.available_tools)
         ? object.available_tools.map((e: any) => globalThis.String(e))
         : [],
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
     };
   },
 
@@ -1023,6 +1436,9 @@ export const ToolError: MessageFns<ToolError> = {
     if (message.availableTools?.length) {
       obj.availableTools = message.availableTools;
     }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
     return obj;
   },
 
@@ -1036,12 +1452,13 @@ export const ToolError: MessageFns<ToolError> = {
     message.message = object.message ?? "";
     message.traceback = object.traceback ?? "";
     message.availableTools = object.availableTools?.map((e) => e) || [];
+    message.path = object.path ?? "";
     return message;
   },
 };
 
 function createBaseExecuteToolResponse(): ExecuteToolResponse {
-  return { outcome: undefined, attachments: {} };
+  return { outcome: undefined, attachments: {}, blobs: [], tagged: false };
 }
 
 export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
@@ -1057,6 +1474,12 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
     globalThis.Object.entries(message.attachments).forEach(([key, value]: [string, Buffer]) => {
       ExecuteToolResponse_AttachmentsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
     });
+    for (const v of message.blobs) {
+      writer.uint32(34).bytes(v!);
+    }
+    if (message.tagged !== false) {
+      writer.uint32(40).bool(message.tagged);
+    }
     return writer;
   },
 
@@ -1100,6 +1523,22 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
             }
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.blobs.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.tagged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1135,6 +1574,10 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
           {},
         )
         : {},
+      blobs: globalThis.Array.isArray(object?.blobs)
+        ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
     };
   },
 
@@ -1153,6 +1596,12 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
           obj.attachments[k] = base64FromBytes(v);
         });
       }
+    }
+    if (message.blobs?.length) {
+      obj.blobs = message.blobs.map((e) => base64FromBytes(e));
+    }
+    if (message.tagged !== false) {
+      obj.tagged = message.tagged;
     }
     return obj;
   },
@@ -1185,6 +1634,8 @@ export const ExecuteToolResponse: MessageFns<ExecuteToolResponse> = {
       },
       {},
     );
+    message.blobs = object.blobs?.map((e) => e) || [];
+    message.tagged = object.tagged ?? false;
     return message;
   },
 };
@@ -1279,7 +1730,7 @@ export const ExecuteToolResponse_AttachmentsEntry: MessageFns<ExecuteToolRespons
 };
 
 function createBaseToolChunk(): ToolChunk {
-  return { outcome: undefined, attachments: {} };
+  return { outcome: undefined, attachments: {}, blobs: [], tagged: false };
 }
 
 export const ToolChunk: MessageFns<ToolChunk> = {
@@ -1295,6 +1746,12 @@ export const ToolChunk: MessageFns<ToolChunk> = {
     globalThis.Object.entries(message.attachments).forEach(([key, value]: [string, Buffer]) => {
       ToolChunk_AttachmentsEntry.encode({ key: key as any, value }, writer.uint32(26).fork()).join();
     });
+    for (const v of message.blobs) {
+      writer.uint32(34).bytes(v!);
+    }
+    if (message.tagged !== false) {
+      writer.uint32(40).bool(message.tagged);
+    }
     return writer;
   },
 
@@ -1338,6 +1795,22 @@ export const ToolChunk: MessageFns<ToolChunk> = {
             }
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.blobs.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.tagged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1373,6 +1846,10 @@ export const ToolChunk: MessageFns<ToolChunk> = {
           {},
         )
         : {},
+      blobs: globalThis.Array.isArray(object?.blobs)
+        ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
     };
   },
 
@@ -1391,6 +1868,12 @@ export const ToolChunk: MessageFns<ToolChunk> = {
           obj.attachments[k] = base64FromBytes(v);
         });
       }
+    }
+    if (message.blobs?.length) {
+      obj.blobs = message.blobs.map((e) => base64FromBytes(e));
+    }
+    if (message.tagged !== false) {
+      obj.tagged = message.tagged;
     }
     return obj;
   },
@@ -1423,6 +1906,8 @@ export const ToolChunk: MessageFns<ToolChunk> = {
       },
       {},
     );
+    message.blobs = object.blobs?.map((e) => e) || [];
+    message.tagged = object.tagged ?? false;
     return message;
   },
 };
@@ -2399,7 +2884,15 @@ export const ListHostToolsResponse: MessageFns<ListHostToolsResponse> = {
 };
 
 function createBaseCallHostToolRequest(): CallHostToolRequest {
-  return { tool: "", argsJson: Buffer.alloc(0), attachments: {}, sessionId: "", workerId: "" };
+  return {
+    tool: "",
+    argsJson: Buffer.alloc(0),
+    attachments: {},
+    sessionId: "",
+    workerId: "",
+    blobs: [],
+    tagged: false,
+  };
 }
 
 export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
@@ -2418,6 +2911,12 @@ export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
     }
     if (message.workerId !== "") {
       writer.uint32(42).string(message.workerId);
+    }
+    for (const v of message.blobs) {
+      writer.uint32(50).bytes(v!);
+    }
+    if (message.tagged !== false) {
+      writer.uint32(56).bool(message.tagged);
     }
     return writer;
   },
@@ -2478,6 +2977,22 @@ export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
             message.workerId = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.blobs.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.tagged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2522,6 +3037,10 @@ export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
         : isSet(object.worker_id)
         ? globalThis.String(object.worker_id)
         : "",
+      blobs: globalThis.Array.isArray(object?.blobs)
+        ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
     };
   },
 
@@ -2548,6 +3067,12 @@ export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
     if (message.workerId !== "") {
       obj.workerId = message.workerId;
     }
+    if (message.blobs?.length) {
+      obj.blobs = message.blobs.map((e) => base64FromBytes(e));
+    }
+    if (message.tagged !== false) {
+      obj.tagged = message.tagged;
+    }
     return obj;
   },
 
@@ -2569,6 +3094,8 @@ export const CallHostToolRequest: MessageFns<CallHostToolRequest> = {
     );
     message.sessionId = object.sessionId ?? "";
     message.workerId = object.workerId ?? "";
+    message.blobs = object.blobs?.map((e) => e) || [];
+    message.tagged = object.tagged ?? false;
     return message;
   },
 };
@@ -2663,7 +3190,7 @@ export const CallHostToolRequest_AttachmentsEntry: MessageFns<CallHostToolReques
 };
 
 function createBaseCallHostToolResponse(): CallHostToolResponse {
-  return { outcome: undefined };
+  return { outcome: undefined, blobs: [], tagged: false };
 }
 
 export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
@@ -2675,6 +3202,12 @@ export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
       case "error":
         ToolError.encode(message.outcome.value, writer.uint32(18).fork()).join();
         break;
+    }
+    for (const v of message.blobs) {
+      writer.uint32(26).bytes(v!);
+    }
+    if (message.tagged !== false) {
+      writer.uint32(32).bool(message.tagged);
     }
     return writer;
   },
@@ -2708,6 +3241,22 @@ export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
             message.outcome = { $case: "error", value: ToolError.decode(reader, reader.uint32()) };
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.blobs.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tagged = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2729,6 +3278,10 @@ export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
         : isSet(object.error)
         ? { $case: "error", value: ToolError.fromJSON(object.error) }
         : undefined,
+      blobs: globalThis.Array.isArray(object?.blobs)
+        ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
     };
   },
 
@@ -2738,6 +3291,12 @@ export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
       obj.resultJson = base64FromBytes(message.outcome.value);
     } else if (message.outcome?.$case === "error") {
       obj.error = ToolError.toJSON(message.outcome.value);
+    }
+    if (message.blobs?.length) {
+      obj.blobs = message.blobs.map((e) => base64FromBytes(e));
+    }
+    if (message.tagged !== false) {
+      obj.tagged = message.tagged;
     }
     return obj;
   },
@@ -2761,6 +3320,8 @@ export const CallHostToolResponse: MessageFns<CallHostToolResponse> = {
         break;
       }
     }
+    message.blobs = object.blobs?.map((e) => e) || [];
+    message.tagged = object.tagged ?? false;
     return message;
   },
 };
@@ -2852,6 +3413,19 @@ export const BridgeServiceService = {
     responseSerialize: (value: StopResponse): Buffer => Buffer.from(StopResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StopResponse => StopResponse.decode(value),
   },
+  /**
+   * Completes once the call with that request id no longer runs in the worker (or at timeout_ms):
+   * the host learns when a call it cancelled has really stopped.
+   */
+  waitSettled: {
+    path: "/snakepit.bridge.v1.BridgeService/WaitSettled" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WaitSettledRequest): Buffer => Buffer.from(WaitSettledRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WaitSettledRequest => WaitSettledRequest.decode(value),
+    responseSerialize: (value: WaitSettledResponse): Buffer => Buffer.from(WaitSettledResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WaitSettledResponse => WaitSettledResponse.decode(value),
+  },
 } as const;
 
 export interface BridgeServiceServer extends UntypedServiceImplementation {
@@ -2870,6 +3444,11 @@ export interface BridgeServiceServer extends UntypedServiceImplementation {
   cleanupSession: handleUnaryCall<CleanupSessionRequest, CleanupSessionResponse>;
   /** Ask the worker to stop serving and exit. */
   stop: handleUnaryCall<StopRequest, StopResponse>;
+  /**
+   * Completes once the call with that request id no longer runs in the worker (or at timeout_ms):
+   * the host learns when a call it cancelled has really stopped.
+   */
+  waitSettled: handleUnaryCall<WaitSettledRequest, WaitSettledResponse>;
 }
 
 export interface BridgeServiceClient extends Client {
@@ -2984,6 +3563,25 @@ export interface BridgeServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StopResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Completes once the call with that request id no longer runs in the worker (or at timeout_ms):
+   * the host learns when a call it cancelled has really stopped.
+   */
+  waitSettled(
+    request: WaitSettledRequest,
+    callback: (error: ServiceError | null, response: WaitSettledResponse) => void,
+  ): ClientUnaryCall;
+  waitSettled(
+    request: WaitSettledRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WaitSettledResponse) => void,
+  ): ClientUnaryCall;
+  waitSettled(
+    request: WaitSettledRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WaitSettledResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -1,11 +1,12 @@
-"""Host tools: the HostBridge client against an in-process fake HostToolService.
+"""Host tools over gRPC: GrpcHostBridge against an in-process fake HostToolService, and a real
+``--transport grpc`` worker that learns the bridge's address and secret from its bootstrap line.
 
-The fake host stands in for the TypeScript host: it requires the secret
-metadata and serves ``greet``, ``boom``, ``whoami`` and ``slow``.
+Skipped when grpcio is not importable.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pickle
@@ -17,34 +18,50 @@ import unittest
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import grpc
-
 from snakepit_bridge import HostBridge, HostToolError, HostToolsUnavailable, ToolContext
-from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
-from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
-from snakepit_bridge.host_bridge import HOST_TOOLS_UNAVAILABLE, SECRET_METADATA_KEY
+from snakepit_bridge.host_bridge import HOST_TOOLS_UNAVAILABLE
+from snakepit_bridge.values import ValueEncoder, decode_tagged
 
-from .worker_process import RPC_TIMEOUT, WorkerProcess
+from .worker_process import GrpcWorker
 
-Kind = pb.ToolError.Kind
+HAVE_GRPC = importlib.util.find_spec("grpc") is not None
+
+if HAVE_GRPC:
+    import grpc
+
+    from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
+    from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
+    from snakepit_bridge.grpc_host_bridge import SECRET_METADATA_KEY, GrpcHostBridge
+
+    from .test_grpc_server import TOKEN, Client, address_of
+
+    Servicer: Any = pb_grpc.HostToolServiceServicer
+else:  # pragma: no cover - only without grpcio
+    Servicer = object
+
 SECRET = "s3cret-for-tests"
-HOST_TOOLS = ["boom", "greet", "slow", "whoami"]
+HOST_TOOLS = ["blob", "boom", "greet", "slow", "whoami"]
 
 
-class FakeHost(pb_grpc.HostToolServiceServicer):
-    """What the TypeScript host serves, reduced to a few tools."""
+def _result(value: Any) -> Any:
+    encoder = ValueEncoder()
+    data = encoder.dumps(value)
+    return pb.CallHostToolResponse(result_json=data, blobs=[bytes(b) for b in encoder.blobs], tagged=encoder.tagged)
+
+
+class FakeHost(Servicer):
+    """What the TypeScript host serves, reduced to a few tools; it requires the secret."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
-        self.calls: list[pb.CallHostToolRequest] = []
+        self.calls: list[Any] = []
         self._lock = threading.Lock()
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        metadata = dict(context.invocation_metadata())
-        if metadata.get(SECRET_METADATA_KEY) != self.secret:
+    def _authorize(self, context: Any) -> None:
+        if dict(context.invocation_metadata()).get(SECRET_METADATA_KEY) != self.secret:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong x-snakepit-secret")
 
-    def ListHostTools(self, request: pb.ListHostToolsRequest, context: grpc.ServicerContext) -> pb.ListHostToolsResponse:
+    def ListHostTools(self, request: Any, context: Any) -> Any:
         self._authorize(context)
         return pb.ListHostToolsResponse(
             tools=[
@@ -60,17 +77,22 @@ class FakeHost(pb_grpc.HostToolServiceServicer):
             ]
         )
 
-    def CallHostTool(self, request: pb.CallHostToolRequest, context: grpc.ServicerContext) -> pb.CallHostToolResponse:
+    def CallHostTool(self, request: Any, context: Any) -> Any:
         self._authorize(context)
         with self._lock:
             self.calls.append(request)
         args = json.loads(request.args_json or b"{}")
+        if request.tagged:
+            args = decode_tagged(args, list(request.blobs))
         if request.tool == "greet":
             return _result(f"hello {args['name']}")
+        if request.tool == "blob":
+            # Binary values both ways: the argument's bytes reversed, as bytes.
+            return _result({"reversed": bytes(args["data"])[::-1]})
         if request.tool == "boom":
             return pb.CallHostToolResponse(
                 error=pb.ToolError(
-                    kind=Kind.PYTHON_EXCEPTION,
+                    kind=pb.ToolError.Kind.PYTHON_EXCEPTION,
                     type="ValueError",
                     message="bad input",
                     traceback="ValueError: bad input\n    at boom (host.ts:1:1)",
@@ -90,16 +112,12 @@ class FakeHost(pb_grpc.HostToolServiceServicer):
             return _result("late")
         return pb.CallHostToolResponse(
             error=pb.ToolError(
-                kind=Kind.TOOL_NOT_FOUND,
+                kind=pb.ToolError.Kind.TOOL_NOT_FOUND,
                 type="ToolNotFound",
                 message=f"no host tool named {request.tool!r}",
                 available_tools=HOST_TOOLS,
             )
         )
-
-
-def _result(value: Any) -> pb.CallHostToolResponse:
-    return pb.CallHostToolResponse(result_json=json.dumps(value).encode())
 
 
 class FakeHostServer:
@@ -117,7 +135,9 @@ class FakeHostServer:
         self.server.stop(None).wait()
 
 
-class HostBridgeSyncTest(unittest.TestCase):
+class WithFakeHost:
+    """A FakeHostServer for the tests of a class."""
+
     server: FakeHostServer
 
     @classmethod
@@ -128,17 +148,18 @@ class HostBridgeSyncTest(unittest.TestCase):
     def tearDownClass(cls) -> None:
         cls.server.stop()
 
+
+@unittest.skipUnless(HAVE_GRPC, "grpcio is not installed")
+class GrpcHostBridgeSyncTest(WithFakeHost, unittest.TestCase):
     def setUp(self) -> None:
         self.server.host.calls.clear()
-        self.bridge = HostBridge.from_env(
-            worker_id="w1",
-            environ={"SNAKEPIT_HOST_BRIDGE": self.server.address, "SNAKEPIT_HOST_SECRET": SECRET},
-        )
+        self.bridge = GrpcHostBridge(self.server.address, SECRET, worker_id="w1")
 
     def tearDown(self) -> None:
         self.bridge.close()
 
     def test_sync_call(self) -> None:
+        self.assertTrue(self.bridge.configured)
         self.assertEqual(self.bridge.call("greet", {"name": "ada"}), "hello ada")
 
     def test_session_worker_and_attachments_reach_the_host(self) -> None:
@@ -148,6 +169,12 @@ class HostBridgeSyncTest(unittest.TestCase):
             {"session_id": "sess-1", "worker_id": "w1", "args": {"x": [1, None]}, "attachments": {"blob": "bytes"}},
         )
         self.assertEqual(self.bridge.call("whoami", worker_id="other")["worker_id"], "other")
+
+    def test_bytes_cross_raw_both_ways(self) -> None:
+        self.assertEqual(self.bridge.call("blob", {"data": b"\x00\x01\x02"}), {"reversed": b"\x02\x01\x00"})
+        (request,) = self.server.host.calls
+        self.assertTrue(request.tagged)
+        self.assertEqual(list(request.blobs), [b"\x00\x01\x02"])
 
     def test_list_tools(self) -> None:
         self.assertEqual(
@@ -180,24 +207,26 @@ class HostBridgeSyncTest(unittest.TestCase):
         self.assertEqual((err.kind, err.type), ("not_found", "ToolNotFound"))
         self.assertEqual(err.available_tools, tuple(HOST_TOOLS))
         self.assertIn("'nope'", err.message)
-        self.assertIn("boom, greet, slow, whoami", str(err))
+        self.assertIn("blob, boom, greet, slow, whoami", str(err))
 
     def test_wrong_or_missing_secret_is_unauthenticated(self) -> None:
         for secret in ("wrong", None):
             with self.subTest(secret=secret):
-                bridge = HostBridge(self.server.address, secret)
+                bridge = GrpcHostBridge(self.server.address, secret)
                 try:
                     with self.assertRaises(HostToolError) as raised:
                         bridge.call("greet", {"name": "ada"})
-                    self.assertEqual((raised.exception.kind, raised.exception.type), ("unauthenticated", "Unauthenticated"))
+                    self.assertEqual(
+                        (raised.exception.kind, raised.exception.type), ("unauthenticated", "Unauthenticated")
+                    )
                     with self.assertRaises(HostToolError):
                         bridge.list_tools()
                 finally:
                     bridge.close()
         self.assertEqual(self.server.host.calls, [])
 
-    def test_non_json_args_are_refused_before_sending(self) -> None:
-        for args in ({"x": {1, 2}}, {"x": float("nan")}, {"x": b"bytes"}, ["not", "a", "mapping"]):
+    def test_arguments_that_cannot_cross_are_refused_before_sending(self) -> None:
+        for args in ({"x": {1, 2}}, {"x": float("nan")}, ["not", "a", "mapping"]):
             with self.subTest(args=args), self.assertRaises(TypeError):
                 self.bridge.call("greet", args)  # type: ignore[arg-type]
         self.assertEqual(self.server.host.calls, [])
@@ -205,13 +234,12 @@ class HostBridgeSyncTest(unittest.TestCase):
     def test_deadline(self) -> None:
         with self.assertRaises(HostToolError) as raised:
             self.bridge.call("slow", {"seconds": 0.5}, timeout=0.1)
-        self.assertEqual((raised.exception.kind, raised.exception.type), ("rpc_error", "DEADLINE_EXCEEDED"))
+        self.assertEqual((raised.exception.kind, raised.exception.type), ("timeout", "DeadlineExceeded"))
 
     def test_threads_share_one_channel(self) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             replies = list(pool.map(lambda i: self.bridge.call("greet", {"name": str(i)}), range(32)))
         self.assertEqual(replies, [f"hello {i}" for i in range(32)])
-        self.assertIsNotNone(self.bridge._sync)
 
     def test_unreachable_host(self) -> None:
         self.server.stop()
@@ -227,26 +255,15 @@ class HostBridgeSyncTest(unittest.TestCase):
         self.assertEqual((reply["session_id"], reply["worker_id"], reply["args"]), ("sess-2", "w2", {"a": 1}))
         self.assertEqual([t["name"] for t in ctx.list_host_tools()], ["greet", "boom"])
 
-    def test_error_pickles(self) -> None:
-        err = HostToolError("ValueError", "bad input", "exception", available_tools=["a"])
-        copy = pickle.loads(pickle.dumps(err))
-        self.assertEqual((copy.type, copy.message, copy.kind, copy.available_tools, str(copy)),
-                         ("ValueError", "bad input", "exception", ("a",), "ValueError: bad input"))
+    def test_the_secret_is_not_in_repr(self) -> None:
+        self.assertNotIn(SECRET, repr(self.bridge))
+        self.assertNotIn(SECRET, repr(ToolContext(host_bridge=self.bridge)))
 
 
-class HostBridgeAsyncTest(unittest.IsolatedAsyncioTestCase):
-    server: FakeHostServer
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.server = FakeHostServer()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.server.stop()
-
+@unittest.skipUnless(HAVE_GRPC, "grpcio is not installed")
+class GrpcHostBridgeAsyncTest(WithFakeHost, unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self) -> None:
-        self.bridge = HostBridge(self.server.address, SECRET, worker_id="w1")
+        self.bridge = GrpcHostBridge(self.server.address, SECRET, worker_id="w1")
 
     async def asyncTearDown(self) -> None:
         await self.bridge.aclose()
@@ -264,7 +281,7 @@ class HostBridgeAsyncTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(HostToolError) as raised:
             await self.bridge.acall("boom")
         self.assertEqual((raised.exception.type, raised.exception.message), ("ValueError", "bad input"))
-        bad = HostBridge(self.server.address, "wrong")
+        bad = GrpcHostBridge(self.server.address, "wrong")
         try:
             with self.assertRaises(HostToolError) as raised:
                 await bad.acall("greet", {"name": "ada"})
@@ -275,9 +292,25 @@ class HostBridgeAsyncTest(unittest.IsolatedAsyncioTestCase):
             await self.bridge.acall("greet", {"x": object()})
 
 
+@unittest.skipUnless(HAVE_GRPC, "grpcio is not installed")
+class UnixSocketTest(unittest.TestCase):
+    def test_unix_socket_address(self) -> None:
+        directory = tempfile.mkdtemp(prefix="snakepit-host-")
+        server = FakeHostServer(f"unix:{os.path.join(directory, 'host.sock')}")
+        bridge = GrpcHostBridge(server.address, SECRET)
+        try:
+            self.assertEqual(bridge.call("greet", {"name": "unix"}), "hello unix")
+        finally:
+            bridge.close()
+            server.stop()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 class UnconfiguredBridgeTest(unittest.IsolatedAsyncioTestCase):
-    async def test_no_env_means_unavailable(self) -> None:
-        bridge = HostBridge.from_env(environ={})
+    """The base HostBridge: a worker whose host offers no tools (needs no grpcio)."""
+
+    async def test_every_call_is_unavailable(self) -> None:
+        bridge = HostBridge()
         self.assertFalse(bridge.configured)
         with self.assertRaises(HostToolsUnavailable) as raised:
             bridge.call("greet", {"name": "ada"})
@@ -287,108 +320,86 @@ class UnconfiguredBridgeTest(unittest.IsolatedAsyncioTestCase):
             await bridge.acall("greet")
         with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
             bridge.list_tools()
+        with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
+            await bridge.alist_tools()
+        # Arguments are still checked first.
+        with self.assertRaises(TypeError):
+            bridge.call("greet", ["not", "a", "mapping"])  # type: ignore[arg-type]
 
-    def test_secret_is_not_in_repr(self) -> None:
-        self.assertNotIn(SECRET, repr(HostBridge("127.0.0.1:1", SECRET)))
-        self.assertNotIn(SECRET, repr(ToolContext(host_bridge=HostBridge("127.0.0.1:1", SECRET))))
+    def test_a_tool_context_made_outside_a_worker_has_no_host(self) -> None:
+        with self.assertRaisesRegex(HostToolsUnavailable, HOST_TOOLS_UNAVAILABLE):
+            ToolContext(session_id="s").call_host("x", {})
 
-
-class UnixSocketTest(unittest.TestCase):
-    def test_unix_socket_address(self) -> None:
-        directory = tempfile.mkdtemp(prefix="snakepit-host-")
-        server = FakeHostServer(f"unix:{os.path.join(directory, 'host.sock')}")
-        bridge = HostBridge(server.address, SECRET)
-        try:
-            self.assertEqual(bridge.call("greet", {"name": "unix"}), "hello unix")
-        finally:
-            bridge.close()
-            server.stop()
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-class WorkerCallsHostTest(unittest.TestCase):
-    """A real worker process calling back into the fake host."""
-
-    server: FakeHostServer
-    worker: WorkerProcess
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.server = FakeHostServer()
-        cls.worker = WorkerProcess(
-            adapter="tests.fixture_adapters:OddAdapter",
-            watch_stdin=False,
-            env={"SNAKEPIT_HOST_BRIDGE": cls.server.address, "SNAKEPIT_HOST_SECRET": SECRET},
+    def test_error_pickles(self) -> None:
+        err = HostToolError("ValueError", "bad input", "exception", available_tools=["a"])
+        copy = pickle.loads(pickle.dumps(err))
+        self.assertEqual(
+            (copy.type, copy.message, copy.kind, copy.available_tools, str(copy)),
+            ("ValueError", "bad input", "exception", ("a",), "ValueError: bad input"),
         )
-        try:
-            cls.worker.read_ready()
-        except BaseException:
-            cls.worker.close()
-            cls.server.stop()
-            raise
 
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.worker.close()
-        cls.server.stop()
 
-    def test_async_tool_calls_host(self) -> None:
-        reply = self.worker.result("acall_host_tool", {"tool": "whoami", "args": {"k": "v"}}, session_id="sess-e2e")
+@unittest.skipUnless(HAVE_GRPC, "grpcio is not installed")
+class WorkerCallsHostTest(unittest.TestCase):
+    """A real gRPC worker calling back into the fake host, configured by its bootstrap line only."""
+
+    def start(self, secret: str, env: dict[str, str] | None = None) -> tuple[GrpcWorker, Client]:
+        worker = GrpcWorker(
+            bootstrap={"token": TOKEN, "host_bridge": {"address": self.server.address, "secret": secret}}, env=env
+        )
+        self.addCleanup(worker.close)
+        client = Client(address_of(worker.read_ready()), TOKEN)
+        self.addCleanup(client.close)
+        return worker, client
+
+    def setUp(self) -> None:
+        self.server = FakeHostServer()
+        self.addCleanup(self.server.stop)
+
+    def test_tools_call_the_host(self) -> None:
+        worker, client = self.start(SECRET)
+        self.assertEqual(client.result("call_host", {"tool": "greet", "args": {"name": "ada"}}), "hello ada")
+        reply = client.result("acall_host_tool", {"tool": "whoami", "args": {"k": "v"}}, session_id="sess-e2e")
         self.assertEqual(
             reply, {"session_id": "sess-e2e", "worker_id": "test-worker", "args": {"k": "v"}, "attachments": {}}
         )
+        error = client.execute("call_host", {"tool": "boom"}).error
+        self.assertEqual((error.type, error.message), ("HostToolError", "ValueError: bad input"))
+        error = client.execute("call_host", {"tool": "nope", "args": {}}).error
+        self.assertIn("available host tools: blob, boom, greet, slow, whoami", error.message)
+        # Stop closes the bridge's channels on the way out and still exits 0.
+        client.rpc("Stop", pb.StopRequest(grace_ms=500))
+        self.assertEqual(worker.wait(), 0)
+        self.assertEqual([c.worker_id for c in self.server.host.calls], ["test-worker"] * 4)
 
-    def test_async_tool_host_error(self) -> None:
-        error = self.worker.call("acall_host_tool", {"tool": "boom"}).error
-        self.assertEqual((error.kind, error.type, error.message), (Kind.PYTHON_EXCEPTION, "HostToolError", "ValueError: bad input"))
-
-
-class ShowcaseCallsHostTest(unittest.TestCase):
-    """The showcase worker's call_host tool, as the TypeScript host will use it."""
-
-    def test_call_host_end_to_end(self) -> None:
-        server = FakeHostServer()
-        worker = WorkerProcess(
-            watch_stdin=False,
-            env={"SNAKEPIT_HOST_BRIDGE": server.address, "SNAKEPIT_HOST_SECRET": SECRET},
+    def test_the_secret_stays_out_of_the_environment(self) -> None:
+        worker, client = self.start(SECRET)
+        for name in ("environ", "cmdline"):
+            with open(f"/proc/{worker.pid}/{name}", "rb") as f:
+                self.assertNotIn(SECRET.encode(), f.read(), name)
+        self.assertEqual(
+            client.result("env", {"names": ["SNAKEPIT_HOST_BRIDGE", "SNAKEPIT_HOST_SECRET"]}),
+            {"SNAKEPIT_HOST_BRIDGE": None, "SNAKEPIT_HOST_SECRET": None},
         )
-        try:
-            worker.read_ready()
-            self.assertEqual(worker.result("call_host", {"tool": "greet", "args": {"name": "ada"}}), "hello ada")
 
-            error = worker.call("call_host", {"tool": "boom"}).error
-            self.assertEqual((error.kind, error.type), (Kind.PYTHON_EXCEPTION, "HostToolError"))
-            self.assertIn("ValueError", error.message)
-            self.assertIn("bad input", error.message)
+    def test_a_wrong_secret(self) -> None:
+        _, client = self.start("wrong")
+        error = client.execute("call_host", {"tool": "greet", "args": {"name": "ada"}}).error
+        self.assertEqual(error.type, "HostToolError")
+        self.assertTrue(error.message.startswith("Unauthenticated: "), error.message)
+        self.assertEqual(self.server.host.calls, [])
 
-            error = worker.call("call_host", {"tool": "nope", "args": {}}).error
-            self.assertEqual(error.type, "HostToolError")
-            self.assertIn("available host tools: boom, greet, slow, whoami", error.message)
-
-            # Stop closes the bridge's channels on the way out and still exits 0.
-            assert worker.stub is not None
-            worker.stub.Stop(pb.StopRequest(grace_ms=500), timeout=RPC_TIMEOUT)
-            self.assertEqual(worker.wait(), 0)
-        finally:
-            worker.close()
-            server.stop()
-        self.assertEqual([c.worker_id for c in server.host.calls], ["test-worker"] * 3)
-
-    def test_wrong_secret_end_to_end(self) -> None:
-        server = FakeHostServer()
-        worker = WorkerProcess(
-            watch_stdin=False,
-            env={"SNAKEPIT_HOST_BRIDGE": server.address, "SNAKEPIT_HOST_SECRET": "wrong"},
+    def test_the_environment_no_longer_configures_the_bridge(self) -> None:
+        worker = GrpcWorker(
+            bootstrap={"token": TOKEN},
+            env={"SNAKEPIT_HOST_BRIDGE": self.server.address, "SNAKEPIT_HOST_SECRET": SECRET},
         )
-        try:
-            worker.read_ready()
-            error = worker.call("call_host", {"tool": "greet", "args": {"name": "ada"}}).error
-            self.assertEqual(error.type, "HostToolError")
-            self.assertTrue(error.message.startswith("Unauthenticated: "), error.message)
-        finally:
-            worker.close()
-            server.stop()
-        self.assertEqual(server.host.calls, [])
+        self.addCleanup(worker.close)
+        client = Client(address_of(worker.read_ready()), TOKEN)
+        self.addCleanup(client.close)
+        error = client.execute("call_host", {"tool": "greet", "args": {"name": "ada"}}).error
+        self.assertEqual((error.type, error.message), ("HostToolsUnavailable", HOST_TOOLS_UNAVAILABLE))
+        self.assertEqual(self.server.host.calls, [])
 
 
 if __name__ == "__main__":
