@@ -773,7 +773,9 @@ const benchCluster = () =>
       { cluster: loops((e) => client.runPromise(e), cluster.service), pool: loops(pool.run, pool.service) }
     )
     record("cluster_session_calls_local", r.cluster, r.pool)
-    log(`cluster: ${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s (local pool of 6)`)
+    log(
+      `cluster: ${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s (local pool of 6)`
+    )
 
     // kill -9 of one runner: time until every session it held is served by the others.
     const pidOf = await client.runPromise(

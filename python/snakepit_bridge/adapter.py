@@ -259,6 +259,10 @@ class ToolContext:
     host_bridge: HostBridge = field(default_factory=HostBridge, repr=False)
     # Set when the host cancels the call (timeout, interruption, stream ended early).
     cancel_event: CancelFlag = field(default_factory=lambda: CancelFlag(), repr=False)
+    # True when this call of the session is served away from the worker that holds its state
+    # (``hint`` affinity while the home worker is busy, or after it died, or moved to another
+    # host): ``session`` may be empty or stale here.
+    session_moved: bool = False
 
     @property
     def cancelled(self) -> bool:

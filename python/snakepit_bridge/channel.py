@@ -349,6 +349,7 @@ class LocalTransport:
                 stream=bool(header.get("stream", False)),
                 window=window,
                 attachments=attachments,
+                session_moved=header.get("sm") is True,
             )
         except ToolFailure as failure:
             sink.failure(failure)

@@ -405,6 +405,7 @@ class Dispatcher:
         stream: bool = False,
         window: int = 0,
         attachments: dict[str, bytes] | None = None,
+        session_moved: bool = False,
     ) -> tuple[Call, ToolInfo, dict[str, Any]]:
         """Finds the tool and binds the arguments; raises ToolFailure when it cannot."""
         info = self.tools.get(tool)
@@ -434,6 +435,7 @@ class Dispatcher:
                 attachments=dict(attachments or {}),
                 host_bridge=self.host_bridge,
                 cancel_event=call.cancel_requested,
+                session_moved=session_moved,
             )
         with self._calls_lock:
             self._calls[call_id] = call

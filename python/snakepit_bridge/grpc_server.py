@@ -263,6 +263,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                 stream=stream,
                 window=STREAM_WINDOW,
                 attachments=dict(request.attachments),
+                session_moved=request.session_moved,
             )
         except ToolFailure as failure:
             sink.failure(failure)

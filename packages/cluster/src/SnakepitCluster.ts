@@ -27,21 +27,11 @@ import * as ClusterOptions from "./ClusterOptions.js"
 import * as Client from "./internal/client.js"
 import { layerRunners, type Written } from "./internal/delivery.js"
 import * as Directory from "./internal/directory.js"
-import * as Protocol from "./internal/protocol.js"
 import { LocalPool, layerEntities, layerPublisher, RunnerIdentity } from "./internal/runner.js"
 import { layerClientProtocol, layerSocketServer } from "./internal/transport.js"
 
 /** A client's default call timeout: the pool's default, since it cannot know the runners' own. */
 const CLIENT_CALL_TIMEOUT = Duration.seconds(60)
-
-/**
- * Python tools find this key in `ctx.attachments` on the first call after their session moved
- * here from another runner, in `hint` affinity (strict affinity answers `SessionWorkerUnavailable`).
- *
- * @since 0.1.0
- * @category sessions
- */
-export const SESSION_MOVED_ATTACHMENT = Protocol.SESSION_MOVED_ATTACHMENT
 
 /**
  * A runner as it last published itself: its address, process, pools and workers.

@@ -7,10 +7,10 @@ import { join } from "node:path"
 import { Entity, ShardingConfig } from "@effect/cluster"
 import { describe, expect, it } from "@effect/vitest"
 import { SnakepitCluster } from "@snakepit/cluster"
-import type { Affinity, CallOptions, SnakepitService } from "@snakepit/core"
+import { type Affinity, type CallOptions, type SnakepitService, Worker } from "@snakepit/core"
 import { Chunk, Context, Duration, Effect, Either, Layer, Stream } from "effect"
 import { Directory, layer as directoryLayer } from "../src/internal/directory.js"
-import { SESSION_MOVED_ATTACHMENT, SessionEntity } from "../src/internal/protocol.js"
+import { SessionEntity } from "../src/internal/protocol.js"
 import { LocalPool, layerEntities, RunnerIdentity } from "../src/internal/runner.js"
 import { tempDir } from "./helpers.js"
 
@@ -35,18 +35,28 @@ const recordingPool = () => {
     workers: () => unused,
     stopWorker: () => unused,
     restartWorker: () => unused,
-    awaitReady: () => unused
+    awaitReady: () => unused,
+    resize: () => unused,
+    drain: () => unused,
+    report: () => unused,
+    events: Stream.die("not used by these tests")
   }
   return { seen, service }
 }
 
-const payload = (tool: string, args: object) => ({
-  tool,
-  args: JSON.stringify(args),
-  pool: null,
-  timeoutMs: 5_000,
-  attachments: null
-})
+const payload = (tool: string, args: object, sessionMoved = false) => {
+  const encoded = Effect.runSync(Worker.encodeArgs(tool, args))
+  return {
+    tool,
+    args: encoded.json,
+    blobs: encoded.blobs,
+    tagged: encoded.tagged,
+    pool: null,
+    timeoutMs: 5_000,
+    attachments: null,
+    sessionMoved
+  }
+}
 
 const setup = (affinity: Affinity) =>
   Effect.gen(function* () {
@@ -79,7 +89,7 @@ describe("the session entity", () => {
       expect(pool.seen).toEqual([])
       expect(yield* moved.Execute(payload("add", { a: 1, b: 2 }))).toEqual({ tool: "add", args: { a: 1, b: 2 } })
       expect(pool.seen[0]!.options).toMatchObject({ session: "moved" })
-      expect(pool.seen[0]!.options.attachments).toBeUndefined()
+      expect(pool.seen[0]!.options.sessionMoved).toBeUndefined()
       // A session never seen elsewhere starts without a signal.
       const fresh = yield* clientFor("fresh")
       expect(yield* fresh.Execute(payload("ping", {}))).toEqual({ tool: "ping", args: {} })
@@ -105,10 +115,23 @@ describe("the session entity", () => {
       const moved = yield* clientFor("moved")
       yield* moved.Execute(payload("session_get", { key: "k" }))
       yield* moved.Execute(payload("session_get", { key: "k" }))
-      expect(pool.seen.map((s) => s.options.attachments?.[SESSION_MOVED_ATTACHMENT] !== undefined)).toEqual([
-        true,
-        false
-      ])
+      expect(pool.seen.map((s) => s.options.sessionMoved === true)).toEqual([true, false])
+    })
+  )
+
+  it.scoped("a caller's own moved flag and binary arguments reach the pool as the caller gave them", () =>
+    Effect.gen(function* () {
+      const { clientFor, pool } = yield* setup("hint")
+      const fresh = yield* clientFor("fresh")
+      const bytes = new Uint8Array([0, 1, 254, 255])
+      yield* fresh.Execute(payload("echo", { value: { nested: [bytes] } }, true))
+      yield* fresh.Execute(payload("echo", { value: 1 }))
+      expect(pool.seen.map((s) => s.options.sessionMoved === true)).toEqual([true, false])
+      expect(pool.seen[0]!.args).toEqual({ value: { nested: [bytes] } })
+      // Arguments that do not decode are refused typed, before the pool sees them.
+      const bad = yield* Effect.flip(fresh.Execute({ ...payload("echo", {}), args: "[1]" }))
+      expect(bad).toMatchObject({ _tag: "InvalidArguments", tool: "echo", path: "args" })
+      expect(pool.seen).toHaveLength(2)
     })
   )
 })

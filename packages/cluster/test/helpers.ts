@@ -128,6 +128,20 @@ export const clientLayer = (dir: string, options: ClusterOptions.ClusterOptions 
     Layer.provide(SnakepitCluster.sqlite(join(dir, "cluster.db")))
   )
 
+/** Checks `check` every 200 ms until it holds; fails the test after `timeout`. */
+export const eventually = <E, R>(
+  describe: string,
+  check: Effect.Effect<boolean, E, R>,
+  timeout: Duration.DurationInput = Duration.seconds(30)
+) =>
+  check.pipe(
+    Effect.repeat({ until: (ok) => ok, schedule: Schedule.spaced(Duration.millis(200)) }),
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () => new Error(`not within ${Duration.format(Duration.decode(timeout))}: ${describe}`)
+    })
+  )
+
 /**
  * Waits until `count` runners of equal weight each hold exactly their share of the shards: the
  * final assignment (@effect/cluster caps each runner at `shards × weight / total`), with no
@@ -137,16 +151,10 @@ export const awaitSettled = (count: number, shards = 300) =>
   Effect.gen(function* () {
     const cluster = yield* SnakepitCluster.SnakepitCluster
     const share = Math.floor(shards / count)
-    yield* Effect.flatMap(cluster.runners, (runners) =>
-      runners.length === count && runners.every((r) => r.shards === share)
-        ? Effect.void
-        : Effect.fail(new Error(`not settled: ${JSON.stringify(runners.map((r) => [r.address, r.shards]))}`))
-    ).pipe(
-      Effect.retry(Schedule.spaced(Duration.millis(200))),
-      Effect.timeoutFail({
-        duration: Duration.seconds(90),
-        onTimeout: () => new Error("the cluster did not settle in 90 s")
-      })
+    yield* eventually(
+      `${count} runners each holding ${share} shards`,
+      Effect.map(cluster.runners, (runners) => runners.length === count && runners.every((r) => r.shards === share)),
+      Duration.seconds(90)
     )
   })
 

@@ -26,6 +26,12 @@ export interface CallOptions {
   readonly buffer?: number
   /** Raw binary values passed beside the JSON arguments (`ctx.attachments` in Python). */
   readonly attachments?: Readonly<Record<string, Uint8Array>>
+  /**
+   * For routers that move sessions between pools (the cluster): the session's state was lost
+   * elsewhere, and the tool should see `ctx.session_moved`. The pool sets it itself when `hint`
+   * affinity serves a session away from its home worker.
+   */
+  readonly sessionMoved?: boolean
 }
 
 /** A tool a pool's adapter offers, as discovered from its workers. */

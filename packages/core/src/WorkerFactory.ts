@@ -71,6 +71,8 @@ export interface ExecuteOptions {
   readonly attachments?: Readonly<Record<string, Uint8Array>>
   /** W3C trace context of the caller's span. */
   readonly traceparent?: string
+  /** The session is served away from its home worker: the tool sees `ctx.session_moved`. */
+  readonly sessionMoved?: boolean
 }
 
 /**
@@ -87,6 +89,7 @@ export interface StreamOptions {
   /** Chunks the producer may run ahead of the consumer. Default 16. */
   readonly window?: number
   readonly traceparent?: string
+  readonly sessionMoved?: boolean
 }
 
 /**

@@ -299,3 +299,28 @@ export type CallError =
   | PoolNotFound
   | RunnerUnreachable
   | EntityMoved
+
+/**
+ * Every `CallError` as one schema, for RPCs that carry a call's failure with its `_tag` and
+ * fields (the control API, the cluster).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CallErrorSchema = Schema.Union(
+  ToolNotFound,
+  InvalidArguments,
+  PythonError,
+  WorkerCrashed,
+  CallTimeout,
+  TransportError,
+  QueueFull,
+  QueueTimeout,
+  WorkerBusy,
+  SessionWorkerUnavailable,
+  PoolClosed,
+  PoolDraining,
+  PoolNotFound,
+  RunnerUnreachable,
+  EntityMoved
+)

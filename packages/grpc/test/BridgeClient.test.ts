@@ -88,6 +88,7 @@ const request = (overrides: Partial<Proto.ExecuteToolRequest> = {}): Proto.Execu
   traceparent: "",
   blobs: [],
   tagged: false,
+  sessionMoved: false,
   ...overrides
 })
 

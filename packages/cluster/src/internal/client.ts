@@ -5,12 +5,16 @@
 import { EntityId, Sharding } from "@effect/cluster"
 import {
   type CallOptions,
+  Diagnostics,
   EntityMoved,
+  type PoolEvent,
   PoolNotFound,
+  PoolReport,
   type PoolStats,
   QueueFull,
   RunnerUnreachable,
   type SnakepitService,
+  ToolLatency,
   Worker,
   type WorkerInfo,
   WorkerNotFound
@@ -63,6 +67,32 @@ const sumStats = (pool: string, all: ReadonlyArray<PoolStats>): PoolStats =>
     emptyStats(pool)
   )
 
+/**
+ * One tool's latency over every runner: counts add up; the percentiles are the highest any
+ * runner reports (a bound on the cluster's, not a merged percentile).
+ */
+const mergeLatency = (all: ReadonlyArray<ToolLatency>): ReadonlyArray<ToolLatency> => {
+  const byTool = new Map<string, ToolLatency>()
+  for (const t of all) {
+    const seen = byTool.get(t.tool)
+    byTool.set(
+      t.tool,
+      seen === undefined
+        ? t
+        : new ToolLatency({
+            tool: t.tool,
+            calls: seen.calls + t.calls,
+            errors: seen.errors + t.errors,
+            window: seen.window + t.window,
+            p50Ms: Math.max(seen.p50Ms, t.p50Ms),
+            p99Ms: Math.max(seen.p99Ms, t.p99Ms),
+            maxMs: Math.max(seen.maxMs, t.maxMs)
+          })
+    )
+  }
+  return [...byTool.values()].sort((a, b) => a.tool.localeCompare(b.tool))
+}
+
 /** Builds the cluster's `Snakepit` service. `local` is this process's pool when it is a runner. */
 export const make = (options: {
   readonly resolved: ResolvedClusterOptions
@@ -106,16 +136,16 @@ export const make = (options: {
           }
 
     const payloadOf = (tool: string, args: unknown, opts: CallOptions) =>
-      Effect.map(Worker.encodeArgs(tool, args), (json) => {
-        const timeout = timeoutOf(opts)
-        return {
-          tool,
-          args: json.toString("utf8"),
-          pool: opts.pool ?? null,
-          timeoutMs: Duration.toMillis(timeout),
-          attachments: opts.attachments ?? null
-        }
-      })
+      Effect.map(Worker.encodeArgs(tool, args), (encoded) => ({
+        tool,
+        args: encoded.json,
+        blobs: encoded.blobs,
+        tagged: encoded.tagged,
+        pool: opts.pool ?? null,
+        timeoutMs: Duration.toMillis(timeoutOf(opts)),
+        attachments: opts.attachments ?? null,
+        sessionMoved: opts.sessionMoved === true
+      }))
 
     /**
      * The entity client's own failures: a full mailbox is the cluster's `QueueFull`; the other
@@ -187,7 +217,7 @@ export const make = (options: {
     const poolOf = (records: ReadonlyArray<RunnerRecord>, pool: string | undefined) =>
       Effect.suspend(() => {
         const name = pool ?? defaultPool
-        const published = records.flatMap((r) => r.pools.filter((p) => p.stats.pool === name))
+        const published = records.flatMap((r) => r.pools.filter((p) => p.pool === name))
         if (published.length === 0 && !pools.includes(name)) {
           return Effect.fail(new PoolNotFound({ pool: name, available: [...pools] }))
         }
@@ -207,9 +237,97 @@ export const make = (options: {
     const workers: SnakepitService["workers"] = (pool) =>
       Effect.flatMap(runners, (records) =>
         Effect.map(poolOf(records, pool), ({ published }) =>
-          published.flatMap((p) => p.workers.map((w): WorkerInfo => ({ ...w, startedAt: new Date(w.startedAt) })))
+          published.flatMap((p) =>
+            p.workers.map(
+              (w): WorkerInfo => ({
+                id: w.id,
+                pool: w.pool,
+                pid: w.pid,
+                state: w.state,
+                calls: w.calls,
+                startedAt: w.startedAt
+              })
+            )
+          )
         )
       )
+
+    const report: SnakepitService["report"] = (pool) =>
+      Effect.flatMap(runners, (records) =>
+        Effect.map(
+          poolOf(records, pool),
+          ({ name, published }) =>
+            new PoolReport({
+              pool: name,
+              min: published.reduce((n, p) => n + p.min, 0),
+              max: published.reduce((n, p) => n + p.max, 0),
+              draining: published.some((p) => p.draining),
+              stats: sumStats(
+                name,
+                published.map((p) => p.stats)
+              ),
+              workers: published.flatMap((p) => p.workers),
+              tools: mergeLatency(published.flatMap((p) => p.tools))
+            })
+        )
+      )
+
+    /** The live runners that serve pool `name`. */
+    const serving = (records: ReadonlyArray<RunnerRecord>, name: string) =>
+      records.filter((r) => r.pools.some((p) => p.pool === name))
+
+    const resize: SnakepitService["resize"] = (size, pool) =>
+      Effect.gen(function* () {
+        const bounds = yield* Diagnostics.resolvePoolSize(size)
+        const records = yield* runners
+        const { name } = yield* poolOf(records, pool)
+        const targets = serving(records, name)
+        yield* Effect.forEach(
+          targets,
+          (r) => directory.command(r.instance, { kind: "resize", pool: name, min: bounds.min, max: bounds.max }),
+          { discard: true }
+        )
+        return bounds
+      })
+
+    const drain: SnakepitService["drain"] = (pool) =>
+      Effect.gen(function* () {
+        const records = yield* runners
+        const { name } = yield* poolOf(records, pool)
+        const targets = new Set(serving(records, name).map((r) => r.instance))
+        yield* Effect.forEach(targets, (instance) => directory.command(instance, { kind: "drain", pool: name }), {
+          discard: true
+        })
+        // Done when every target still alive says its pool drains and runs no call; a runner that
+        // died is no longer waited for.
+        const drained = Effect.map(runners, (records) =>
+          records
+            .filter((r) => targets.has(r.instance))
+            .every((r) => r.pools.every((p) => p.pool !== name || (p.draining && p.stats.busy === 0)))
+        )
+        yield* Effect.repeat(drained, { until: (done) => done, schedule: Schedule.spaced(resolved.publishInterval) })
+      })
+
+    /**
+     * The runners' events from now on, read from the directory every publish interval: per
+     * runner instance, those numbered past what it had stored when the stream started.
+     */
+    const events: Stream.Stream<PoolEvent> = Stream.unwrap(
+      Effect.gen(function* () {
+        const seen = new Map<string, number>()
+        for (const e of yield* directory.events) seen.set(e.instance, Math.max(seen.get(e.instance) ?? -1, e.seq))
+        const fresh = Effect.map(directory.events, (stored) =>
+          stored.flatMap((e) => {
+            if (e.seq <= (seen.get(e.instance) ?? -1)) return []
+            seen.set(e.instance, e.seq)
+            return [e.event]
+          })
+        )
+        return Stream.repeatEffectWithSchedule(fresh, Schedule.spaced(resolved.publishInterval)).pipe(
+          Stream.flattenIterables
+        )
+      })
+    )
 
     /** The runner holding a worker, by the address its cluster id starts with. */
     const locate = (ref: string | Pick<WorkerInfo, "id">) =>
@@ -263,6 +381,10 @@ export const make = (options: {
           Effect.repeat({ until: (ready) => ready, schedule: Schedule.spaced(resolved.publishInterval) }),
           Effect.asVoid
         ),
+      resize,
+      drain,
+      report,
+      events,
       stopWorker: (ref) =>
         Effect.flatMap(locate(ref), ({ routeKey, target }) => notDelivered(runnerOps(routeKey).StopWorker(target))),
       restartWorker: (ref) =>

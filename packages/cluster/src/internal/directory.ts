@@ -1,12 +1,15 @@
 /**
  * What runners tell each other through the cluster's SQL storage, beside @effect/cluster's own
  * tables: which runner instance last held each session (so a session re-created elsewhere
- * knows it moved), and each runner's pools, workers and routing key (for `stats`, `workers`
- * and worker operations). Plain portable SQL: the same statements run on SQLite and PostgreSQL.
+ * knows it moved); each runner's pool reports and routing key (for `stats`, `workers`,
+ * `report` and worker operations); control commands addressed to a runner (`resize`, `drain`);
+ * and the runners' recent pool events (for `events`). Plain portable SQL: the same statements
+ * run on SQLite and PostgreSQL.
  */
+import { randomUUID } from "node:crypto"
 import { SqlClient } from "@effect/sql"
-import type { PoolStats, WorkerInfo } from "@snakepit/core"
-import { Clock, Context, Effect, Layer } from "effect"
+import { PoolEvent, PoolReport } from "@snakepit/core"
+import { Clock, Context, Effect, Layer, Schema } from "effect"
 
 /** A runner as it last published itself. */
 export interface RunnerRecord {
@@ -20,14 +23,24 @@ export interface RunnerRecord {
   readonly routeKey: string | null
   /** Shards this runner held when it published. */
   readonly shards: number
-  readonly pools: ReadonlyArray<PublishedPool>
+  /** Its pools' reports, worker ids as the cluster shows them (`host:port/id`). */
+  readonly pools: ReadonlyArray<PoolReport>
 }
 
-/** One pool of a runner, as published. */
-export interface PublishedPool {
-  readonly stats: PoolStats
-  readonly workers: ReadonlyArray<Omit<WorkerInfo, "startedAt"> & { readonly startedAt: number }>
+/** An operator's command to one runner, applied at its next publish. */
+export type ControlCommand =
+  | { readonly kind: "resize"; readonly pool: string; readonly min: number; readonly max: number }
+  | { readonly kind: "drain"; readonly pool: string }
+
+/** One event of a runner's pools, numbered per runner instance. */
+export interface StoredEvent {
+  readonly instance: string
+  readonly seq: number
+  readonly event: PoolEvent
 }
+
+/** How long a runner keeps its events in the directory for subscribers to read. */
+export const EVENT_RETENTION_MS = 60_000
 
 /** Where the session lived before this runner took it, when it was another runner instance. */
 export interface PreviousHolder {
@@ -45,11 +58,31 @@ export class Directory extends Context.Tag("@snakepit/cluster/Directory")<
     readonly withdraw: (instance: string) => Effect.Effect<void>
     /** Runners that published within `freshMs`. */
     readonly runners: (freshMs: number) => Effect.Effect<ReadonlyArray<RunnerRecord>>
+    /** Queues `command` for runner `instance`. */
+    readonly command: (instance: string, command: ControlCommand) => Effect.Effect<void>
+    /** The commands queued for `instance`, oldest first, removed from the queue. */
+    readonly takeCommands: (instance: string) => Effect.Effect<ReadonlyArray<ControlCommand>>
+    /** Stores `instance`'s events and drops its events older than the retention. */
+    readonly appendEvents: (
+      instance: string,
+      events: ReadonlyArray<{ readonly seq: number; readonly event: PoolEvent }>,
+      now: number
+    ) => Effect.Effect<void>
+    /** Every stored event, in order per runner instance. */
+    readonly events: Effect.Effect<ReadonlyArray<StoredEvent>>
   }
 >() {}
 
 const SESSIONS = "snakepit_cluster_sessions"
 const DIRECTORY = "snakepit_cluster_directory"
+const COMMANDS = "snakepit_cluster_commands"
+const EVENTS = "snakepit_cluster_events"
+
+const Reports = Schema.parseJson(Schema.Array(PoolReport))
+const encodeReports = Schema.encodeSync(Reports)
+const decodeReports = Schema.decodeUnknownSync(Reports)
+const encodeEvent = Schema.encodeSync(Schema.parseJson(PoolEvent))
+const decodeEvent = Schema.decodeUnknownSync(Schema.parseJson(PoolEvent))
 
 /**
  * The directory on the cluster's `SqlClient`. Storage faults here are defects: the cluster
@@ -80,6 +113,26 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
         pools TEXT NOT NULL
       )`
     )
+    yield* sql.unsafe(
+      `CREATE TABLE IF NOT EXISTS ${COMMANDS} (
+        id VARCHAR(64) PRIMARY KEY,
+        instance VARCHAR(64) NOT NULL,
+        issued_at BIGINT NOT NULL,
+        kind VARCHAR(16) NOT NULL,
+        pool VARCHAR(255) NOT NULL,
+        size_min INTEGER,
+        size_max INTEGER
+      )`
+    )
+    yield* sql.unsafe(
+      `CREATE TABLE IF NOT EXISTS ${EVENTS} (
+        instance VARCHAR(64) NOT NULL,
+        seq BIGINT NOT NULL,
+        written_at BIGINT NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (instance, seq)
+      )`
+    )
 
     return Directory.of({
       claimSession: (session, self) =>
@@ -103,14 +156,65 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
       publish: (r) =>
         sql`
           INSERT INTO ${sql(DIRECTORY)} (instance, address, pid, hostname, started_at, heartbeat_at, route_key, shards, pools)
-          VALUES (${r.instance}, ${r.address}, ${r.pid}, ${r.hostname}, ${r.startedAt}, ${r.heartbeatAt}, ${r.routeKey}, ${r.shards}, ${JSON.stringify(r.pools)})
+          VALUES (${r.instance}, ${r.address}, ${r.pid}, ${r.hostname}, ${r.startedAt}, ${r.heartbeatAt}, ${r.routeKey}, ${r.shards}, ${encodeReports(r.pools)})
           ON CONFLICT (instance) DO UPDATE SET
             heartbeat_at = excluded.heartbeat_at,
             route_key = excluded.route_key,
             shards = excluded.shards,
             pools = excluded.pools`.pipe(Effect.asVoid, Effect.orDie),
       withdraw: (instance) =>
-        sql`DELETE FROM ${sql(DIRECTORY)} WHERE instance = ${instance}`.pipe(Effect.asVoid, Effect.orDie),
+        Effect.all([
+          sql`DELETE FROM ${sql(DIRECTORY)} WHERE instance = ${instance}`,
+          sql`DELETE FROM ${sql(COMMANDS)} WHERE instance = ${instance}`,
+          sql`DELETE FROM ${sql(EVENTS)} WHERE instance = ${instance}`
+        ]).pipe(Effect.asVoid, Effect.orDie),
+      command: (instance, command) =>
+        Effect.gen(function* () {
+          const now = yield* Clock.currentTimeMillis
+          const [min, max] = command.kind === "resize" ? [command.min, command.max] : [null, null]
+          yield* sql`
+            INSERT INTO ${sql(COMMANDS)} (id, instance, issued_at, kind, pool, size_min, size_max)
+            VALUES (${randomUUID()}, ${instance}, ${now}, ${command.kind}, ${command.pool}, ${min}, ${max})`
+        }).pipe(Effect.asVoid, Effect.orDie),
+      takeCommands: (instance) =>
+        Effect.gen(function* () {
+          const rows = yield* sql<{
+            id: string
+            kind: string
+            pool: string
+            size_min: number | string | null
+            size_max: number | string | null
+          }>`SELECT id, kind, pool, size_min, size_max FROM ${sql(COMMANDS)} WHERE instance = ${instance} ORDER BY issued_at, id`
+          if (rows.length === 0) return []
+          yield* sql`DELETE FROM ${sql(COMMANDS)} WHERE ${sql.in(
+            "id",
+            rows.map((row) => row.id)
+          )}`
+          return rows.map(
+            (row): ControlCommand =>
+              row.kind === "resize"
+                ? { kind: "resize", pool: row.pool, min: Number(row.size_min), max: Number(row.size_max) }
+                : { kind: "drain", pool: row.pool }
+          )
+        }).pipe(Effect.orDie),
+      appendEvents: (instance, events, now) =>
+        Effect.gen(function* () {
+          if (events.length > 0) {
+            yield* sql`INSERT INTO ${sql(EVENTS)} ${sql.insert(
+              events.map(({ event, seq }) => ({ instance, seq, written_at: now, event: encodeEvent(event) }))
+            )}`
+          }
+          yield* sql`DELETE FROM ${sql(EVENTS)} WHERE instance = ${instance} AND written_at < ${now - EVENT_RETENTION_MS}`
+        }).pipe(Effect.orDie),
+      events: sql<{ instance: string; seq: number | string; event: string }>`
+        SELECT instance, seq, event FROM ${sql(EVENTS)} ORDER BY written_at, instance, seq`.pipe(
+        Effect.map((rows) =>
+          rows.map(
+            (row): StoredEvent => ({ instance: row.instance, seq: Number(row.seq), event: decodeEvent(row.event) })
+          )
+        ),
+        Effect.orDie
+      ),
       runners: (freshMs) =>
         Effect.gen(function* () {
           const now = yield* Clock.currentTimeMillis
@@ -136,7 +240,7 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
               heartbeatAt: Number(row.heartbeat_at),
               routeKey: row.route_key,
               shards: Number(row.shards),
-              pools: JSON.parse(row.pools) as ReadonlyArray<PublishedPool>
+              pools: decodeReports(row.pools)
             })
           )
         }).pipe(Effect.orDie)

@@ -4,52 +4,24 @@
  */
 import { Entity } from "@effect/cluster"
 import { Rpc, RpcGroup } from "@effect/rpc"
-import {
-  CallTimeout,
-  EntityMoved,
-  InvalidArguments,
-  PoolClosed,
-  PoolNotFound,
-  PythonError,
-  QueueFull,
-  QueueTimeout,
-  RunnerUnreachable,
-  SessionWorkerUnavailable,
-  ToolNotFound,
-  TransportError,
-  WorkerBusy,
-  WorkerCrashed,
-  WorkerNotFound,
-  WorkerStartError
-} from "@snakepit/core"
+import { CallErrorSchema, Control, PoolClosed, WorkerNotFound, WorkerStartError } from "@snakepit/core"
 import { Schema } from "effect"
-
-/** Every error a call can end with, as one schema. */
-export const CallErrorSchema = Schema.Union(
-  ToolNotFound,
-  InvalidArguments,
-  PythonError,
-  WorkerCrashed,
-  CallTimeout,
-  TransportError,
-  QueueFull,
-  QueueTimeout,
-  WorkerBusy,
-  SessionWorkerUnavailable,
-  PoolClosed,
-  PoolNotFound,
-  RunnerUnreachable,
-  EntityMoved
-)
 
 const callFields = {
   tool: Schema.String,
-  /** The arguments as JSON text, encoded (and checked) by the caller exactly as a local pool would. */
+  /**
+   * The arguments as the caller encoded (and checked) them exactly as a local pool would: JSON
+   * text, and the binary values it refers to (`Worker.encodeArgs`).
+   */
   args: Schema.String,
+  blobs: Schema.Array(Schema.Uint8ArrayFromSelf),
+  tagged: Schema.Boolean,
   pool: Schema.NullOr(Schema.String),
   /** The call's timeout, decided by the caller so that caller and runner agree on it. */
   timeoutMs: Schema.Number,
-  attachments: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Uint8ArrayFromSelf }))
+  attachments: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Uint8ArrayFromSelf })),
+  /** The caller says the session moved (a router in front of the cluster); the runner may say so too. */
+  sessionMoved: Schema.Boolean
 }
 
 /** One call of a tool. */
@@ -67,24 +39,10 @@ export const ExecuteStream = Rpc.make("ExecuteStream", {
   stream: true
 })
 
-const ToolDescriptionSchema = Schema.Struct({
-  name: Schema.String,
-  description: Schema.String,
-  streaming: Schema.Boolean,
-  parameters: Schema.Array(
-    Schema.Struct({
-      name: Schema.String,
-      type: Schema.String,
-      required: Schema.Boolean,
-      default: Schema.optional(Schema.Unknown)
-    })
-  )
-})
-
 /** The tools of a pool, asked of any runner. */
 export const DescribeTools = Rpc.make("DescribeTools", {
   payload: { pool: Schema.NullOr(Schema.String) },
-  success: Schema.Array(ToolDescriptionSchema),
+  success: Schema.Array(Control.ToolDescriptionSchema),
   error: CallErrorSchema
 })
 
@@ -127,6 +85,3 @@ export class RunnerRpcs extends RpcGroup.make(StopWorker, RestartWorker) {}
 
 /** A runner's own address in the cluster, for worker operations. */
 export const RunnerEntity = Entity.fromRpcGroup("snakepit/Runner", RunnerRpcs)
-
-/** The attachment that tells a Python tool, in `hint` mode, that its session moved here from another runner. */
-export const SESSION_MOVED_ATTACHMENT = "snakepit.session_moved"

@@ -7,14 +7,18 @@ import { Entity, EntityId, ShardId, Sharding } from "@effect/cluster"
 import {
   type Affinity,
   type CallOptions,
+  type PoolEvent,
+  PoolReport,
   SessionWorkerUnavailable,
   type SnakepitService,
+  Worker,
+  WorkerDetail,
   type WorkerInfo,
   WorkerNotFound
 } from "@snakepit/core"
 import { Clock, Context, Duration, Effect, Layer, Schedule, Stream } from "effect"
-import { Directory, type PreviousHolder, type PublishedPool } from "./directory.js"
-import { CallEntity, RunnerEntity, SESSION_MOVED_ATTACHMENT, SessionEntity } from "./protocol.js"
+import { type ControlCommand, Directory, type PreviousHolder } from "./directory.js"
+import { CallEntity, RunnerEntity, SessionEntity } from "./protocol.js"
 
 /** The pool this runner serves calls on, and each named pool's affinity. */
 export class LocalPool extends Context.Tag("@snakepit/cluster/LocalPool")<
@@ -34,28 +38,27 @@ export class RunnerIdentity extends Context.Tag("@snakepit/cluster/RunnerIdentit
 interface CallPayload {
   readonly tool: string
   readonly args: string
+  readonly blobs: ReadonlyArray<Uint8Array>
+  readonly tagged: boolean
   readonly pool: string | null
   readonly timeoutMs: number
   readonly attachments: { readonly [key: string]: Uint8Array } | null
+  readonly sessionMoved: boolean
 }
-
-const MOVED_FLAG = new Uint8Array([1])
 
 /** The pool's `CallOptions` for a call that arrived through the cluster. */
 const callOptions = (
   p: CallPayload & { readonly buffer?: number | null },
   session: string | undefined,
   moved: boolean
-): CallOptions => {
-  const attachments = moved ? { ...p.attachments, [SESSION_MOVED_ATTACHMENT]: MOVED_FLAG } : p.attachments
-  return {
-    ...(session === undefined ? {} : { session }),
-    ...(p.pool === null ? {} : { pool: p.pool }),
-    timeout: Duration.millis(p.timeoutMs),
-    ...(p.buffer === undefined || p.buffer === null ? {} : { buffer: p.buffer }),
-    ...(attachments === null ? {} : { attachments })
-  }
-}
+): CallOptions => ({
+  ...(session === undefined ? {} : { session }),
+  ...(p.pool === null ? {} : { pool: p.pool }),
+  timeout: Duration.millis(p.timeoutMs),
+  ...(p.buffer === undefined || p.buffer === null ? {} : { buffer: p.buffer }),
+  ...(p.attachments === null ? {} : { attachments: p.attachments }),
+  ...(moved || p.sessionMoved ? { sessionMoved: true } : {})
+})
 
 /**
  * Sends what the pool has ready, up to `max` values, as one chunk. The runner waits for the
@@ -71,8 +74,8 @@ const batchAvailable = <A, E>(stream: Stream.Stream<A, E>, max: number): Stream.
 
 const STREAM_BATCH = 16
 
-// The caller encoded the arguments with `JSON.stringify`; they parse.
-const parseArgs = (args: string): unknown => JSON.parse(args)
+/** The arguments as the caller encoded them, decoded for the local pool (which checks them again). */
+const argsOf = (p: CallPayload) => Worker.decodeArgs(p.tool, { json: p.args, blobs: p.blobs, tagged: p.tagged })
 
 const movedError = (session: string, previous: PreviousHolder, self: { readonly address: string }) =>
   new SessionWorkerUnavailable({
@@ -111,10 +114,8 @@ const sessionHandlers = Effect.gen(function* () {
         if (previous !== undefined && affinity(payload.pool) !== "hint") {
           return Effect.fail(movedError(session, previous, self))
         }
-        return service.execute(
-          payload.tool,
-          parseArgs(payload.args),
-          callOptions(payload, session, previous !== undefined)
+        return Effect.flatMap(argsOf(payload), (args) =>
+          service.execute(payload.tool, args, callOptions(payload, session, previous !== undefined))
         )
       }),
     ExecuteStream: ({ payload }) =>
@@ -123,13 +124,13 @@ const sessionHandlers = Effect.gen(function* () {
         if (previous !== undefined && affinity(payload.pool) !== "hint") {
           return Stream.fail(movedError(session, previous, self))
         }
-        return batchAvailable(
-          service.executeStream(
-            payload.tool,
-            parseArgs(payload.args),
-            callOptions(payload, session, previous !== undefined)
-          ),
-          payload.buffer ?? STREAM_BATCH
+        return Stream.unwrap(
+          Effect.map(argsOf(payload), (args) =>
+            batchAvailable(
+              service.executeStream(payload.tool, args, callOptions(payload, session, previous !== undefined)),
+              payload.buffer ?? STREAM_BATCH
+            )
+          )
         )
       }),
     DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
@@ -140,14 +141,16 @@ const sessionHandlers = Effect.gen(function* () {
 const callHandlers = Effect.map(LocalPool, ({ service }) =>
   CallEntity.of({
     Execute: ({ payload }) =>
-      Effect.suspend(() =>
-        service.execute(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false))
+      Effect.flatMap(argsOf(payload), (args) =>
+        service.execute(payload.tool, args, callOptions(payload, undefined, false))
       ),
     ExecuteStream: ({ payload }) =>
-      Stream.suspend(() =>
-        batchAvailable(
-          service.executeStream(payload.tool, parseArgs(payload.args), callOptions(payload, undefined, false)),
-          payload.buffer ?? STREAM_BATCH
+      Stream.unwrap(
+        Effect.map(argsOf(payload), (args) =>
+          batchAvailable(
+            service.executeStream(payload.tool, args, callOptions(payload, undefined, false)),
+            payload.buffer ?? STREAM_BATCH
+          )
         )
       ),
     DescribeTools: ({ payload }) => service.describeTools(payload.pool ?? undefined)
@@ -200,9 +203,22 @@ const heldShards = (sharding: Sharding.Sharding["Type"], shards: number) => {
   return held
 }
 
+/** Events a runner keeps for the directory between two publishes; past it the oldest are dropped. */
+const EVENT_BUFFER = 1024
+
+/** A pool event with its worker ids as the cluster shows them. */
+const clusterEvent = (address: string, event: PoolEvent): PoolEvent => {
+  if (!("workerId" in event)) return event
+  const workerId = clusterWorkerId(address, event.workerId)
+  return "replaces" in event
+    ? { ...event, workerId, replaces: clusterWorkerId(address, event.replaces) }
+    : { ...event, workerId }
+}
+
 /**
- * Publishes this runner's pools (stats, workers) and routing key every `interval`, and
- * withdraws it when the runner stops.
+ * Publishes this runner's pools (their reports, worker ids as the cluster shows them), its
+ * routing key and its pools' events every `interval`, applies the control commands addressed to
+ * it (resize, drain) before each publish, and withdraws it when the runner stops.
  */
 export const layerPublisher = (options: { readonly interval: Duration.Duration; readonly shards: number }) =>
   Layer.scopedDiscard(
@@ -211,25 +227,55 @@ export const layerPublisher = (options: { readonly interval: Duration.Duration; 
       const self = yield* RunnerIdentity
       const directory = yield* Directory
       const sharding = yield* Sharding.Sharding
+      const scope = yield* Effect.scope
       const startedAt = yield* Clock.currentTimeMillis
       let routeKey: string | null = null
+      let events: Array<PoolEvent> = []
+      let nextSeq = 0
+      yield* service.events.pipe(
+        Stream.runForEach((event) =>
+          Effect.sync(() => {
+            events.push(clusterEvent(self.address, event))
+            if (events.length > EVENT_BUFFER) events.shift()
+          })
+        ),
+        Effect.forkIn(scope)
+      )
+      // A command for a pool this runner does not have, or a size its pool refuses, changes nothing here.
+      const refused = (command: ControlCommand) => (e: { readonly message: string }) =>
+        Effect.logWarning(`cluster: ${command.kind} of pool "${command.pool}" not applied: ${e.message}`)
+      const apply = (command: ControlCommand) =>
+        command.kind === "resize"
+          ? service
+              .resize(command.min === command.max ? command.min : { min: command.min, max: command.max }, command.pool)
+              .pipe(Effect.asVoid, Effect.catchTags({ PoolNotFound: refused(command), ConfigError: refused(command) }))
+          : // The drain completes when the runner's calls in flight end; the report says when.
+            service.drain(command.pool).pipe(Effect.catchTag("PoolNotFound", refused(command)), Effect.forkIn(scope))
       const publishOnce = Effect.gen(function* () {
+        yield* Effect.forEach(yield* directory.takeCommands(self.instance), apply, { discard: true })
         routeKey = findRouteKey(sharding, routeKey, options.shards)
-        const pools = yield* Effect.forEach(
-          service.pools,
-          (name): Effect.Effect<PublishedPool> =>
-            Effect.all({ stats: service.stats(name), workers: service.workers(name) }).pipe(
-              Effect.map(({ stats, workers }) => ({
-                stats,
-                workers: workers.map((w) => ({
-                  ...w,
-                  id: clusterWorkerId(self.address, w.id),
-                  startedAt: w.startedAt.getTime()
-                }))
-              })),
-              // The names come from the service itself.
-              Effect.orDie
-            )
+        const pools = yield* Effect.forEach(service.pools, (name) =>
+          service.report(name).pipe(
+            Effect.map(
+              (report) =>
+                new PoolReport({
+                  ...report,
+                  workers: report.workers.map(
+                    (w) => new WorkerDetail({ ...w, id: clusterWorkerId(self.address, w.id) })
+                  )
+                })
+            ),
+            // The names come from the service itself.
+            Effect.orDie
+          )
+        )
+        const now = yield* Clock.currentTimeMillis
+        const batch = events
+        events = []
+        yield* directory.appendEvents(
+          self.instance,
+          batch.map((event) => ({ seq: nextSeq++, event })),
+          now
         )
         yield* directory.publish({
           instance: self.instance,
@@ -237,7 +283,7 @@ export const layerPublisher = (options: { readonly interval: Duration.Duration; 
           pid: process.pid,
           hostname: hostname(),
           startedAt,
-          heartbeatAt: yield* Clock.currentTimeMillis,
+          heartbeatAt: now,
           routeKey,
           shards: heldShards(sharding, options.shards),
           pools

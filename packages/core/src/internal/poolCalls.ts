@@ -229,6 +229,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
       .executeEncoded(tool, args, {
         ...(call.session === undefined ? {} : { session: call.session }),
         ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
+        ...(call.sessionMoved === true ? { sessionMoved: true } : {}),
         ...(Duration.isFinite(timeout) ? { timeout } : {})
       })
       .pipe(
@@ -310,6 +311,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
             ...(call.session === undefined ? {} : { session: call.session }),
             ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
             ...(call.buffer === undefined ? {} : { window: call.buffer }),
+            ...(call.sessionMoved === true ? { sessionMoved: true } : {}),
             ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
           })
           .pipe(

@@ -92,6 +92,8 @@ export interface ExecuteToolRequest {
   blobs: Buffer[];
   /** args_json holds tagged objects (see blobs). */
   tagged: boolean;
+  /** The session is served away from its home worker (hint affinity, or moved between hosts). */
+  sessionMoved: boolean;
 }
 
 export interface ExecuteToolRequest_AttachmentsEntry {
@@ -991,6 +993,7 @@ function createBaseExecuteToolRequest(): ExecuteToolRequest {
     traceparent: "",
     blobs: [],
     tagged: false,
+    sessionMoved: false,
   };
 }
 
@@ -1019,6 +1022,9 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     }
     if (message.tagged !== false) {
       writer.uint32(64).bool(message.tagged);
+    }
+    if (message.sessionMoved !== false) {
+      writer.uint32(72).bool(message.sessionMoved);
     }
     return writer;
   },
@@ -1103,6 +1109,14 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
             message.tagged = reader.bool();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.sessionMoved = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1152,6 +1166,11 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
         ? object.blobs.map((e: any) => Buffer.from(bytesFromBase64(e)))
         : [],
       tagged: isSet(object.tagged) ? globalThis.Boolean(object.tagged) : false,
+      sessionMoved: isSet(object.sessionMoved)
+        ? globalThis.Boolean(object.sessionMoved)
+        : isSet(object.session_moved)
+        ? globalThis.Boolean(object.session_moved)
+        : false,
     };
   },
 
@@ -1187,6 +1206,9 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     if (message.tagged !== false) {
       obj.tagged = message.tagged;
     }
+    if (message.sessionMoved !== false) {
+      obj.sessionMoved = message.sessionMoved;
+    }
     return obj;
   },
 
@@ -1211,6 +1233,7 @@ export const ExecuteToolRequest: MessageFns<ExecuteToolRequest> = {
     message.traceparent = object.traceparent ?? "";
     message.blobs = object.blobs?.map((e) => e) || [];
     message.tagged = object.tagged ?? false;
+    message.sessionMoved = object.sessionMoved ?? false;
     return message;
   },
 };

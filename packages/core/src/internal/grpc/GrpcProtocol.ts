@@ -201,7 +201,8 @@ export const make = (
       requestId: `r${++nextRequest}`,
       traceparent: opts.traceparent ?? "",
       blobs: blobsOf(args),
-      tagged: args.tagged
+      tagged: args.tagged,
+      sessionMoved: opts.sessionMoved === true
     })
 
     const executeEncoded = (tool: string, args: EncodedArgs, opts: ExecuteOptions = {}) => {

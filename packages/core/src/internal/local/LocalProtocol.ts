@@ -342,11 +342,12 @@ export const make = (
       callId: number,
       tool: string,
       args: EncodedArgs,
-      session: string | undefined,
+      opts: ExecuteOptions | StreamOptions,
       extra: string
     ) => {
       let header = `{"t":"call","i":${callId},"tool":${JSON.stringify(tool)},"a":${args.json}`
-      if (session !== undefined) header += `,"s":${JSON.stringify(session)}`
+      if (opts.session !== undefined) header += `,"s":${JSON.stringify(opts.session)}`
+      if (opts.sessionMoved === true) header += `,"sm":true`
       return `${header}${extra}}`
     }
 
@@ -388,7 +389,7 @@ export const make = (
           return
         }
         const callId = nextId++
-        const frame = callFrame(callHeader(callId, tool, args, opts.session, ""), args, opts.attachments)
+        const frame = callFrame(callHeader(callId, tool, args, opts, ""), args, opts.attachments)
         if (!Array.isArray(frame)) {
           resume(
             Effect.fail(
@@ -468,7 +469,7 @@ export const make = (
           }
           callId = nextId++
           const frame = callFrame(
-            callHeader(callId, tool, args, opts.session, `,"stream":true,"w":${window}`),
+            callHeader(callId, tool, args, opts, `,"stream":true,"w":${window}`),
             args,
             opts.attachments
           )
