@@ -3,9 +3,11 @@
  * directory's session claims on a real SQLite file.
  */
 
+import { execFileSync } from "node:child_process"
 import * as Net from "node:net"
 import { join } from "node:path"
 import * as Tls from "node:tls"
+import { fileURLToPath } from "node:url"
 import { RunnerAddress, ShardingConfig } from "@effect/cluster"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { describe, expect, it } from "@effect/vitest"
@@ -18,6 +20,23 @@ import { freePort, SECRET, tempDir } from "./helpers.js"
 
 const withEnv = (env: Record<string, string>) =>
   Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+describe("package exports", () => {
+  it("seal internal/", () => {
+    const resolve = (specifier: string) =>
+      execFileSync(
+        process.execPath,
+        [
+          "--input-type=module",
+          "-e",
+          `try { import.meta.resolve(${JSON.stringify(specifier)}); console.log("resolved") } catch (e) { console.log(e.code) }`
+        ],
+        { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8" }
+      ).trim()
+    expect(resolve("@snakepit/cluster/internal/client.js")).toBe("ERR_PACKAGE_PATH_NOT_EXPORTED")
+    expect(resolve("@snakepit/cluster")).toBe("resolved")
+  })
+})
 
 describe("ClusterOptions.resolve", () => {
   it.effect("code over SNAKEPIT_CLUSTER_* over defaults", () =>
