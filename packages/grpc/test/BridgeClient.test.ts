@@ -368,7 +368,8 @@ describe("BridgeClient", () => {
         requestId: "q-1",
         traceparent,
         blobs: [Buffer.from([1, 2, 3])],
-        tagged: true
+        tagged: true,
+        sessionMoved: false
       })
       expect(ok.outcome?.$case).toBe("resultJson")
       expect(JSON.parse(ok.outcome?.value.toString() ?? "null")).toEqual({
