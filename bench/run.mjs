@@ -20,7 +20,7 @@ import { dirname, join } from "node:path"
 import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { SnakepitCluster } from "@snakepit/cluster"
-import { Snakepit, SnakepitPool } from "@snakepit/core"
+import { NDArray, Snakepit, SnakepitPool } from "@snakepit/core"
 import { RunId } from "@snakepit/registry"
 import { Duration, Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
 import { freePort, startRunner } from "../examples/cluster/start.mjs"
@@ -61,7 +61,7 @@ const ONLY = argv
   ?.slice("--only=".length)
   .split(",")
 const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the call rows
-const GROUPS = ["overhead", "throughput", "peer", "stream", "startup", "mem", "cluster"]
+const GROUPS = ["overhead", "throughput", "peer", "stream", "startup", "mem", "data", "cluster"]
 const unknown = ONLY?.filter((group) => !GROUPS.includes(group)) ?? []
 if (unknown.length > 0) {
   console.error(`bench: unknown group(s) ${unknown.join(", ")}; the groups are ${GROUPS.join(", ")}`)
@@ -80,6 +80,7 @@ const CFG = QUICK
       startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32_* and startup_100_* are null
       // 8 workers instead of 32, one measurement each: the per-worker figure is only indicative.
       mem: { workers: 8, reps: 1, marginal: false },
+      data: { rounds: 2 },
       cluster: { sessions: 12, calls: 300, rounds: 2, warmup: 300, roundMs: 500, warmupMs: 300 }
     }
   : {
@@ -89,6 +90,7 @@ const CFG = QUICK
       stream: { chunks: 100_000, rounds: 2, warmup: 5_000 },
       startup: { sizes: [1, 8, 32, 100], reps: { 1: 5, 8: 3, 32: 2, 100: 1 } },
       mem: { workers: 32, reps: 2, marginal: true },
+      data: { rounds: 5 },
       cluster: { sessions: 12, calls: 2000, rounds: 6, warmup: 500, roundMs: 1000, warmupMs: 500 }
     }
 
@@ -177,6 +179,10 @@ const ROWS = [
   ["startup_100_grpc", "ms", 1.25, "import grpc"],
   // No baseline: the bound is on the Snakepit figure itself (< 1 MB per worker).
   ["host_mem_per_worker", "MB", 1, "—"],
+  // The same data as raw bytes against JSON: a 10 MB float64 array echoed (target: 10x faster),
+  // a 100k-row DataFrame returned as Arrow against to_dict("records").
+  ["ndarray_10mb_roundtrip", "ms", 0.1, "JSON list"],
+  ["dataframe_100k_arrow", "ms", null, "JSON records"],
   // The price of a network hop, a second process and TLS per call: reports.
   ["cluster_session_p50_local", "ms", null, LOCAL_POOL_6],
   ["cluster_session_calls_local", "calls/s", null, LOCAL_POOL_6],
@@ -620,6 +626,87 @@ const benchStartup = async () => {
   }
 }
 
+/**
+ * The interpreter of the data rows: SNAKEPIT_BENCH_DATA_PYTHON, else the tests' .venv-data (numpy,
+ * pandas, pyarrow from the package index), else the bench's own; null when it lacks them.
+ */
+const dataPython = () => {
+  const candidates = [process.env.SNAKEPIT_BENCH_DATA_PYTHON, join(here, "..", ".venv-data", "bin", "python"), PYTHON]
+  for (const candidate of candidates) {
+    if (!candidate) continue
+    const res = spawnSync(candidate, ["-c", "import numpy, pandas, pyarrow"], { encoding: "utf8" })
+    if (res.status === 0) return candidate
+  }
+  return null
+}
+
+/**
+ * ndarray_10mb_roundtrip: a 10 MB float64 array echoed as an NDArray (raw bytes both ways)
+ * against the same numbers as a JSON list. dataframe_100k_arrow: a 100k-row DataFrame returned as
+ * Arrow against its to_dict("records") as JSON. Medians of turns on one local worker.
+ */
+const benchData = async () => {
+  const python = dataPython()
+  if (python === null) {
+    notes.push(
+      "data: no interpreter with numpy, pandas and pyarrow (SNAKEPIT_BENCH_DATA_PYTHON): the data rows are null"
+    )
+    return
+  }
+  const pool = await startPool(1, {
+    transport: "local",
+    python,
+    adapter: "data_tools:DataTools",
+    pythonPath: [here],
+    callTimeout: "5 minutes",
+    maxMessageBytes: 256 * 1024 * 1024
+  })
+  try {
+    const values = new Float64Array((10 * 1024 * 1024) / 8).map((_, i) => i * 1.000001)
+    const array = NDArray.of(values)
+    const list = Array.from(values)
+    const time = async (effect, check) => {
+      const t0 = performance.now()
+      const out = await pool.run(effect)
+      const ms = performance.now() - t0
+      check(out)
+      return ms
+    }
+    const samples = { ndarray: [], list: [], arrow: [], records: [] }
+    const sides = {
+      ndarray: () =>
+        time(pool.service.execute("echo", { value: array }), (out) => {
+          if (!(out instanceof NDArray) || out.size !== values.length) throw new Error("echo lost the NDArray")
+        }),
+      list: () =>
+        time(pool.service.execute("echo", { value: list }), (out) => {
+          if (!Array.isArray(out) || out.length !== list.length) throw new Error("echo lost the list")
+        }),
+      arrow: () =>
+        time(pool.service.execute("frame", { rows: 100_000 }), (out) => {
+          if (out?.numRows !== 100_000) throw new Error("frame is not a 100k-row table")
+        }),
+      records: () =>
+        time(pool.service.execute("records", { rows: 100_000 }), (out) => {
+          if (out?.length !== 100_000) throw new Error("records are not 100k rows")
+        })
+    }
+    for (const side of Object.values(sides)) await side() // warm-up
+    await rotate(CFG.data.rounds, sides, async (name, side) => {
+      samples[name].push(await side())
+    })
+    record("ndarray_10mb_roundtrip", median(samples.ndarray), median(samples.list))
+    record("dataframe_100k_arrow", median(samples.arrow), median(samples.records))
+    const list_ = (name) => samples[name].map((x) => x.toFixed(0)).join(", ")
+    notes.push(
+      `data (${python}): 10 MB float64 echo, ms: NDArray ${list_("ndarray")}; JSON list ${list_("list")}. ` +
+        `100k-row DataFrame (5 columns) returned, ms: Arrow ${list_("arrow")}; to_dict("records") JSON ${list_("records")}`
+    )
+  } finally {
+    await closePool(pool)
+  }
+}
+
 /** host_mem_per_worker: RSS of a fresh Node process with N workers minus with 0, over N. */
 const benchMem = async () => {
   const n = CFG.mem.workers
@@ -876,6 +963,7 @@ try {
     ["stream", benchStream],
     ["startup", benchStartup],
     ["mem", benchMem],
+    ["data", benchData],
     ["cluster", benchCluster]
   ]
   for (const [name, run] of groups) {

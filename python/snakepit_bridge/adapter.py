@@ -351,6 +351,10 @@ class BaseAdapter:
     plain or ``async`` methods.
     """
 
+    # Check every call's arguments against the tools' annotations (as the pool option
+    # ``validateArguments: true`` does for every adapter): InvalidArguments before the tool runs.
+    validate_arguments: bool = False
+
     def on_start(self) -> Any:
         """Called once before the worker reports readiness."""
         return None

@@ -63,16 +63,14 @@ def open_socket(fd: int) -> socket.socket:
     return sock
 
 
-def _unsendable(tool: str, exc: BaseException, max_frame: int) -> ToolFailure:
+def _unsendable(tool: str, exc: BaseException, max_frame: int, value: Any) -> ToolFailure:
     if isinstance(exc, FrameTooLarge):
         return ToolFailure(
             errors.UNSERIALIZABLE_RESULT,
             "ResultTooLarge",
             f"the result of tool {tool!r} is {exc.size} bytes, over the limit of {max_frame} bytes (maxMessageBytes)",
         )
-    return errors.from_exception(
-        errors.UNSERIALIZABLE_RESULT, exc, f"the result of tool {tool!r} cannot be sent to the host: {exc}"
-    )
+    return errors.unsendable(tool, exc, value, max_frame)
 
 
 def _int(frame: Frame, key: str) -> int:
@@ -98,7 +96,7 @@ class _FrameSink:
             self._writer.send(header)
             return True
         except (FrameTooLarge, TypeError, ValueError, RecursionError) as exc:
-            self.failure(_unsendable(self._tool, exc, self._writer.max_frame))
+            self.failure(_unsendable(self._tool, exc, self._writer.max_frame, header.get("v")))
             return False
 
     def result(self, value: Any) -> None:

@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the host run this worker belongs to (lets the host find orphans by command line)",
     )
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    parser.add_argument(
+        "--validate-arguments", action="store_true", help="check arguments against the tools' annotations"
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="local: calls the host may run at once")
     parser.add_argument("--host-tools", action="store_true", help="local: the host offers tools (ctx.call_host)")
     parser.add_argument("--port", type=int, default=0, help="grpc: port to listen on; 0 picks a free one")
@@ -175,7 +178,12 @@ def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn
         hygiene.exit_now(EXIT_STARTUP_FAILURE)
     state["adapter"] = adapter
     dispatcher = Dispatcher(
-        adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop
+        adapter,
+        worker_id=args.worker_id,
+        run_id=args.snakepit_run_id,
+        host_bridge=bridge,
+        loop=loop,
+        validate_arguments=args.validate_arguments,
     )
     state["dispatcher"] = dispatcher
 
@@ -259,7 +267,12 @@ def _serve_grpc(
             log.error("adapter %s failed to start:\n%s", adapter_class.adapter_name(), traceback.format_exc())
             return EXIT_STARTUP_FAILURE
         dispatcher = Dispatcher(
-            adapter, worker_id=args.worker_id, run_id=args.snakepit_run_id, host_bridge=bridge, loop=loop
+            adapter,
+            worker_id=args.worker_id,
+            run_id=args.snakepit_run_id,
+            host_bridge=bridge,
+            loop=loop,
+            validate_arguments=args.validate_arguments,
         )
         executor = ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
 

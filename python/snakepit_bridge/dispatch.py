@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import errors
+from . import errors, typeinfo
 from .adapter import BaseAdapter, CancelFlag, ToolContext, ToolInfo, ToolResult
 from .errors import CallCancelled, ToolFailure
 from .host_bridge import HostBridge
@@ -295,8 +295,12 @@ class Dispatcher:
         run_id: str,
         host_bridge: HostBridge,
         loop: LoopThread,
+        validate_arguments: bool = False,
     ) -> None:
         self.adapter = adapter
+        self.validate_arguments = validate_arguments or bool(getattr(adapter, "validate_arguments", False))
+        # Each tool's annotations as types (typeinfo.py), worked out on first need.
+        self._types: dict[str, dict[str, Any]] = {}
         self.adapter_name = type(adapter).adapter_name()
         self.tools = adapter.tools()
         self.worker_id = worker_id
@@ -327,9 +331,36 @@ class Dispatcher:
                     {"name": p.name, "type": p.type, "required": p.required, "default_json": p.default_json}
                     for p in info.parameters
                 ],
+                "types": typeinfo.public(self.types(info)),
             }
             for info in sorted(self.tools.values(), key=lambda i: i.name)
         ]
+
+    def types(self, info: ToolInfo) -> dict[str, Any]:
+        """The tool's annotations as types: ``{"params": {name: type}, "returns": type}``."""
+        found = self._types.get(info.name)
+        if found is None:
+            found = typeinfo.tool_types(info.func, [p.name for p in info.parameters], info.streaming)
+            self._types[info.name] = found
+        return found
+
+    def _validate(self, info: ToolInfo, args: dict[str, Any]) -> dict[str, Any]:
+        params = self.types(info)["params"]
+        checked = dict(args)
+        for name, value in args.items():
+            t = params.get(name)
+            if t is None:
+                continue
+            try:
+                checked[name] = typeinfo.check(t, value, f"args.{name}")
+            except typeinfo.Mismatch as exc:
+                raise ToolFailure(
+                    errors.INVALID_ARGUMENTS,
+                    "TypeError",
+                    f"tool {info.name!r}: parameter {name!r} at {exc.path}: {exc}",
+                    path=exc.path,
+                ) from None
+        return checked
 
     def health(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -424,6 +455,8 @@ class Dispatcher:
             raise ToolFailure(
                 errors.INVALID_ARGUMENTS, "TypeError", f"tool {info.name} streams; call it with executeStream"
             )
+        if self.validate_arguments:
+            args = self._validate(info, args)
         call = Call(call_id, info.name, session, Credit(window) if stream else None)
         if info.accepts_ctx:
             args = dict(args)

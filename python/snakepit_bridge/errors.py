@@ -77,6 +77,23 @@ def user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
+def unsendable(tool: str, exc: BaseException, value: Any, limit: int | None) -> ToolFailure:
+    """A result that cannot be sent: the exception, and where in the value the problem is."""
+    from .values import TooLarge, locate
+
+    found = locate(value, "result", limit)
+    where = f" at {found.path}" if found is not None and found.path != "result" else ""
+    failure = from_exception(
+        UNSERIALIZABLE_RESULT,
+        exc,
+        f"the result of tool {tool!r} cannot be sent to the host{where}: {found if found is not None else exc}",
+    )
+    if isinstance(exc, TooLarge):
+        failure.type = "ResultTooLarge"
+    failure.path = found.path if found is not None else ""
+    return failure
+
+
 def from_exception(kind: str, exc: BaseException, message: str | None = None) -> ToolFailure:
     return ToolFailure(
         kind=kind,

@@ -141,7 +141,7 @@ def _parse(body: bytes | bytearray) -> Frame:
 
 def encode(header: dict[str, Any], max_frame: int) -> list[bytes | bytearray | memoryview]:
     """The parts of one frame, ready for ``sendmsg``; raises FrameTooLarge, TypeError, ValueError."""
-    encoder = ValueEncoder()
+    encoder = ValueEncoder(max_frame)
     text = encoder.dumps(header)
     parts: list[bytes | bytearray | memoryview] = [b"", text]
     length = PREFIX.size - 4 + len(text)

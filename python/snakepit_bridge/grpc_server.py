@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
+import json
 import logging
 import os
 import sys
@@ -57,7 +58,7 @@ def _tool_error(failure: ToolFailure) -> pb.ToolError:
 
 
 def _encode(tool: str, value: Any, max_bytes: int) -> tuple[bytes, list[Any], bool]:
-    encoder = ValueEncoder()
+    encoder = ValueEncoder(max_bytes)
     data = encoder.dumps(value)
     size = len(data) + sum(memoryview(b).nbytes for b in encoder.blobs)
     if size > max_bytes:
@@ -75,9 +76,7 @@ def _encoded_or_failure(tool: str, value: Any, max_bytes: int) -> tuple[bytes, l
     except ToolFailure as failure:
         return failure
     except (TypeError, ValueError, RecursionError) as exc:
-        return errors.from_exception(
-            errors.UNSERIALIZABLE_RESULT, exc, f"the result of tool {tool!r} cannot be sent to the host: {exc}"
-        )
+        return errors.unsendable(tool, exc, value, max_bytes)
 
 
 class _QueueSink:
@@ -218,6 +217,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
                         )
                         for p in spec["parameters"]
                     ],
+                    types_json=json.dumps(spec["types"]),
                 )
                 for spec in self._dispatcher.describe()
             ],

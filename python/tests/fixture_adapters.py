@@ -70,9 +70,9 @@ class OddAdapter(ShowcaseAdapter):
     # -- results ------------------------------------------------------------- #
 
     @tool
-    def give_set(self) -> Any:
-        """Return a set, which JSON cannot encode."""
-        return {1, 2, 3}
+    def give_complex(self) -> Any:
+        """Return a complex number, which nothing converts."""
+        return {"z": 1j}
 
     @tool
     def give_nan(self) -> float:
@@ -225,7 +225,7 @@ class OddAdapter(ShowcaseAdapter):
     @tool
     def bad_chunk_stream(self, name: str = "bad_chunk") -> Iterator[Any]:
         """Yield a good chunk, one JSON cannot carry, then another good one."""
-        yield from self._counted(({"ok": 0}, {1, 2}, {"ok": 2}), name)
+        yield from self._counted(({"ok": 0}, 1j, {"ok": 2}), name)
 
     @tool
     def broken_stream(self, good: int = 2) -> Iterator[dict[str, int]]:

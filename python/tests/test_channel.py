@@ -202,7 +202,7 @@ class ErrorTest(SharedWorkerTest):
                 self.assertRegex(first_frame, r"(fixture_adapters|showcase)\.py")
 
     def test_unserialisable_results(self) -> None:
-        for tool in ("give_set", "give_nan"):
+        for tool in ("give_complex", "give_nan"):
             with self.subTest(tool=tool):
                 error = self.worker.error(tool)
                 self.assertEqual(error["kind"], "unserializable_result")

@@ -166,7 +166,7 @@ class GrpcWorkerTest(unittest.TestCase):
         kinds = pb.ToolError.Kind
         self.assertEqual(self.client.execute("nope").error.kind, kinds.TOOL_NOT_FOUND)
         self.assertEqual(self.client.execute("add", {"a": 1}).error.kind, kinds.INVALID_ARGUMENTS)
-        self.assertEqual(self.client.execute("give_set").error.kind, kinds.UNSERIALIZABLE_RESULT)
+        self.assertEqual(self.client.execute("give_complex").error.kind, kinds.UNSERIALIZABLE_RESULT)
         failed = self.client.execute("fail_deep").error
         self.assertEqual((failed.kind, failed.type, failed.message), (kinds.PYTHON_EXCEPTION, "LookupError", "deep"))
         self.assertIn("_fail_here", failed.traceback)

@@ -14,6 +14,7 @@ import { Command, ValidationError } from "@effect/cli"
 import type { CliApp } from "@effect/cli/CliApp"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { Console, Effect, Logger, LogLevel, Option, Schema } from "effect"
+import * as Codegen from "./Codegen.js"
 import * as Doctor from "./Doctor.js"
 import * as Operate from "./Operate.js"
 import * as Status from "./Status.js"
@@ -36,6 +37,7 @@ export const command = Command.make("snakepit", {}, () =>
       "",
       "  snakepit doctor [--python PATH] [--adapter module:Class --python-path DIR] [--data-dir DIR] [--json]",
       "                                                              check everything a pool needs (and your adapter); say what to do",
+      "  snakepit codegen --adapter module:Class --out FILE [--check]  typed client (Schemas, a service) from the tools' annotations",
       "  snakepit status [--data-dir DIR] [--json]                   runs and workers in the registry, orphans flagged",
       "  snakepit sweep  [--data-dir DIR] [--json]                   kill orphaned workers of dead runs",
       "  snakepit top    [--once] [--interval S] [--run RUNID] [--json]  live view of the running hosts' pools",
@@ -51,6 +53,7 @@ export const command = Command.make("snakepit", {}, () =>
 ).pipe(
   Command.withSubcommands([
     Doctor.command,
+    Codegen.command,
     Status.command,
     Sweep.command,
     Top.command,

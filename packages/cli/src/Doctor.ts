@@ -542,14 +542,29 @@ const checkRegistry = (options: DoctorOptions) =>
         ] as const
       }
       const reused = runs.flatMap((run) => run.processes.filter((p) => p.process === "reused"))
+      const suspicious = runs.flatMap((run) =>
+        run.processes.filter((p) => p.process === "suspicious").map((p) => `${p.pid} (run ${run.runId})`)
+      )
       const recorded = `${count(summary.runs, "run")} recorded, ${summary.liveRuns} live`
-      if (reused.length > 0) {
+      if (reused.length > 0 || suspicious.length > 0) {
+        const found = [
+          ...(reused.length > 0
+            ? [
+                `${count(reused.length, "recorded pid")} now ${reused.length === 1 ? "belongs" : "belong"} to other programs: ${reused.map((p) => p.pid).join(", ")}`
+              ]
+            : []),
+          ...(suspicious.length > 0
+            ? [
+                `${count(suspicious.length, "process", "processes")} Snakepit cannot prove it started ${suspicious.length === 1 ? "carries" : "carry"} a run id on the command line: ${suspicious.join(", ")}`
+              ]
+            : [])
+        ]
         return [
           dataDir,
           warn(
             "leftovers",
-            `no orphans (${recorded}); ${count(reused.length, "recorded pid")} now ${reused.length === 1 ? "belongs" : "belong"} to other programs: ${reused.map((p) => p.pid).join(", ")}`,
-            `nothing is killed for them; \`snakepit sweep${dataDirArgument(options.dataDir)}\` drops their rows once their runs are dead`
+            `no orphans (${recorded}); ${found.join("; ")}`,
+            `nothing is killed for them (a run id can be copied); \`snakepit sweep${dataDirArgument(options.dataDir)}\` drops stale rows once their runs are dead; look at the suspicious ones with \`ps -o pid,sid,lstart,args -p PID\``
           )
         ] as const
       }

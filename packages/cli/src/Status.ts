@@ -1,7 +1,9 @@
 /**
  * `snakepit status`: what the process registry records, checked against the operating system.
- * Each run (its owner process alive or not), each worker (its process alive, gone, or a pid
- * now used by another program), and the orphans: live processes of runs whose owner is dead.
+ * Each run (alive while its host holds the run's OS lock), each worker (its process proven the
+ * recorded one, gone, or a pid now used by another program), the processes in the workers'
+ * sessions, and the orphans: proven processes of dead runs. A process that only carries a run id
+ * on its command line is shown as `suspicious`, never as an orphan: a run id can be copied.
  *
  * @since 0.1.0
  */
@@ -9,9 +11,11 @@ import { hostname } from "node:os"
 import { Command } from "@effect/cli"
 import type { PoolReport } from "@snakepit/core"
 import {
+  Ownership,
   ProcessInfo,
   Registry,
   type RegistryError,
+  type RunLiveness,
   type RunRecord,
   type WorkerRecord,
   type WorkerState
@@ -26,21 +30,24 @@ import { poolJson, renderPool } from "./internal/pools.js"
 import { existingDataDir, reportRegistryFailure } from "./internal/registryFailure.js"
 
 /**
- * What the OS says about a recorded process: `alive` (and its command line carries the run's id),
- * `gone`, `reused` (the pid is alive but runs another program: not ours, never killed),
- * `unspawned` (a reserved row without a pid yet), `unknown` (recorded by another host).
+ * What the OS says about a process: `alive` (proven ours: the recorded worker, by pid, start time
+ * and run id, or a process in its session), `gone`, `reused` (the recorded pid is alive but cannot
+ * be proven the recorded process: another program, never killed), `unspawned` (a reserved row
+ * without a pid yet), `unknown` (recorded by another host), `suspicious` (carries the run id on its
+ * command line but is neither a recorded worker nor in one's session: never killed).
  */
-export type ProcessState = "alive" | "gone" | "reused" | "unspawned" | "unknown"
+export type ProcessState = "alive" | "gone" | "reused" | "unspawned" | "unknown" | "suspicious"
 
 /**
- * A run's state: `live` (owner alive, not ended), `ended` (its pools closed), `dead` (owner gone
- * without ending the run: killed or crashed), `other-host` (recorded by another machine).
+ * A run's state: `live` (its host alive, not ended), `ended` (its pools closed), `dead` (its host
+ * gone, its lock free, without ending the run: killed or crashed), `other-host` (recorded by
+ * another machine).
  */
 export type RunState = "live" | "ended" | "dead" | "other-host"
 
-/** One process of a run: a registered worker, or a live process carrying the run id without a row. */
+/** One process of a run: a registered worker, a process in a worker's session, or a suspicious one. */
 export interface ProcessStatus {
-  /** The worker id, or null for an unregistered process (a tool's grandchild, a worker never attached). */
+  /** The worker id, or null for an unregistered process (a tool's child, or a suspicious process). */
   readonly workerId: string | null
   readonly pid: number | null
   readonly pgid: number | null
@@ -48,7 +55,7 @@ export interface ProcessStatus {
   readonly state: WorkerState | "unregistered"
   readonly startedAt: Date | null
   readonly process: ProcessState
-  /** Alive while its run's owner is dead: `snakepit sweep` kills it. */
+  /** Proven ours and alive while its run is dead: `snakepit sweep` kills it. */
   readonly orphan: boolean
 }
 
@@ -68,8 +75,10 @@ export interface ControlStatus {
 export interface RunStatus {
   readonly runId: string
   readonly ownerPid: number
-  /** Null when the run was recorded by another host (its pids mean nothing here). */
+  /** Whether the recorded owner runs (pid and start time); null when recorded by another host (its pids mean nothing here). */
   readonly ownerAlive: boolean | null
+  /** The run's OS lock: `held` while its host lives; null when recorded by another host. */
+  readonly lock: RunLiveness["lock"] | null
   readonly host: string
   readonly state: RunState
   readonly startedAt: Date
@@ -108,26 +117,35 @@ export interface StatusReport {
   readonly summary: StatusSummary
 }
 
-const processState = (pid: number | null, runId: string, local: boolean): ProcessState => {
+const processState = (proof: Ownership.WorkerProof, local: boolean): ProcessState => {
   if (!local) return "unknown"
-  if (pid === null) return "unspawned"
-  const cmdline = ProcessInfo.commandLine(pid)
-  if (cmdline === undefined || !ProcessInfo.isAlive(pid)) return "gone"
-  return ProcessInfo.carriesRunId(cmdline, runId) ? "alive" : "reused"
+  switch (proof._tag) {
+    case "Ours":
+      return "alive"
+    case "Gone":
+      return "gone"
+    case "Unspawned":
+      return "unspawned"
+    case "NotOurs":
+      return "reused"
+  }
 }
 
 const runStatus = (
   run: RunRecord,
+  liveness: RunLiveness | null,
   rows: ReadonlyArray<WorkerRecord>,
-  machine: ReadonlyArray<readonly [number, string]>,
-  here: string
+  table: ReadonlyArray<ProcessInfo.ProcessEntry>
 ): RunStatus => {
-  const local = run.host === here
-  const ownerAlive = local ? ProcessInfo.isOwnerAlive(run.ownerPid, run.ownerStartTime) : null
-  const orphaned = ownerAlive === false
-  const registered = rows.map((row): ProcessStatus => {
-    const process = processState(row.pid, run.runId, local)
-    return {
+  const local = liveness !== null
+  const orphaned = liveness !== null && !liveness.alive
+  const proven = new Set<number>()
+  const registered: Array<ProcessStatus> = []
+  const sessions: Array<ProcessStatus> = []
+  for (const row of rows) {
+    const proof = Ownership.proveWorker(row)
+    const process = processState(proof, local)
+    registered.push({
       workerId: row.workerId,
       pid: row.pid,
       pgid: row.pgid,
@@ -135,35 +153,48 @@ const runStatus = (
       startedAt: row.startedAt,
       process,
       orphan: orphaned && process === "alive"
+    })
+    if (!local) continue
+    if (process === "alive" && row.pid !== null) proven.add(row.pid)
+    // The same proof the sweep kills by: the worker's session (its tools' children).
+    for (const member of Ownership.sessionMembers(row, proof, table)) {
+      if (proven.has(member.pid)) continue
+      proven.add(member.pid)
+      sessions.push({
+        workerId: null,
+        pid: member.pid,
+        pgid: member.processGroup,
+        state: "unregistered",
+        startedAt: null,
+        process: "alive",
+        orphan: orphaned
+      })
     }
-  })
+  }
   const known = new Set(rows.flatMap((row) => (row.pid === null ? [] : [row.pid])))
-  // The same scan the sweep makes: live processes carrying the run id that no row names.
-  const unregistered = local
-    ? machine
-        .filter(([pid, cmdline]) => !known.has(pid) && ProcessInfo.carriesRunId(cmdline, run.runId))
-        .filter(([pid]) => ProcessInfo.isAlive(pid))
-        .map(
-          ([pid]): ProcessStatus => ({
-            workerId: null,
-            pid,
-            pgid: ProcessInfo.processGroup(pid) ?? null,
-            state: "unregistered",
-            startedAt: null,
-            process: "alive",
-            orphan: orphaned
-          })
-        )
+  const suspicious = local
+    ? Ownership.suspicious([run.runId], new Set([...proven, ...known])).map(
+        ({ pid }): ProcessStatus => ({
+          workerId: null,
+          pid,
+          pgid: ProcessInfo.processGroup(pid) ?? null,
+          state: "unregistered",
+          startedAt: null,
+          process: "suspicious",
+          orphan: false
+        })
+      )
     : []
   return {
     runId: run.runId,
     ownerPid: run.ownerPid,
-    ownerAlive,
+    ownerAlive: liveness?.ownerAlive ?? null,
+    lock: liveness?.lock ?? null,
     host: run.host,
-    state: !local ? "other-host" : run.endedAt !== null ? "ended" : ownerAlive ? "live" : "dead",
+    state: !local ? "other-host" : run.endedAt !== null ? "ended" : orphaned ? "dead" : "live",
     startedAt: run.startedAt,
     endedAt: run.endedAt,
-    processes: [...registered, ...unregistered],
+    processes: [...registered, ...sessions, ...suspicious],
     controlSocket: local ? run.controlSocket : null,
     control: null
   }
@@ -171,22 +202,26 @@ const runStatus = (
 
 /**
  * Reads every run and worker of the registry and checks each against the OS (never trusting the
- * rows alone). Orphans are found the way the sweep finds them, so `status` and `sweep` agree.
+ * rows alone). Orphans are proven the way the sweep proves them, so `status` and `sweep` agree.
  */
 export const inspect: Effect.Effect<StatusReport, RegistryError, Registry> = Effect.gen(function* () {
   const registry = yield* Registry
   const runs = yield* registry.runs
   const workers = yield* registry.workers()
   const here = hostname()
-  const machine = runs.some((run) => run.host === here) ? ProcessInfo.allProcesses() : []
-  const statuses = runs.map((run) =>
-    runStatus(
-      run,
-      workers.filter((worker) => worker.runId === run.runId),
-      machine,
-      here
+  const table = runs.some((run) => run.host === here) ? ProcessInfo.processTable() : []
+  const statuses: Array<RunStatus> = []
+  for (const run of runs) {
+    const liveness = run.host === here ? yield* registry.liveness(run) : null
+    statuses.push(
+      runStatus(
+        run,
+        liveness,
+        workers.filter((worker) => worker.runId === run.runId),
+        table
+      )
     )
-  )
+  }
   const orphans = statuses.flatMap((run) =>
     run.processes
       .filter((p) => p.orphan && p.pid !== null)
@@ -252,14 +287,14 @@ export const sweepCommand = (explicitDataDir: string | undefined): string =>
 
 /** What to do about orphans: the sweep, with the operator's `--data-dir`. */
 export const sweepFix = (explicitDataDir: string | undefined): string =>
-  `run \`${sweepCommand(explicitDataDir)}\`: it kills each orphan only after the OS shows its dead run's id on its command line`
+  `run \`${sweepCommand(explicitDataDir)}\`: it kills each orphan only once the OS proves it the recorded worker (pid, start time, run id) or a process in that worker's session`
 
 /** One line per orphan: "pid 123 (worker default-1.1 of run r…, owner pid 45 is dead)". */
 export const describeOrphans = (orphans: ReadonlyArray<Orphan>): string =>
   orphans
     .map(
       (o) =>
-        `pid ${o.pid} (${o.workerId === null ? "unregistered process" : `worker ${o.workerId}`} of run ${o.runId}, owner pid ${o.ownerPid} is dead)`
+        `pid ${o.pid} (${o.workerId === null ? "process in a worker's session" : `worker ${o.workerId}`} of run ${o.runId}, owner pid ${o.ownerPid} is dead)`
     )
     .join(", ")
 
@@ -280,12 +315,13 @@ export const render = (
     lines.push(
       "",
       ...table([
-        ["RUN", "STATE", "OWNER PID", "OWNER ALIVE", "HOST", "STARTED", "ENDED"],
+        ["RUN", "STATE", "OWNER PID", "OWNER ALIVE", "LOCK", "HOST", "STARTED", "ENDED"],
         [
           run.runId,
           run.state,
           String(run.ownerPid),
           yesNo(run.ownerAlive),
+          run.lock ?? "?",
           run.host,
           formatDate(run.startedAt),
           formatDate(run.endedAt)

@@ -1,10 +1,11 @@
 /**
  * `snakepit sweep`: runs the registry's orphan sweep now, as a pool does at startup. For each
- * run whose owner is dead it SIGKILLs the run's live processes, each only after the OS shows
- * the run's id on its command line (a reused pid is never touched, only reported), then deletes
- * the run's rows (and those of runs that ended cleanly before their host exited). Runs of live
- * owners and of other hosts are left alone. A data directory that does not exist is reported,
- * not created.
+ * run whose host is gone (its OS lock free) it SIGKILLs the run's workers, each only once the OS
+ * proves it the recorded process (pid, start time, run id), their groups when they lead them, and
+ * the processes in their sessions; a reused pid, or a process that merely carries the run id, is
+ * never touched, only reported. Then it deletes the run's rows (and those of runs that ended
+ * cleanly before their host exited). Runs of live hosts and of other hosts are left alone. A data
+ * directory that does not exist is reported, not created.
  *
  * @since 0.1.0
  */
@@ -45,7 +46,7 @@ export const render = (result: SweepResult, source: DataDirSource): ReadonlyArra
     `swept ${count(result.runsSwept, "dead run")}; killed ${count(result.killed.length, "orphaned process", "orphaned processes")}${ended === "" ? "" : `; ${ended}`}${result.killed.length > 0 ? ":" : ""}`
   )
   for (const killed of result.killed) {
-    const what = killed.via === "row" ? "registered worker" : "unregistered process carrying the run id"
+    const what = killed.via === "row" ? "registered worker" : "process in a registered worker's session"
     const group = killed.pgid === null ? "the process alone" : `its process group ${killed.pgid}`
     lines.push(`  killed pid ${killed.pid} (${what} of run ${killed.runId}; SIGKILL to ${group})`)
   }
@@ -92,6 +93,6 @@ export const command = Command.make(
   ({ dataDir, json }) => Effect.asVoid(sweep({ dataDir: Option.getOrUndefined(dataDir), json }))
 ).pipe(
   Command.withDescription(
-    "Kill the orphaned worker processes of dead runs (each proven by its run id on the OS command line) and delete those runs' rows."
+    "Kill the orphaned worker processes of dead runs (each proven by its pid, start time and run id, or by its worker's session) and delete those runs' rows."
   )
 )

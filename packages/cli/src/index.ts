@@ -7,6 +7,8 @@
 
 /** The command line: `Cli.run(argv)` returns the exit code. */
 export * as Cli from "./Cli.js"
+/** `snakepit codegen`: `Codegen.render(adapter, service, tools)` writes a typed client; `Codegen.codegen(options)` starts the adapter and writes or checks it. */
+export * as Codegen from "./Codegen.js"
 /** `snakepit doctor`: `Doctor.run(options)` returns every check; `Doctor.doctor` also prints them. */
 export * as Doctor from "./Doctor.js"
 /** Typed failures of the commands. */

@@ -183,13 +183,14 @@ describe("control API and commands, against a real host", () => {
           (line) => (line.startsWith("following") ? line : undefined),
           "30 seconds"
         )
-        // Subscribed once an event made after the command started reaches it.
-        expect((yield* runCli("resize", "default", "1", "--data-dir", dir)).code).toBe(0)
-        yield* events.awaitStdout(
-          "Resized",
-          (line) => (jsonLine(line)?._tag === "Resized" ? line : undefined),
-          "30 seconds"
-        )
+        // "following" is printed before the subscription reaches the host: subscribed once an
+        // event made after the command started reaches it (a resize made earlier is not seen).
+        yield* Effect.zipRight(
+          Effect.flatMap(runCli("resize", "default", "1", "--data-dir", dir), (r) =>
+            Effect.sync(() => expect(r.code).toBe(0))
+          ),
+          events.awaitStdout("Resized", (line) => (jsonLine(line)?._tag === "Resized" ? line : undefined), "3 seconds")
+        ).pipe(Effect.retry({ times: 10 }))
         const worker = host.workers[0]!
         process.kill(worker.pid, "SIGKILL")
         const crashed = yield* events.awaitStdout(

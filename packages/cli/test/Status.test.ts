@@ -2,7 +2,7 @@
  * `snakepit status` and `snakepit sweep` against real registries and real processes: an empty
  * data dir, a live pool, and the orphans a dead host leaves. Each test leaves no process behind.
  */
-import { existsSync, writeFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Snakepit, SnakepitPool } from "@snakepit/core"
@@ -19,6 +19,7 @@ const StatusJson = Schema.parseJson(
         runId: Schema.String,
         ownerPid: Schema.Number,
         ownerAlive: Schema.NullOr(Schema.Boolean),
+        lock: Schema.NullOr(Schema.String),
         state: Schema.String,
         endedAt: Schema.NullOr(Schema.String),
         processes: Schema.Array(
@@ -114,6 +115,24 @@ describe("snakepit status", () => {
     })
   )
 
+  it.scopedLive("FAILs on a world-writable data dir with the registry's own fix, and changes nothing", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const shared = join(dir, "shared")
+      mkdirSync(shared)
+      chmodSync(shared, 0o777)
+      const text = yield* runCli("status", "--data-dir", shared)
+      expect(text.code).toBe(1)
+      expect(text.stderr).toMatch(
+        /^FAIL +cannot open the registry in .*: .* is writable by its group and others \(mode 0777\)/m
+      )
+      expect(text.stderr).toContain(`fix: Check that nothing in ${shared} was planted`)
+      expect(text.stderr).toContain(`chmod 700 ${shared}`)
+      expect(statSync(shared).mode & 0o777).toBe(0o777)
+      expect(readdirSync(shared)).toEqual([])
+    })
+  )
+
   it.scopedLive("shows a live pool's run and worker as alive, not orphans; sweep leaves them alone", () =>
     Effect.gen(function* () {
       const dir = yield* tempDir
@@ -124,7 +143,13 @@ describe("snakepit status", () => {
           const [worker] = yield* pool.workers()
           const json = yield* statusJson(dir)
           expect(json.summary).toEqual({ runs: 1, liveRuns: 1, processesAlive: 1, orphans: 0 })
-          expect(json.runs[0]).toMatchObject({ runId, ownerPid: process.pid, ownerAlive: true, state: "live" })
+          expect(json.runs[0]).toMatchObject({
+            runId,
+            ownerPid: process.pid,
+            ownerAlive: true,
+            lock: "held",
+            state: "live"
+          })
           expect(json.runs[0]?.processes).toEqual([
             { workerId: worker!.id, pid: worker!.pid, state: "active", process: "alive", orphan: false }
           ])
@@ -156,7 +181,7 @@ describe("snakepit status", () => {
 
       const json = yield* statusJson(dir, 1) // exit code 1: orphans
       expect(json.summary).toEqual({ runs: 1, liveRuns: 0, processesAlive: 1, orphans: 1 })
-      expect(json.runs[0]).toMatchObject({ runId, ownerPid, ownerAlive: false, state: "dead" })
+      expect(json.runs[0]).toMatchObject({ runId, ownerPid, ownerAlive: false, lock: "free", state: "dead" })
       expect(json.orphans).toEqual([{ pid: orphan, runId, ownerPid, workerId: "default-1.1" }])
       expect(json.fix).toContain(`snakepit sweep --data-dir ${dir}`)
       const text = yield* runCli("status", "--data-dir", dir)
@@ -189,6 +214,34 @@ describe("snakepit status", () => {
       expect(after.summary).toEqual({ runs: 0, liveRuns: 0, processesAlive: 0, orphans: 0 })
       const again = yield* runCli("sweep", "--data-dir", dir)
       expect(again.stdout).toContain("nothing to sweep")
+    })
+  )
+
+  it.scopedLive("a process carrying a copied run id is suspicious, not an orphan: sweep kills the worker, not it", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const runId = RunId.generate()
+      const worker = yield* spawnCarrying(runId)
+      const copy = yield* spawnCarrying(runId) // never recorded: anyone could have started it
+      yield* recordDeadRun(dir, runId, worker)
+
+      const json = yield* statusJson(dir, 1)
+      expect(json.orphans.map((o) => o.pid)).toEqual([worker])
+      expect(json.runs[0]?.processes).toEqual(
+        expect.arrayContaining([
+          { workerId: "default-1.1", pid: worker, state: "active", process: "alive", orphan: true },
+          { workerId: null, pid: copy, state: "unregistered", process: "suspicious", orphan: false }
+        ])
+      )
+      const text = yield* runCli("status", "--data-dir", dir)
+      expect(text.stdout).toMatch(new RegExp(`- +${copy} +${copy} +unregistered +suspicious`))
+
+      const sweep = yield* runCli("sweep", "--data-dir", dir)
+      expect(sweep.stdout).toContain(`killed pid ${worker} (registered worker of run ${runId}`)
+      expect(sweep.stdout).toMatch(new RegExp(`left pid ${copy} alone .*never killed on that alone`))
+      yield* Processes.awaitGone([worker])
+      yield* Effect.sleep("200 millis")
+      expect(ProcessInfo.isAlive(copy)).toBe(true)
     })
   )
 })

@@ -38,3 +38,15 @@ export const stuckCalls = Metric.counter("snakepit_stuck_calls_total", {
   description: "Cancelled calls still running after cancelGrace (their worker was replaced)",
   incremental: true
 })
+
+/**
+ * Session calls that `hint` affinity served away from their session's home worker (it was busy,
+ * or gone): the tool saw `ctx.session_moved`. Tagged with `pool`.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const sessionFallbacks = Metric.counter("snakepit_session_fallbacks_total", {
+  description: "Session calls served away from their home worker (hint affinity)",
+  incremental: true
+})

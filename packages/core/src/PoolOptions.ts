@@ -70,7 +70,20 @@ export interface PoolOptions {
     /** Longest wait for a worker; then `QueueTimeout`. Default 30 s (env `SNAKEPIT_QUEUE_TIMEOUT`). */
     readonly timeout?: Duration.DurationInput
   }
-  /** Session routing. Default "hint" (env `SNAKEPIT_AFFINITY`). */
+  /**
+   * Session routing (env `SNAKEPIT_AFFINITY`):
+   *
+   * - `strict_queue` (default): a session's call waits for its worker (bounded by `queue.timeout`),
+   *   so the tool always sees the session's state. Use it unless you know you need another.
+   * - `strict_fail_fast`: `WorkerBusy` at once when the session's worker is busy; for callers that
+   *   would rather retry or shed load than wait.
+   * - `hint`: a busy (or dead) session worker's call goes to another worker, whose Python side does
+   *   not have the session's state; the tool sees `ctx.session_moved` and must cope (sessions as a
+   *   cache, not as the truth). `snakepit_session_fallbacks_total` counts those calls.
+   *
+   * In the strict modes a session whose worker died gets `SessionWorkerUnavailable` once, then
+   * starts over on another worker.
+   */
   readonly affinity?: Affinity
   /** Sessions: idle expiry and how many are kept. */
   readonly sessions?: {
@@ -94,17 +107,23 @@ export interface PoolOptions {
     /** Consecutive misses before the worker is replaced. Default 3. */
     readonly maxMisses?: number
   }
-  /** Restarting crashed workers: exponential backoff with jitter, and an intensity limit. */
+  /**
+   * Restarting workers. A worker that started and then died is restarted after a delay that
+   * doubles with each crash within `window` (jittered, at most `maxDelay`): a crash storm slows
+   * restarts but never stops a slot that can start workers. A slot whose worker cannot even
+   * start (a broken environment) backs off likewise, and after `maxRestarts` failed starts in a
+   * row cools down for `cooldown`.
+   */
   readonly restart?: {
     /** First delay. Default 100 ms. */
     readonly baseDelay?: Duration.DurationInput
     /** Largest delay. Default 10 s. */
     readonly maxDelay?: Duration.DurationInput
-    /** Restarts allowed within `window` before the slot cools down. Default 5. */
+    /** Failed starts in a row before the slot cools down (and crashes within `window` before a warning). Default 5. */
     readonly maxRestarts?: number
-    /** Default 60 s. */
+    /** How far back crashes count towards the delay. Default 60 s. */
     readonly window?: Duration.DurationInput
-    /** Pause after the limit is hit, before trying again. Default 30 s. */
+    /** Pause of a slot whose starts keep failing, before it tries again. Default 30 s. */
     readonly cooldown?: Duration.DurationInput
   }
   /** How long a retiring worker may finish its calls. Default 30 s. */
@@ -117,6 +136,13 @@ export interface PoolOptions {
   readonly cancelGrace?: Duration.DurationInput
   /** Largest message in either direction, on either transport. Default 64 MiB. */
   readonly maxMessageBytes?: number
+  /**
+   * Check each call's arguments against the tool's Python annotations before it runs: a value
+   * that does not fit is `InvalidArguments` naming the parameter and the expected type. An
+   * adapter can opt in on its own (`validate_arguments = True`). Default false (env
+   * `SNAKEPIT_VALIDATE_ARGUMENTS`).
+   */
+  readonly validateArguments?: boolean
   /**
    * How the host talks to its workers. `local` (default): a private socket pair each worker
    * inherits; no port, no secret, only the standard library in Python, and the fastest. `grpc`:
@@ -189,6 +215,7 @@ export interface ResolvedPoolOptions {
   readonly drainTimeout: Duration.Duration
   readonly cancelGrace: Duration.Duration
   readonly maxMessageBytes: number
+  readonly validateArguments: boolean
   readonly transport: Transport
   readonly grpc: { readonly listen: "loopback" | "unix" }
   readonly dataDir: string | undefined

@@ -89,7 +89,17 @@ export interface PythonEnvironment {
 export interface NotRunnable {
   readonly command: string
   readonly why: string
+  /** Set when the host itself ran out of something (EMFILE, ENFILE, EAGAIN, ENOMEM): not the interpreter's fault. */
+  readonly exhausted?: string | undefined
 }
+
+const EXHAUSTED = /\b(EMFILE|ENFILE|EAGAIN|ENOMEM)\b/
+
+/** The host's own resource failure in a spawn error, if that is what it is. */
+const exhaustion = (error: { readonly message: string; readonly cause?: unknown }): string | undefined =>
+  EXHAUSTED.exec(
+    `${error.message} ${String((error.cause as { code?: unknown } | undefined)?.code ?? error.cause ?? "")}`
+  )?.[1]
 
 // Prints one JSON line. Kept to syntax that even an old interpreter parses, so that a
 // too-old `python` is reported by its version rather than by a SyntaxError. The working
@@ -202,7 +212,12 @@ export const inspect = (
     Command.string,
     Effect.timeout(PROBE_TIMEOUT),
     Effect.catchTags({
-      SystemError: (e) => Effect.fail<NotRunnable>({ command, why: e.reason === "NotFound" ? "not found" : e.message }),
+      SystemError: (e) =>
+        Effect.fail<NotRunnable>({
+          command,
+          why: e.reason === "NotFound" ? "not found" : e.message,
+          exhausted: exhaustion(e)
+        }),
       BadArgument: (e) => Effect.fail<NotRunnable>({ command, why: e.message }),
       TimeoutException: () =>
         Effect.fail<NotRunnable>({ command, why: `did not answer within ${Duration.format(PROBE_TIMEOUT)}` })

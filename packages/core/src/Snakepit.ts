@@ -7,6 +7,7 @@ import { Context, type Duration, type Effect, type Stream } from "effect"
 import type { CallError, ConfigError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
 import type { PoolSize } from "./PoolOptions.js"
 import type { PoolEvent, PoolReport } from "./PoolReport.js"
+import type { ToolTypes } from "./Tool.js"
 
 /** Per-call options. */
 export interface CallOptions {
@@ -48,6 +49,11 @@ export interface ToolDescription {
     /** The default value, when the parameter has one. */
     readonly default?: unknown
   }>
+  /**
+   * The annotations as types (parameters and result, for a stream each chunk), for typed
+   * clients (`snakepit codegen`); absent when the worker did not report them.
+   */
+  readonly types?: ToolTypes
 }
 
 /** A worker as the pool sees it. */

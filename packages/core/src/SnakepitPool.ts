@@ -17,18 +17,30 @@ import type { PoolEvent } from "./PoolReport.js"
 import { Snakepit, type SnakepitService, type WorkerRef } from "./Snakepit.js"
 import { WorkerFactory } from "./WorkerFactory.js"
 
-/**
- * With a process registry: records this run, then sweeps what dead runs left behind (workers
- * whose host died without cleaning up), before any worker of ours starts.
- */
+/** A registry that cannot be used, as the `dataDir` ConfigError a caller acts on. */
+const dataDirError = (dataDir: string, message: string) =>
+  new ConfigError({ key: "dataDir", value: dataDir, reason: message })
+
 const logged = <A>(effect: Effect.Effect<A, RegistryError>) =>
   effect.pipe(Effect.catchTag("RegistryError", (e) => Effect.logWarning(`registry: ${e.message}`)))
 
+/**
+ * With a process registry: records this run (its lock, then its row), then sweeps what dead runs
+ * left behind (workers whose host died without cleaning up), before any worker of ours starts.
+ * A run that cannot be recorded (a full disk, a run id another live process holds) fails the
+ * pool with a ConfigError for `dataDir`: no worker could be recorded either.
+ */
 const startRun = Effect.gen(function* () {
   const registry = yield* Effect.serviceOption(Registry)
   if (Option.isNone(registry)) return Option.none()
+  const { dataDir } = registry.value
   const runId = yield* RunId.current
-  yield* logged(registry.value.startRun(runId))
+  yield* registry.value.startRun(runId).pipe(
+    Effect.catchTags({
+      RegistryError: (e) => Effect.fail(dataDirError(dataDir, `the registry cannot record run ${runId}: ${e.reason}`)),
+      RegistryUnavailable: (e) => Effect.fail(dataDirError(e.dataDir, e.message))
+    })
+  )
   yield* Effect.addFinalizer(() => logged(registry.value.endRun(runId)))
   yield* logged(registry.value.sweep())
   return Option.some({ registry: registry.value, runId })
@@ -124,7 +136,7 @@ export const layerWithoutDependencies = (
  */
 const registryLayer = (options: SnakepitOptions) =>
   Registry.layer(options.dataDir === undefined ? {} : { dataDir: options.dataDir }).pipe(
-    Layer.mapError((e) => new ConfigError({ key: "dataDir", value: e.dataDir, reason: e.message }))
+    Layer.mapError((e) => dataDirError(e.dataDir, e.message))
   )
 
 /** The `Snakepit` service with real Python workers, recorded in the process registry. */

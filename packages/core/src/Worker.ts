@@ -15,9 +15,10 @@ import { delimiter, join } from "node:path"
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { BridgeClient } from "@snakepit/grpc"
 import { RunId } from "@snakepit/registry"
-import { Config, Duration, Effect, type Scope } from "effect"
+import { Config, Duration, Effect, Fiber, type Scope } from "effect"
 import { type ConfigError, InvalidArguments, WorkerStartError } from "./errors.js"
 import type { HostToolsService } from "./HostTool.js"
+import * as Arrow from "./internal/arrow.js"
 import * as Codec from "./internal/codec.js"
 import * as GrpcProtocol from "./internal/grpc/GrpcProtocol.js"
 import * as LocalProtocol from "./internal/local/LocalProtocol.js"
@@ -79,6 +80,8 @@ export interface WorkerOptions {
   readonly gracefulTimeout?: Duration.DurationInput
   /** Largest message in either direction. Default 64 MiB. */
   readonly maxMessageBytes?: number
+  /** Check arguments against the tools' annotations before they run (`--validate-arguments`). */
+  readonly validateArguments?: boolean
   /** Run id passed as `--snakepit-run-id`. Default: the `RunId` service, else this process's. */
   readonly runId?: string
   /** Working directory of the worker. */
@@ -208,19 +211,23 @@ export const make = (
     // The executable past any shim, resolved once per command; the local transport needs only
     // the standard library, gRPC also grpcio and protobuf.
     const python = yield* resolvePython(options.python, transport === "grpc" ? DEFAULT_REQUIRED_MODULES : []).pipe(
-      Effect.mapError(
-        (rejections) =>
-          new WorkerStartError({
-            workerId: id,
-            reason: "python_not_found",
-            detail: pythonNotFoundDetail(rejections),
-            tried: rejections.map((r) => r.python),
-            exitCode: null,
-            signal: null,
-            stderrTail: "",
-            traceback: null
-          })
-      )
+      Effect.mapError((rejections) => {
+        // Out of file descriptors or processes is the host's trouble, not a missing interpreter.
+        const exhausted = rejections.find((r) => r.exhausted !== undefined)?.exhausted
+        return new WorkerStartError({
+          workerId: id,
+          reason: exhausted === undefined ? "python_not_found" : "spawn_failed",
+          detail:
+            exhausted === undefined
+              ? pythonNotFoundDetail(rejections)
+              : `could not run ${rejections[0]?.python ?? "python"}: this host is out of ${exhausted === "EMFILE" || exhausted === "ENFILE" ? "file descriptors" : "processes or memory"} (${exhausted}); raise its limits (\`ulimit -n\`, \`ulimit -u\`) or run fewer workers`,
+          tried: rejections.map((r) => r.python),
+          exitCode: null,
+          signal: null,
+          stderrTail: "",
+          traceback: null
+        })
+      })
     )
     const limits = yield* ThreadLimits.resolve(options.threadLimits)
     const pythonPath = [bridgePythonPath(), ...(options.pythonPath ?? []), process.env.PYTHONPATH]
@@ -242,9 +249,12 @@ export const make = (
       String(maxMessageBytes),
       ...(transport === "local" ? ["--concurrency", String(options.concurrency ?? 1)] : []),
       ...(transport === "local" && options.hostTools !== undefined ? ["--host-tools"] : []),
+      ...(options.validateArguments === true ? ["--validate-arguments"] : []),
       ...(unixDir === undefined ? [] : ["--unix-socket", join(unixDir, "worker.sock")])
     ]
 
+    // Loads while the worker starts, so that a first Arrow table finds it (see internal/arrow.ts).
+    const arrowLoaded = yield* Effect.fork(Arrow.load)
     const proc = yield* WorkerProcess.spawn({
       workerId: id,
       runId,
@@ -285,6 +295,7 @@ export const make = (
           })
 
     yield* proc.activate
+    yield* Fiber.join(arrowLoaded)
 
     return {
       id,

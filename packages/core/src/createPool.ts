@@ -13,13 +13,24 @@ import * as SnakepitPool from "./SnakepitPool.js"
 /** How much `createPool` logs. */
 export type PoolLogLevel = "all" | "debug" | "info" | "warning" | "error" | "none"
 
-/** Options of {@link createPool}: the pool's, plus its logging. */
+/** Options of {@link createPool}: the pool's, plus its logging and its signal handling. */
 export interface CreatePoolOptions extends SnakepitOptions {
   /**
    * The least severe log line printed (worker restarts, recycling, orphans swept). Lines go
    * to stderr, never stdout, which stays the application's own. Default "info".
    */
   readonly logLevel?: PoolLogLevel
+  /**
+   * Whether SIGINT and SIGTERM close the pool. Default true: while the pool is open, a signal
+   * the application does not handle itself closes every open pool (each worker stopped), then
+   * takes its usual course (the process ends by that signal: exit status 128 + its number, 143
+   * for SIGTERM). When the application has its own listener for the signal (added before or
+   * after `createPool`), createPool's steps aside: the application decides when to close the
+   * pool, e.g. after draining its requests, and its `exit` handlers run. `false`: createPool
+   * adds no listener. Either way no worker outlives the process: `close()` stops them, and when
+   * the process ends without it, the exit hook and each worker's parent-death watch do.
+   */
+  readonly handleSignals?: boolean
 }
 
 const logLevels: Record<PoolLogLevel, LogLevel.LogLevel> = {
@@ -61,30 +72,56 @@ export interface PoolClient {
   readonly close: () => Promise<void>
 }
 
-/** Pools made by `createPool` and not yet closed: SIGINT/SIGTERM close them before the process exits. */
+const SIGNALS = ["SIGINT", "SIGTERM"] as const
+type HandledSignal = (typeof SIGNALS)[number]
+
+/** Pools made by `createPool` (with `handleSignals`) and not yet closed: a signal nobody else handles closes them. */
 const openPools = new Set<PoolClient>()
 
-const onSignal = (signal: NodeJS.Signals) => {
-  process.removeListener("SIGINT", onSignal)
-  process.removeListener("SIGTERM", onSignal)
+/**
+ * Signals whose other listener was removed in the current turn. Node's `once` wrapper removes
+ * itself before it runs, so a listener added with `once` (and ahead of ours) is gone from
+ * `process.listeners` by the time ours runs for the very signal it handles.
+ */
+const justRemoved = new Set<string>()
+
+const onListenerRemoved = (event: string | symbol, listener: unknown) => {
+  if (typeof event !== "string" || listener === onSignal || !(SIGNALS as ReadonlyArray<string>).includes(event)) return
+  justRemoved.add(event)
+  queueMicrotask(() => justRemoved.delete(event))
+}
+
+/** True when someone other than createPool listens for `signal` (or did until this very emit). */
+const applicationHandles = (signal: HandledSignal): boolean =>
+  justRemoved.has(signal) || process.listeners(signal).some((listener) => listener !== onSignal)
+
+function onSignal(signal: NodeJS.Signals): void {
+  // The application decides: it may drain its requests first, then close the pool itself.
+  if (applicationHandles(signal as HandledSignal)) return
+  uninstall()
   // Graceful: the finalizers stop every worker; then the signal takes its usual course.
   void Promise.allSettled([...openPools].map((pool) => pool.close())).then(() => process.kill(process.pid, signal))
 }
 
+const install = () => {
+  // First in line, so that an application's `once` listener added earlier is still listed.
+  for (const signal of SIGNALS) process.prependListener(signal, onSignal)
+  process.on("removeListener", onListenerRemoved)
+}
+
+const uninstall = () => {
+  for (const signal of SIGNALS) process.removeListener(signal, onSignal)
+  process.removeListener("removeListener", onListenerRemoved)
+}
+
 const track = (pool: PoolClient) => {
-  if (openPools.size === 0) {
-    process.once("SIGINT", onSignal)
-    process.once("SIGTERM", onSignal)
-  }
+  if (openPools.size === 0) install()
   openPools.add(pool)
 }
 
 const untrack = (pool: PoolClient) => {
-  openPools.delete(pool)
-  if (openPools.size === 0) {
-    process.removeListener("SIGINT", onSignal)
-    process.removeListener("SIGTERM", onSignal)
-  }
+  if (!openPools.delete(pool)) return
+  if (openPools.size === 0) uninstall()
 }
 
 /** The typed failure when there is one; otherwise the defect or interruption as an Error. */
@@ -96,10 +133,11 @@ const toRejection = <E>(cause: Cause.Cause<E>): unknown => {
 /**
  * Starts a pool (default: 2 workers of the built-in showcase adapter) and resolves once it
  * is ready; rejects with `PoolStartError` or `ConfigError`. While it is open, SIGINT and
- * SIGTERM close it (stopping every worker) before the signal ends the process.
+ * SIGTERM that the application does not handle itself close it (stopping every worker) before
+ * the signal ends the process; see {@link CreatePoolOptions.handleSignals}.
  */
 export const createPool = async (options: CreatePoolOptions = {}): Promise<PoolClient> => {
-  const { logLevel = "info", ...poolOptions } = options
+  const { logLevel = "info", handleSignals = true, ...poolOptions } = options
   // Checked at run time too: JavaScript callers get no type check ("toString" is not a level).
   if (!Object.hasOwn(logLevels, logLevel)) {
     throw new ConfigError({
@@ -107,6 +145,9 @@ export const createPool = async (options: CreatePoolOptions = {}): Promise<PoolC
       value: String(logLevel),
       reason: `expected one of ${Object.keys(logLevels).join(", ")}`
     })
+  }
+  if (typeof handleSignals !== "boolean") {
+    throw new ConfigError({ key: "handleSignals", value: String(handleSignals), reason: "expected true or false" })
   }
   const logging = stderrLogging(logLevel)
   // The logger also covers the layer's own startup (the orphan sweep) and its background fibers.
@@ -156,6 +197,6 @@ export const createPool = async (options: CreatePoolOptions = {}): Promise<PoolC
       await runtime.dispose()
     }
   }
-  track(client)
+  if (handleSignals) track(client)
   return client
 }

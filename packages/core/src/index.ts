@@ -16,6 +16,8 @@ export * from "./errors.js"
 export * from "./HostTool.js"
 /** Effect Metrics of every pool, tagged with `pool`. */
 export * as SnakepitMetrics from "./Metrics.js"
+/** `NDArray`: numpy arrays on the host, their bytes carried raw. */
+export * from "./NDArray.js"
 /** Pool options. */
 export * from "./PoolOptions.js"
 /** What an operator sees of a running pool: its report (workers in detail, latency) and its events, as Schemas. */
@@ -28,6 +30,8 @@ export * from "./Snakepit.js"
 export * as SnakepitPool from "./SnakepitPool.js"
 /** Thread limits for numeric libraries in workers. */
 export * as ThreadLimits from "./ThreadLimits.js"
+/** Typed tools: `Tool.make({ name, args, result })`, `Tool.execute`, `Tool.client` (what `snakepit codegen` writes). */
+export * as Tool from "./Tool.js"
 /** One Python worker as a Scope resource. */
 export * as Worker from "./Worker.js"
 /** The seam between the pool and its workers. */

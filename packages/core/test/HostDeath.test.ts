@@ -2,11 +2,9 @@
  * The host dies, even by `kill -9`: no worker and no grandchild survives it. The workers
  * notice on their own (stdin EOF, PR_SET_PDEATHSIG) and kill their process groups.
  */
-import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Registry } from "@snakepit/registry"
@@ -17,41 +15,15 @@ import { SnakepitPool, WorkerFactory } from "../src/index.js"
 const hostScript = fileURLToPath(new URL("./fixtures/hosts/pool-host.mjs", import.meta.url))
 const fixtures = fileURLToPath(new URL("./fixtures/python", import.meta.url))
 
-interface Host {
-  readonly child: ChildProcess
-  readonly lines: AsyncIterator<string>
-}
-
 /** Starts a host process; killed with SIGKILL when the test's scope closes, whatever happened. */
-const startHost = (options: object) =>
-  Effect.acquireRelease(
-    Effect.sync((): Host => {
-      const child = spawn(process.execPath, [hostScript, JSON.stringify(options)], {
-        stdio: ["ignore", "pipe", "inherit"]
-      })
-      return { child, lines: createInterface({ input: child.stdout! })[Symbol.asyncIterator]() }
-    }),
-    ({ child }) => Effect.sync(() => child.exitCode === null && child.signalCode === null && child.kill("SIGKILL"))
-  )
-
-/** The host's next JSON line (its log lines, also on stdout, are skipped). */
-const nextLine = <A>(host: Host) =>
-  Effect.promise(async () => {
-    for (;;) {
-      const line = await host.lines.next()
-      if (line.done) throw new Error("the host exited without printing")
-      if (String(line.value).startsWith("{")) return JSON.parse(String(line.value)) as A
-    }
-  }).pipe(
-    Effect.timeoutFail({ duration: Duration.seconds(30), onTimeout: () => new Error("the host printed nothing") })
-  )
+const startHost = (options: object) => Processes.spawnHost(hostScript, [JSON.stringify(options)])
 
 describe("death of the host", () => {
   it.scopedLive("kill -9 of a ready host: workers and grandchildren are gone within seconds", () =>
     Effect.gen(function* () {
       const host = yield* startHost({ size: 2 })
-      const { runId } = yield* nextLine<{ runId: string }>(host)
-      const { workers, grandchild } = yield* nextLine<{ workers: Array<number>; grandchild: number }>(host)
+      const { runId } = yield* host.nextJson<{ runId: string }>()
+      const { workers, grandchild } = yield* host.nextJson<{ workers: Array<number>; grandchild: number }>()
       expect(workers.every(Processes.isAlive) && Processes.isAlive(grandchild)).toBe(true)
       host.child.kill("SIGKILL")
       yield* Processes.awaitGone([...workers, grandchild], Duration.seconds(5))
@@ -67,7 +39,7 @@ describe("death of the host", () => {
         pythonPath: [fixtures],
         startupTimeout: "60 seconds"
       })
-      const { runId } = yield* nextLine<{ runId: string }>(host)
+      const { runId } = yield* host.nextJson<{ runId: string }>()
       // Two workers, each with a grandchild started while "loading".
       yield* Processes.awaitCondition(
         "workers and grandchildren started",
@@ -84,15 +56,13 @@ describe("death of the host", () => {
     Effect.gen(function* () {
       const dataDir = mkdtempSync(join(tmpdir(), "snakepit-registry-"))
       const host = yield* startHost({ size: 2, dataDir })
-      const { runId } = yield* nextLine<{ runId: string }>(host)
-      const { workers, grandchild } = yield* nextLine<{ workers: Array<number>; grandchild: number }>(host)
+      const { runId } = yield* host.nextJson<{ runId: string }>()
+      const { workers, grandchild } = yield* host.nextJson<{ workers: Array<number>; grandchild: number }>()
       const registry = Context.get(yield* Layer.build(Registry.layer({ dataDir, exitHook: false })), Registry)
       expect((yield* registry.workers(runId)).map((w) => w.pid).sort()).toEqual([...workers].sort())
-      const exited = Effect.async<NodeJS.Signals | null>((resume) => {
-        host.child.once("exit", (_code, signal) => resume(Effect.succeed(signal)))
-      })
+      // No handler of the application's: createPool closes the pool, then the signal ends the process.
       host.child.kill("SIGTERM")
-      expect(yield* exited).toBe("SIGTERM")
+      expect(yield* host.exited()).toEqual({ code: null, signal: "SIGTERM" })
       expect([...workers, grandchild].filter(Processes.isAlive)).toEqual([])
       // Graceful: each worker's row was removed by its finalizer.
       expect(yield* registry.workers(runId)).toEqual([])
@@ -103,12 +73,18 @@ describe("death of the host", () => {
     Effect.gen(function* () {
       const dataDir = mkdtempSync(join(tmpdir(), "snakepit-registry-"))
       const host = yield* startHost({ size: 2, dataDir })
-      const { runId } = yield* nextLine<{ runId: string }>(host)
-      const { workers } = yield* nextLine<{ workers: Array<number> }>(host)
+      const { runId } = yield* host.nextJson<{ runId: string }>()
+      const { workers } = yield* host.nextJson<{ workers: Array<number> }>()
       host.child.kill("SIGKILL")
       yield* Processes.awaitGone(workers, Duration.seconds(5))
       const registry = Context.get(yield* Layer.build(Registry.layer({ dataDir, exitHook: false })), Registry)
       expect((yield* registry.workers(runId)).length).toBe(2)
+      // The kernel frees the run's lock once the host's last thread has exited.
+      const [run] = yield* registry.runs
+      yield* Processes.awaitCondition(
+        "the dead host's run lock is free",
+        () => !Effect.runSync(registry.liveness(run!)).alive
+      )
       const report = yield* registry.sweep()
       expect(report.killed).toEqual([])
       expect(report.runsSwept).toBeGreaterThanOrEqual(1)
@@ -121,10 +97,10 @@ describe("death of the host", () => {
       const dataDir = mkdtempSync(join(tmpdir(), "snakepit-registry-"))
       const a = yield* startHost({ size: 1, dataDir })
       const b = yield* startHost({ size: 1, dataDir })
-      yield* nextLine(a)
-      yield* nextLine(b)
-      const { workers: aWorkers } = yield* nextLine<{ workers: Array<number> }>(a)
-      const { workers: bWorkers } = yield* nextLine<{ workers: Array<number> }>(b)
+      yield* a.nextJson()
+      yield* b.nextJson()
+      const { workers: aWorkers } = yield* a.nextJson<{ workers: Array<number> }>()
+      const { workers: bWorkers } = yield* b.nextJson<{ workers: Array<number> }>()
       a.child.kill("SIGKILL")
       yield* Processes.awaitGone(aWorkers, Duration.seconds(5))
       // A third host starts on the same data dir: its startup sweep runs.

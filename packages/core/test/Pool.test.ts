@@ -454,7 +454,7 @@ describe("SnakepitPool", () => {
 
   describe("sessions", () => {
     it.live("hint: a session sticks to its worker, and moves when the worker dies", () =>
-      withPool({ size: 2 }, (pool) =>
+      withPool({ size: 2, affinity: "hint" }, (pool) =>
         Effect.gen(function* () {
           const seen = yield* Effect.forEach([1, 2, 3, 4, 5], () => ping(pool, { session: "s" }))
           expect(new Set(seen).size).toBe(1)

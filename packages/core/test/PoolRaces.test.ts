@@ -118,28 +118,65 @@ describe("pool on TestClock", () => {
     })
   )
 
-  it.scoped("restart intensity: past maxRestarts within the window the slot cools down", () =>
+  it.scoped("a crash storm slows restarts but never leaves the pool without workers for long", () =>
     Effect.gen(function* () {
-      const { pool, fake } = yield* start({
-        size: 1,
-        restart: {
-          baseDelay: "100 millis",
-          maxDelay: "100 millis",
-          maxRestarts: 2,
-          window: "1 minute",
-          cooldown: "30 seconds"
-        }
-      })
-      for (let i = 0; i < 3; i++) {
-        yield* fake.started.at(-1)!.crash()
-        yield* TestClock.adjust("200 millis")
+      // The defaults: base 100 ms, at most 10 s apart, 5 crashes within a minute before a warning.
+      const { pool, fake } = yield* start({ size: 1 })
+      // A worker killed every 300 ms for 10 s.
+      for (let t = 0; t < 10_000; t += 300) {
+        const alive = yield* fake.alive
+        for (const worker of alive) yield* worker.crash()
+        yield* TestClock.adjust("300 millis")
       }
-      // Three crashes within the window: the third restart waits for the cooldown.
-      expect(fake.started).toHaveLength(3)
-      yield* TestClock.adjust("29 seconds")
-      expect(fake.started).toHaveLength(3)
+      const startedDuringStorm = fake.started.length
+      // Restarts went on all through the storm (the old limit stopped the slot after 6 within a
+      // minute and cooled it down for 30 s), only further apart as crashes piled up.
+      expect(startedDuringStorm).toBeGreaterThan(6)
+      // Once the storm ends, the pool serves again within one maximum delay (jitter included).
+      yield* TestClock.adjust("12 seconds")
+      expect((yield* pool.stats()).ready).toBe(1)
+      expect(yield* pool.execute("echo", { value: "back" })).toBe("back")
+    })
+  )
+
+  it.scoped("a slot whose workers cannot start backs off, then cools down; then it tries again", () =>
+    Effect.gen(function* () {
+      const broken = { now: false }
+      const fake = FakeWorkers.make({
+        failStart: (_attempt, workerId) =>
+          broken.now
+            ? new WorkerStartError({
+                workerId,
+                reason: "adapter_import_failed",
+                detail: "ModuleNotFoundError: torch",
+                tried: [],
+                exitCode: 3,
+                signal: null,
+                stderrTail: "",
+                traceback: null
+              })
+            : undefined
+      })
+      const { pool } = yield* start(
+        {
+          size: 1,
+          restart: { baseDelay: "100 millis", maxDelay: "1 second", maxRestarts: 3, cooldown: "30 seconds" }
+        },
+        fake
+      )
+      broken.now = true
+      yield* fake.started.at(-1)!.crash()
+      // One restart after the crash, then failed starts 100, 200, 400 ms apart; the fourth failure
+      // in a row (past maxRestarts) starts the cooldown.
       yield* TestClock.adjust("2 seconds")
-      expect(fake.started).toHaveLength(4)
+      const attempts = fake.attempts
+      expect(attempts).toBe(5)
+      yield* TestClock.adjust("25 seconds")
+      expect(fake.attempts).toBe(attempts)
+      expect((yield* pool.stats()).ready).toBe(0)
+      // The environment is fixed: after the cooldown the slot starts a worker again.
+      broken.now = false
+      yield* TestClock.adjust("6 seconds")
       expect((yield* pool.stats()).ready).toBe(1)
     })
   )

@@ -1,13 +1,13 @@
 /**
  * The pool and its process registry: rows follow the workers, bad registry state is handled.
  */
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { Registry, RunId } from "@snakepit/registry"
-import { Processes } from "@snakepit/testkit"
+import { Disks, Processes } from "@snakepit/testkit"
 import { Context, Effect, Layer, Logger, LogLevel, Schema } from "effect"
 import { createPool, Snakepit, SnakepitPool } from "../src/index.js"
 
@@ -111,6 +111,53 @@ describe("pool ↔ registry", () => {
       const error = await createPool({ size: 1, dataDir: join(file, "sub") }).catch((e: unknown) => e)
       expect(error).toMatchObject({ _tag: "ConfigError", key: "dataDir" })
       expect((error as Error).message).toContain("SNAKEPIT_DATA_DIR")
+    })
+  )
+
+  it.live("a data dir writable by others is a ConfigError naming it, with the fix; nothing is created in it", () =>
+    Effect.promise(async () => {
+      const dataDir = join(freshDir(), "shared")
+      mkdirSync(dataDir)
+      chmodSync(dataDir, 0o777)
+      const error = await createPool({ size: 1, dataDir }).catch((e: unknown) => e)
+      expect(error).toMatchObject({ _tag: "ConfigError", key: "dataDir", value: dataDir })
+      expect((error as Error).message).toContain("mode 0777")
+      expect((error as Error).message).toContain(`chmod 700 ${dataDir}`)
+      expect(readdirSync(dataDir)).toEqual([])
+    })
+  )
+
+  it.scopedLive("a full disk at start is a ConfigError for dataDir naming the error, with the fix", (ctx) =>
+    Effect.gen(function* () {
+      const disk = yield* Disks.tmpfs(512)
+      if (disk._tag === "Unavailable") return ctx.skip(disk.reason)
+      const startOn = (dataDir: string) =>
+        Effect.promise(() =>
+          createPool({ size: 1, dataDir, logLevel: "none" }).then(
+            async (pool) => {
+              await pool.close()
+              return undefined
+            },
+            (error: unknown) => error
+          )
+        )
+      // A registry made while there was room, then the disk filled up.
+      const used = join(disk.path, "used")
+      expect(yield* startOn(used)).toBeUndefined()
+      Disks.fill(disk.path)
+      // A fresh data dir on the full disk.
+      const fresh = join(disk.path, "fresh")
+      for (const [dataDir, code] of [
+        [used, /SQLITE_IOERR_SHMSIZE, with 0 kB free|SQLITE_FULL/],
+        [fresh, /SQLITE_FULL/]
+      ] as const) {
+        const error = yield* startOn(dataDir)
+        expect(error).toMatchObject({ _tag: "ConfigError", key: "dataDir", value: dataDir })
+        const message = (error as Error).message
+        expect(message).toContain("its file system is full")
+        expect(message).toMatch(code)
+        expect(message).toContain(`Free space on the file system that holds ${dataDir}`)
+      }
     })
   )
 })

@@ -34,7 +34,7 @@ describe("resolveSnakepitOptions", () => {
         env: {},
         threadLimits: { omp: 1, openblas: 1, mkl: 1, numexpr: 1, veclib: 1 },
         startupBatchSize: 8,
-        affinity: "hint",
+        affinity: "strict_queue",
         maxMessageBytes: 64 * 1024 * 1024,
         dataDir: undefined,
         recycle: { maxCalls: undefined, ttl: undefined, maxRssMb: undefined }

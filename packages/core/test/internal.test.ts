@@ -21,8 +21,16 @@ describe("Codec.encode", () => {
     const encoded = Codec.encode(args, "args")
     expect(encoded).toEqual({ json: JSON.stringify(args), blobs: [], tagged: false })
     expect(problemOf(Object.create(null))).toBeUndefined()
-    // toJSON is applied, as JSON.stringify would: a Date crosses as its ISO string.
-    expect(Codec.encode({ at: new Date(0) }, "args")).toMatchObject({ json: '{"at":"1970-01-01T00:00:00.000Z"}' })
+    // A Date crosses as a datetime (docs/values.md), other toJSONs are applied as JSON.stringify would.
+    expect(Codec.encode({ at: new Date(0) }, "args")).toMatchObject({
+      json: '{"at":{"__snakepit__":"datetime","ms":0}}',
+      tagged: true
+    })
+    expect(Codec.encode({ at: { toJSON: () => "x" } }, "args")).toMatchObject({ json: '{"at":"x"}', tagged: false })
+    expect(problemOf({ at: new Date(Number.NaN) })).toEqual({
+      path: "args.at",
+      reason: "an invalid Date cannot be sent"
+    })
   })
 
   it("names the path of the first problem", () => {

@@ -158,9 +158,10 @@ describe("BridgeClient", () => {
                   name: "add",
                   description: "adds",
                   streaming: false,
+                  typesJson: "",
                   parameters: [{ name: "a", type: "int", required: true, defaultJson: Buffer.alloc(0) }]
                 },
-                { name: "count", description: "counts", streaming: true, parameters: [] }
+                { name: "count", description: "counts", streaming: true, parameters: [], typesJson: "" }
               ]
             })
         })

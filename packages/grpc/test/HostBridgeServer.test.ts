@@ -28,7 +28,8 @@ const spec: Proto.ToolSpec = {
   name: "echo",
   description: "returns its arguments",
   parameters: [{ name: "x", type: "number", required: true, defaultJson: Buffer.alloc(0) }],
-  streaming: false
+  streaming: false,
+  typesJson: ""
 }
 
 /** Echoes the request's tool and arguments back. */

@@ -108,6 +108,68 @@ export const commandLine = (pid: number): string | undefined => {
   return args === undefined || args === "" ? undefined : args
 }
 
+/**
+ * The session of `pid` (field 6 of /proc/<pid>/stat), `undefined` when gone and on systems other
+ * than Linux (where the sweep never kills by session).
+ */
+export const sessionId = (pid: number): number | undefined => {
+  if (!isLinux || !Number.isInteger(pid) || pid <= 0) return undefined
+  const session = statFields(pid)?.[3]
+  return session === undefined ? undefined : Number(session)
+}
+
+const parseLinuxStart = (value: string): { readonly boot: string; readonly ticks: bigint } | undefined => {
+  const match = /^linux:(.+):(\d+)$/.exec(value)
+  return match === null ? undefined : { boot: match[1]!, ticks: BigInt(match[2]!) }
+}
+
+/**
+ * True when start time `later` is not earlier than `earlier` (both as {@link startTime} wrote
+ * them, in the same boot). False when they cannot be compared (another boot, another system).
+ */
+export const startedNoEarlierThan = (later: string, earlier: string): boolean => {
+  const a = parseLinuxStart(later)
+  const b = parseLinuxStart(earlier)
+  return a !== undefined && b !== undefined && a.boot === b.boot && a.ticks >= b.ticks
+}
+
+/** A live process as /proc shows it: what the sweep needs to prove it ours. */
+export interface ProcessEntry {
+  readonly pid: number
+  readonly processGroup: number
+  readonly sessionId: number
+  readonly startTime: string
+}
+
+/**
+ * Every live (non-zombie) process other than this one, with its group, session and start time,
+ * on Linux; empty elsewhere.
+ */
+export const processTable = (): ReadonlyArray<ProcessEntry> => {
+  if (!isLinux) return []
+  let entries: ReadonlyArray<string>
+  try {
+    entries = readdirSync("/proc")
+  } catch {
+    return []
+  }
+  const table: Array<ProcessEntry> = []
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue
+    const pid = Number(entry)
+    if (pid === process.pid) continue
+    const fields = statFields(pid)
+    if (fields === undefined || fields[0] === "Z" || fields[0] === "X" || fields[19] === undefined) continue
+    table.push({
+      pid,
+      processGroup: Number(fields[2]),
+      sessionId: Number(fields[3]),
+      startTime: `linux:${bootId()}:${fields[19]}`
+    })
+  }
+  return table
+}
+
 /** The process group of `pid`, `undefined` when gone. */
 export const processGroup = (pid: number): number | undefined => {
   if (!Number.isInteger(pid) || pid <= 0) return undefined

@@ -3,20 +3,34 @@
  * started, and a sweep that kills the workers of runs whose host died without cleaning up.
  *
  * Stored in SQLite (`<dataDir>/registry.db`, WAL, mode 0600) so that any later host process
- * on the machine can find and prove the orphans of an earlier one.
+ * on the machine can find and prove the orphans of an earlier one. The rows are never proof on
+ * their own: a run is dead only when the OS lock its host held is free, and a process is killed
+ * only when the OS shows it is the one recorded (see {@link Ownership}).
  *
  * @since 0.1.0
  */
 import { lstatSync, rmSync } from "node:fs"
 import { hostname } from "node:os"
+import { dirname, join, resolve } from "node:path"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Clock, Context, Duration, Effect, Either, Layer, Metric, Schema, String as Str } from "effect"
+import Database from "better-sqlite3"
+import { Clock, Context, Duration, Effect, Either, Layer, Metric, Option, Schema, String as Str } from "effect"
 import { exitHook } from "./ExitHook.js"
 import { RegistryError, RegistryUnavailable, WorkerNotFound } from "./errors.js"
-import { prepareDatabase, resolveDataDir, restrictCompanions } from "./internal/database.js"
+import {
+  describeError,
+  diskFull,
+  diskFullFix,
+  prepareDatabase,
+  resolveDataDir,
+  restrictCompanions
+} from "./internal/database.js"
+import * as RunLock from "./internal/runLock.js"
+import * as Ownership from "./Ownership.js"
 import * as ProcessInfo from "./ProcessInfo.js"
 
 /** A run: one host process that starts workers, identified by its run id. */
@@ -36,12 +50,16 @@ export class RunRecord extends Schema.Class<RunRecord>("RunRecord")({
 export const WorkerState = Schema.Literal("reserved", "active")
 export type WorkerState = typeof WorkerState.Type
 
-/** A worker row. `pid`/`pgid` are null until the process is attached or activated. */
+/**
+ * A worker row. `pid`/`pgid`/`startTime` are null until the process is attached or activated;
+ * `startTime` is what the OS said when the registry recorded the pid ({@link ProcessInfo.startTime}).
+ */
 export class WorkerRecord extends Schema.Class<WorkerRecord>("WorkerRecord")({
   workerId: Schema.String,
   runId: Schema.String,
   pid: Schema.NullOr(Schema.Number),
   pgid: Schema.NullOr(Schema.Number),
+  startTime: Schema.NullOr(Schema.String),
   state: WorkerState,
   startedAt: Schema.DateFromNumber
 }) {}
@@ -51,8 +69,22 @@ export interface SweptProcess {
   readonly pid: number
   readonly runId: string
   readonly pgid: number | null
-  /** "row": it was a registered worker; "scan": found on the machine by its run id. */
-  readonly via: "row" | "scan"
+  /**
+   * "row": a registered worker, proven by its pid, start time and run id; "session": a process in
+   * the session of such a worker (a tool's child), proven by its session id and start time.
+   */
+  readonly via: "row" | "session"
+}
+
+/**
+ * Whether a run's host is alive: `lock` is what the OS says of the run's lock file, `ownerAlive`
+ * whether the recorded owner pid still runs with the recorded start time. A run is dead only when
+ * both say no (the second keeps hosts that predate run locks alive, and never makes a run dead).
+ */
+export interface RunLiveness {
+  readonly alive: boolean
+  readonly lock: "held" | "free" | "unknown"
+  readonly ownerAlive: boolean
 }
 
 /** A registered pid the sweep left alone, and why (e.g. the pid was reused by another program). */
@@ -111,9 +143,17 @@ export interface RegistryService {
   /** The data directory and database path in use. */
   readonly dataDir: string
   readonly databasePath: string
-  /** Records this process (pid, OS start time, hostname) as the owner of `runId`. */
-  readonly startRun: (runId: string) => Effect.Effect<void, RegistryError>
-  /** Marks `runId` ended (its rows stay until a sweep after the owner is gone). */
+  /**
+   * Takes the run's OS lock (`<dataDir>/runs/<runId>.lock`, held until `endRun` or this process
+   * dies), then records this process (pid, OS start time, hostname) as the owner of `runId`.
+   * Run ids are letters, digits, `.`, `_` and `-` (at most 128, not starting with a dot).
+   */
+  readonly startRun: (runId: string) => Effect.Effect<void, RegistryError | RegistryUnavailable>
+  /**
+   * Gives back one `startRun`. When this process no longer runs `runId` (every `startRun` of it
+   * here has ended), marks it ended and releases and removes its lock. Its rows stay until a
+   * sweep after the owner is gone.
+   */
   readonly endRun: (runId: string) => Effect.Effect<void, RegistryError>
   /** Records (or clears, with null) the unix socket the run's control API listens on. */
   readonly setControlSocket: (runId: string, socket: string | null) => Effect.Effect<void, RegistryError>
@@ -122,9 +162,11 @@ export interface RegistryService {
   /**
    * Records the pid and process group of a reserved worker right after spawn, keeping it
    * `reserved` (optional: lets the exit hook and the sweep see a worker that is not ready yet).
+   * The registry reads the process's start time from the OS itself: a later sweep kills the pid
+   * only while it is still that process.
    */
   readonly attachProcess: (worker: WorkerProcess) => Effect.Effect<void, RegistryError | WorkerNotFound>
-  /** Marks the worker `active` with its pid and process group (after readiness). */
+  /** Marks the worker `active` with its pid and process group (after readiness); reads the start time as attachProcess. */
   readonly activateWorker: (worker: WorkerProcess) => Effect.Effect<void, RegistryError | WorkerNotFound>
   /** Deletes the worker row (after its process is confirmed gone). True when a row existed. */
   readonly removeWorker: (worker: WorkerKey) => Effect.Effect<boolean, RegistryError>
@@ -132,13 +174,18 @@ export interface RegistryService {
   readonly workers: (runId?: string) => Effect.Effect<ReadonlyArray<WorkerRecord>, RegistryError>
   /** Run rows. */
   readonly runs: Effect.Effect<ReadonlyArray<RunRecord>, RegistryError>
+  /** Whether `run`'s host is alive, from its OS lock (and the recorded owner, see {@link RunLiveness}). */
+  readonly liveness: (run: RunRecord) => Effect.Effect<RunLiveness>
   /**
-   * Kills the workers of runs whose owner is dead (pid gone, or reused by a process with
-   * another start time), proving each from its OS command line first, plus any live process
-   * carrying a dead run's id; then deletes those runs' rows. Runs that ended cleanly before
-   * their owner exited are counted apart (`endedRunsRemoved`), not as dead runs, and logged
-   * at Info only when something was killed or skipped. Never touches this registry's
-   * own runs, runs of live owners, or runs recorded by another host.
+   * Kills what dead runs left behind, then deletes those runs' rows and lock files. A run is dead
+   * when its lock is free and its recorded owner is gone. Of a dead run it kills each worker that
+   * is proven the recorded process (pid, start time, run id: {@link Ownership.proveWorker}), its
+   * process group only when the worker leads it, and the members of the worker's session
+   * ({@link Ownership.sessionMembers}). A process that merely carries a dead run's id on its
+   * command line is reported in `skipped`, never killed. Runs that ended cleanly before their
+   * owner exited are counted apart (`endedRunsRemoved`), not as dead runs, and logged at Info
+   * only when something was killed or skipped. Never touches this registry's own runs, runs of
+   * live hosts, or runs recorded by another host.
    */
   readonly sweep: () => Effect.Effect<SweepReport, RegistryError>
   /** Process groups registered through this registry instance and not yet removed. */
@@ -186,11 +233,16 @@ const migrations = Migrator.fromRecord({
   "3_runs_control_socket": Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
     yield* sql`ALTER TABLE runs ADD COLUMN control_socket TEXT NULL`
+  }),
+  // What the OS said of the pid when it was recorded: a pid is ours only while it still says so.
+  "4_workers_start_time": Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`ALTER TABLE workers ADD COLUMN start_time TEXT NULL`
   })
 })
 
 const describeFailure = (error: { readonly message: string; readonly cause?: unknown }): string => {
-  const cause = error.cause instanceof Error ? error.cause.message : undefined
+  const cause = error.cause instanceof Error ? describeError(error.cause) : undefined
   return cause !== undefined && cause !== error.message ? `${error.message}: ${cause}` : error.message
 }
 
@@ -200,60 +252,98 @@ const failWith =
     Effect.mapError(effect, (error) => new RegistryError({ operation, reason: describeFailure(error) }))
 
 const validRunId = (operation: string, runId: string) =>
-  runId.trim() === "" || /\s/.test(runId)
-    ? Effect.fail(new RegistryError({ operation, reason: `invalid run id ${JSON.stringify(runId)}` }))
-    : Effect.void
+  RunLock.isSafeRunId(runId)
+    ? Effect.void
+    : Effect.fail(
+        new RegistryError({
+          operation,
+          reason: `invalid run id ${JSON.stringify(runId)} (letters, digits, ".", "_" and "-", at most 128, not starting with ".")`
+        })
+      )
 
-type KillOutcome =
-  | { readonly _tag: "Gone" }
-  | { readonly _tag: "Killed"; readonly pgid: number | null }
-  | { readonly _tag: "Skipped"; readonly reason: string }
-
-const errnoCode = (error: unknown) => (error as NodeJS.ErrnoException).code
-
-/**
- * SIGKILLs `pid` (its group when the OS confirms it leads that group, or is in the recorded
- * group, and the group is not ours) only if its command line carries `runId`.
- */
-const killIfProven = (pid: number, runId: string, recordedPgid: number | null, ownPgid: number | undefined) => {
-  const outcome = ((): KillOutcome => {
-    if (pid === process.pid) return { _tag: "Skipped", reason: "it is this process" }
-    const cmdline = ProcessInfo.commandLine(pid)
-    if (cmdline === undefined || !ProcessInfo.isAlive(pid)) return { _tag: "Gone" }
-    if (!ProcessInfo.carriesRunId(cmdline, runId)) {
-      return {
-        _tag: "Skipped",
-        reason: `command line does not carry --snakepit-run-id ${runId} (pid reused by another program?)`
-      }
-    }
-    const group = ProcessInfo.processGroup(pid)
-    const killGroup = group !== undefined && group > 1 && group !== ownPgid && (group === pid || group === recordedPgid)
-    if (killGroup) {
-      try {
-        process.kill(-group, "SIGKILL")
-        return { _tag: "Killed", pgid: group }
-      } catch {
-        // fall back to the pid alone
-      }
-    }
-    try {
-      process.kill(pid, "SIGKILL")
-      return { _tag: "Killed", pgid: null }
-    } catch (error) {
-      return errnoCode(error) === "ESRCH"
-        ? { _tag: "Gone" }
-        : { _tag: "Skipped", reason: `cannot signal it (${errnoCode(error) ?? String(error)})` }
-    }
-  })()
-  return outcome
+/** SIGKILL to `target` (a pid, or a group as -pgid): "sent", "gone", or the errno that stopped it. */
+const sigkill = (target: number): string => {
+  try {
+    process.kill(target, "SIGKILL")
+    return "sent"
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    return code === "ESRCH" ? "gone" : (code ?? String(error))
+  }
 }
 
-/** Removes a dead run's control socket file, if it is still there and still a socket. */
-const removeStaleSocket = (socket: string): void => {
+/** What one sweep has done so far, and what it must never touch. */
+interface SweepState {
+  readonly killed: Array<SweptProcess>
+  readonly skipped: Array<SkippedProcess>
+  /** Pids already dealt with (killed, skipped, or killed with their group). */
+  readonly handled: Set<number>
+  readonly ownPgid: number | undefined
+  readonly ownSession: number | undefined
+}
+
+/** Session members are read again after each round of kills, for those forked meanwhile; bounded. */
+const SESSION_ROUNDS = 5
+
+/**
+ * Kills what the worker of `row` left behind, each process only once proven ours
+ * ({@link Ownership}): the worker (and its group when it leads it), then its session's members.
+ */
+const sweepWorker = (row: WorkerRecord, state: SweepState): void => {
+  if (row.pid === null) return
+  const pid = row.pid
+  const { runId } = row
+  state.handled.add(pid)
+  const proof = Ownership.proveWorker(row)
+  if (proof._tag === "NotOurs") {
+    state.skipped.push({ pid, runId, reason: proof.reason })
+    return
+  }
+  let groupKilled = false
+  if (proof._tag === "Ours") {
+    const killGroup = proof.leadsGroup && pid !== state.ownPgid
+    const table = killGroup ? ProcessInfo.processTable() : []
+    const result = sigkill(killGroup ? -pid : pid)
+    if (result === "sent") {
+      state.killed.push({ pid, runId, pgid: killGroup ? pid : null, via: "row" })
+      groupKilled = killGroup
+      // Killed with their group: not reported again as session members (nor as suspicious).
+      for (const entry of table) if (entry.processGroup === pid) state.handled.add(entry.pid)
+    } else if (result !== "gone") {
+      state.skipped.push({ pid, runId, reason: `cannot signal it (${result})` })
+    }
+  }
+  if (state.ownSession === pid) return // this process runs inside that session: never kill it from within
+  for (let round = 0; round < SESSION_ROUNDS; round++) {
+    const members = Ownership.sessionMembers(row, proof, ProcessInfo.processTable()).filter(
+      (entry) =>
+        !state.handled.has(entry.pid) && entry.pid !== state.ownPgid && !(groupKilled && entry.processGroup === pid)
+    )
+    if (members.length === 0) return
+    for (const entry of members) {
+      state.handled.add(entry.pid)
+      if (!Ownership.stillInSession(entry, pid)) continue
+      const result = sigkill(entry.pid)
+      if (result === "sent") state.killed.push({ pid: entry.pid, runId, pgid: null, via: "session" })
+      else if (result !== "gone") state.skipped.push({ pid: entry.pid, runId, reason: `cannot signal it (${result})` })
+    }
+  }
+}
+
+const causeOf = (error: unknown): unknown => (error as { readonly cause?: unknown } | undefined)?.cause
+
+/**
+ * Removes a dead run's control socket file, if it is still there and still a socket, and only
+ * where Snakepit puts them (`<dataDir>/control/<runId>.sock`): the path comes from a row, and a
+ * row may name any file.
+ */
+const removeStaleSocket = (dataDir: string, runId: string, socket: string): void => {
+  const expected = join(dataDir, "control", `${runId}.sock`)
+  if (resolve(socket) !== expected || dirname(expected) !== join(dataDir, "control")) return
   try {
-    if (lstatSync(socket).isSocket()) rmSync(socket)
+    if (lstatSync(expected).isSocket()) rmSync(expected)
   } catch (error) {
-    if (errnoCode(error) !== "ENOENT") throw error
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error
   }
 }
 
@@ -263,12 +353,32 @@ const make = (options: RegistryOptions) =>
     const busyMs = Math.max(0, Math.round(Duration.toMillis(busyTimeout)))
     const dataDir = yield* resolveDataDir(options.dataDir)
     const databasePath = yield* prepareDatabase(dataDir, busyMs)
-    const unavailable = (reason: string) => new RegistryUnavailable({ dataDir, reason })
+    /** A failure that makes the registry unusable; a full file system gets its own fix. */
+    const unavailable = (reason: string, error?: unknown) => {
+      const full = error === undefined ? undefined : (diskFull(error, dataDir) ?? diskFull(causeOf(error), dataDir))
+      return full !== undefined
+        ? new RegistryUnavailable({
+            dataDir,
+            reason: `its file system is full (${full}): ${reason}`,
+            fix: diskFullFix(dataDir)
+          })
+        : new RegistryUnavailable({ dataDir, reason })
+    }
 
     const sql = yield* SqliteClient.make({
       filename: databasePath,
-      transformResultNames: Str.snakeToCamel
-    }).pipe(Effect.provide(Reactivity.layer))
+      transformResultNames: Str.snakeToCamel,
+      // Set by prepareDatabase, where a failure is typed; the client's own pragma would throw a defect.
+      disableWAL: true
+    }).pipe(
+      Effect.provide(Reactivity.layer),
+      // The client opens the file in its constructor, where SQLite's errors are thrown (defects).
+      Effect.catchSomeDefect((defect) =>
+        defect instanceof Database.SqliteError
+          ? Option.some(Effect.fail(unavailable(`cannot open ${databasePath} (${describeError(defect)})`, defect)))
+          : Option.none()
+      )
+    )
     yield* Effect.gen(function* () {
       yield* sql.unsafe(`PRAGMA busy_timeout = ${busyMs}`)
       yield* sql`PRAGMA foreign_keys = ON`
@@ -279,41 +389,94 @@ const make = (options: RegistryOptions) =>
       const [mode] = yield* sql<{ journalMode: string }>`PRAGMA journal_mode`
       if (mode?.journalMode !== "wal")
         yield* Effect.logWarning(`snakepit registry: journal mode is ${mode?.journalMode}`)
-    }).pipe(Effect.mapError((error) => unavailable(`cannot configure the database (${describeFailure(error)})`)))
+    }).pipe(Effect.mapError((error) => unavailable(`cannot configure the database (${describeFailure(error)})`, error)))
     yield* Migrator.make({})({ loader: migrations, table: "snakepit_migrations" }).pipe(
       Effect.provideService(SqlClient.SqlClient, sql),
-      Effect.mapError((error) => unavailable(`migrations failed (${describeFailure(error)})`))
+      Effect.mapError((error) => unavailable(`migrations failed (${describeFailure(error)})`, error))
     )
     yield* Effect.try({
       try: () => restrictCompanions(databasePath),
-      catch: (error) => unavailable(`cannot restrict the WAL files to mode 0600 (${String(error)})`)
+      catch: (error) => unavailable(`cannot restrict the WAL files to mode 0600 (${describeError(error)})`)
     })
 
     const ownRuns = new Set<string>()
-    const groups = new Map<string, number>()
+    /** How many `startRun`s of each run this instance holds (each holds one count of the run lock). */
+    const heldRuns = new Map<string, number>()
+    /** Registered workers, by `<run>/<worker>`: their group and the start time of its leader. */
+    const groups = new Map<
+      string,
+      { readonly pgid: number; readonly leader: number; readonly startTime: string | null }
+    >()
     const host = hostname()
+
+    // Whatever ends this registry, its locks go with it (the kernel would release them at exit anyway).
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const [runId, count] of heldRuns) for (let i = 0; i < count; i++) RunLock.release(dataDir, runId)
+        heldRuns.clear()
+      })
+    )
 
     const decodeRuns = Schema.decodeUnknown(Schema.Array(RunRecord))
     const decodeWorkers = Schema.decodeUnknown(Schema.Array(WorkerRecord))
 
+    /** A failed write that recorded nothing: a full file system is RegistryUnavailable, with its fix. */
+    const failWrite =
+      (operation: string) =>
+      <A, R>(effect: Effect.Effect<A, SqlError.SqlError, R>) =>
+        Effect.mapError(effect, (error) =>
+          diskFull(error.cause, dataDir) !== undefined
+            ? unavailable(`${operation} could not write (${describeFailure(error)})`, error)
+            : new RegistryError({ operation, reason: describeFailure(error) })
+        )
+
     const startRun = (runId: string) =>
       Effect.gen(function* () {
         yield* validRunId("startRun", runId)
+        // The lock first: from the moment the row exists, the run is provably alive.
+        yield* Effect.try({
+          try: () => RunLock.acquire(dataDir, runId),
+          catch: (error) =>
+            diskFull(error, dataDir) !== undefined
+              ? unavailable(`cannot create the lock of run ${runId} (${describeError(error)})`, error)
+              : new RegistryError({ operation: "startRun", reason: describeError(error) })
+        })
+        heldRuns.set(runId, (heldRuns.get(runId) ?? 0) + 1)
         const now = yield* Clock.currentTimeMillis
         const start = ProcessInfo.startTime(process.pid) ?? ""
         yield* sql`INSERT INTO runs (run_id, owner_pid, owner_start_time, host, started_at, ended_at)
           VALUES (${runId}, ${process.pid}, ${start}, ${host}, ${now}, NULL)
           ON CONFLICT (run_id) DO UPDATE SET owner_pid = excluded.owner_pid,
             owner_start_time = excluded.owner_start_time, host = excluded.host,
-            started_at = excluded.started_at, ended_at = NULL, control_socket = NULL`.pipe(failWith("startRun"))
+            started_at = excluded.started_at, ended_at = NULL, control_socket = NULL`.pipe(
+          failWrite("startRun"),
+          Effect.tapError(() => Effect.sync(() => releaseOne(runId)))
+        )
         ownRuns.add(runId)
       })
 
+    /** Gives back one count of this instance's hold on `runId`'s lock. */
+    const releaseOne = (runId: string) => {
+      const count = heldRuns.get(runId) ?? 0
+      if (count === 0) return
+      if (count === 1) heldRuns.delete(runId)
+      else heldRuns.set(runId, count - 1)
+      RunLock.release(dataDir, runId)
+    }
+
     const endRun = (runId: string) =>
       Effect.gen(function* () {
+        const mine = (heldRuns.get(runId) ?? 0) > 0
+        // Another startRun of this run in this process still runs: it is not over.
+        if ((mine && RunLock.holds(dataDir, runId) > 1) || (!mine && RunLock.holds(dataDir, runId) > 0)) {
+          if (mine) releaseOne(runId)
+          return
+        }
         const now = yield* Clock.currentTimeMillis
+        // Marked ended before the lock goes, so that no moment shows it dead.
         yield* sql`UPDATE runs SET ended_at = ${now}, control_socket = NULL WHERE run_id = ${runId}`.pipe(
-          failWith("endRun")
+          failWith("endRun"),
+          Effect.ensuring(Effect.sync(() => releaseOne(runId)))
         )
       })
 
@@ -341,10 +504,15 @@ const make = (options: RegistryOptions) =>
       (operation: string, state: WorkerState) =>
       ({ workerId, runId, pid, pgid }: WorkerProcess) =>
         Effect.gen(function* () {
-          const updated = yield* sql`UPDATE workers SET pid = ${pid}, pgid = ${pgid}, state = ${state}
-            WHERE run_id = ${runId} AND worker_id = ${workerId} RETURNING worker_id`.pipe(failWith(operation))
+          // Read here, from the OS, so that no caller can record a start time it made up; kept
+          // from attach to activation (the same process: the pid cannot change while it lives).
+          const start = ProcessInfo.startTime(pid) ?? null
+          const updated = yield* sql<{ startTime: string | null }>`UPDATE workers SET
+            start_time = CASE WHEN pid = ${pid} AND start_time IS NOT NULL THEN start_time ELSE ${start} END,
+            pid = ${pid}, pgid = ${pgid}, state = ${state}
+            WHERE run_id = ${runId} AND worker_id = ${workerId} RETURNING start_time`.pipe(failWith(operation))
           if (updated.length === 0) return yield* new WorkerNotFound({ workerId })
-          groups.set(`${runId}/${workerId}`, pgid ?? pid)
+          groups.set(`${runId}/${workerId}`, { pgid: pgid ?? pid, leader: pid, startTime: updated[0]!.startTime })
         })
 
     const removeWorker = ({ workerId, runId }: WorkerKey) =>
@@ -363,51 +531,55 @@ const make = (options: RegistryOptions) =>
 
     const runs = sql`SELECT * FROM runs ORDER BY started_at, run_id`.pipe(Effect.flatMap(decodeRuns), failWith("runs"))
 
+    const livenessOf = (run: RunRecord): RunLiveness => {
+      const lock = RunLock.probe(dataDir, run.runId)
+      const ownerAlive = ProcessInfo.isOwnerAlive(run.ownerPid, run.ownerStartTime)
+      return { alive: lock !== "free" || ownerAlive, lock, ownerAlive }
+    }
+
     const sweep = () =>
       Effect.gen(function* () {
         const all = yield* runs
-        // Runs whose owner process is gone, ended cleanly or not.
-        const gone = all.filter(
-          (run) =>
-            !ownRuns.has(run.runId) && run.host === host && !ProcessInfo.isOwnerAlive(run.ownerPid, run.ownerStartTime)
-        )
-        const killed: Array<SweptProcess> = []
-        const skipped: Array<SkippedProcess> = []
+        // Runs whose host is gone (lock free, owner gone), ended cleanly or not.
+        const gone = all.filter((run) => !ownRuns.has(run.runId) && run.host === host && !livenessOf(run).alive)
+        const state: SweepState = {
+          killed: [],
+          skipped: [],
+          handled: new Set(),
+          ownPgid: ProcessInfo.processGroup(process.pid),
+          ownSession: ProcessInfo.sessionId(process.pid)
+        }
         if (gone.length > 0) {
-          const ownPgid = ProcessInfo.processGroup(process.pid)
-          const handled = new Set<number>()
           for (const run of gone) {
-            for (const worker of yield* workers(run.runId)) {
-              if (worker.pid === null || handled.has(worker.pid)) continue
-              handled.add(worker.pid)
-              const outcome = killIfProven(worker.pid, run.runId, worker.pgid, ownPgid)
-              if (outcome._tag === "Killed")
-                killed.push({ pid: worker.pid, runId: run.runId, pgid: outcome.pgid, via: "row" })
-              if (outcome._tag === "Skipped")
-                skipped.push({ pid: worker.pid, runId: run.runId, reason: outcome.reason })
-            }
+            for (const worker of yield* workers(run.runId)) sweepWorker(worker, state)
           }
-          for (const [pid, cmdline] of ProcessInfo.allProcesses()) {
-            if (handled.has(pid)) continue
-            const run = gone.find((candidate) => ProcessInfo.carriesRunId(cmdline, candidate.runId))
-            if (run === undefined) continue
-            handled.add(pid)
-            const outcome = killIfProven(pid, run.runId, null, ownPgid)
-            if (outcome._tag === "Killed") killed.push({ pid, runId: run.runId, pgid: outcome.pgid, via: "scan" })
-            if (outcome._tag === "Skipped") skipped.push({ pid, runId: run.runId, reason: outcome.reason })
+          for (const { pid, runId } of Ownership.suspicious(
+            gone.map((run) => run.runId),
+            state.handled
+          )) {
+            state.skipped.push({
+              pid,
+              runId,
+              reason: `it carries --snakepit-run-id ${runId} on its command line but is not a recorded worker nor in a worker's session: a run id can be copied, so it is never killed on that alone`
+            })
           }
           for (const run of gone) {
             const socket = run.controlSocket
             if (socket !== null) {
-              const removed = Either.try(() => removeStaleSocket(socket))
+              const removed = Either.try(() => removeStaleSocket(dataDir, run.runId, socket))
               if (Either.isLeft(removed)) {
                 yield* Effect.logWarning(`snakepit registry sweep: cannot remove ${socket}: ${String(removed.left)}`)
               }
             }
             yield* sql`DELETE FROM workers WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
             yield* sql`DELETE FROM runs WHERE run_id = ${run.runId}`.pipe(failWith("sweep"))
+            RunLock.removeIfFree(dataDir, run.runId)
           }
         }
+        // Lock files without a run row: hosts that died between taking the lock and writing the row.
+        const known = new Set(all.map((run) => run.runId))
+        for (const runId of RunLock.lockedRunIds(dataDir)) if (!known.has(runId)) RunLock.removeIfFree(dataDir, runId)
+        const { killed, skipped } = state
         // A run that ended cleanly and whose owner has since exited is not dead: its rows are
         // only tidied away. Only runs whose owner died without ending them are dead.
         const crashed = gone.filter((run) => run.endedAt === null).length
@@ -433,7 +605,16 @@ const make = (options: RegistryOptions) =>
         return report
       })
 
-    const registeredGroups = () => [...new Set(groups.values())]
+    // A group whose leader pid now runs with another start time is someone else's: the exit hook
+    // must not kill it (our group ended when the pid was freed).
+    const registeredGroups = () => {
+      const live: Array<number> = []
+      for (const { pgid, leader, startTime } of groups.values()) {
+        const now = startTime === null ? undefined : ProcessInfo.startTime(leader)
+        if (now === undefined || now === startTime) live.push(pgid)
+      }
+      return [...new Set(live)]
+    }
     if (options.exitHook !== false) yield* exitHook(registeredGroups)
 
     return {
@@ -448,6 +629,7 @@ const make = (options: RegistryOptions) =>
       removeWorker,
       workers,
       runs,
+      liveness: (run) => Effect.sync(() => livenessOf(run)),
       sweep,
       registeredGroups
     } satisfies RegistryService

@@ -7,17 +7,21 @@ import { Schema } from "effect"
 
 /**
  * The registry database cannot be opened or created: the data directory is missing and
- * cannot be made, is not writable, or the database file cannot be opened for a reason other
- * than corruption (a corrupt file is moved aside and recreated instead).
+ * cannot be made, is not writable, is not private (writable by others, or owned by another
+ * user), its file system is full, or the database file is a link or cannot be opened for a
+ * reason other than corruption (a corrupt file is moved aside and recreated instead).
  */
 export class RegistryUnavailable extends Schema.TaggedError<RegistryUnavailable>()("RegistryUnavailable", {
   dataDir: Schema.String,
-  reason: Schema.String
+  reason: Schema.String,
+  /** What to do, when the registry knows better than the generic advice. */
+  fix: Schema.optional(Schema.String)
 }) {
   override get message(): string {
     return (
       `Snakepit's process registry is unavailable in ${this.dataDir}: ${this.reason}. ` +
-      "Set SNAKEPIT_DATA_DIR (or the dataDir option) to a writable directory, or fix the permissions of this one."
+      (this.fix ??
+        "Set SNAKEPIT_DATA_DIR (or the dataDir option) to a writable directory, or fix the permissions of this one.")
     )
   }
 }

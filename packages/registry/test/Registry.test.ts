@@ -1,5 +1,16 @@
 import { randomBytes } from "node:crypto"
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  symlinkSync,
+  writeFileSync
+} from "node:fs"
 import { hostname } from "node:os"
 import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
@@ -222,4 +233,118 @@ describe("Registry bad state", () => {
       expect(error._tag).toBe("RegistryUnavailable")
     })
   )
+})
+
+/** Everything that could betray a change to `path`: its bytes, mode, owner and modification time. */
+const fingerprint = (path: string) => {
+  const stats = lstatSync(path)
+  return { bytes: readFileSync(path).toString("base64"), mode: stats.mode, uid: stats.uid, mtimeMs: stats.mtimeMs }
+}
+
+/** A SQLite file of someone else's, with one row, mode 0644. */
+const foreignDatabase = (path: string) => {
+  const db = new Database(path)
+  db.exec("CREATE TABLE secrets (value TEXT); INSERT INTO secrets VALUES ('theirs')")
+  db.close()
+  chmodSync(path, 0o644)
+}
+
+describe("Registry data dir: nothing in it is trusted blindly", () => {
+  for (const mode of [0o777, 0o1777, 0o770]) {
+    it.scopedLive(
+      `a data dir with mode ${mode.toString(8)} is refused with the fix; nothing is chmod-ed or created`,
+      () =>
+        Effect.gen(function* () {
+          const dir = yield* tempDir
+          const dataDir = join(dir, "shared")
+          mkdirSync(dataDir)
+          chmodSync(dataDir, mode)
+          const error = yield* Effect.flip(registryIn(dataDir))
+          expect(error).toBeInstanceOf(RegistryUnavailable)
+          expect(error.reason).toContain(`${dataDir} is writable by`)
+          expect(error.reason).toContain(`mode ${mode.toString(8).padStart(4, "0")}`)
+          expect(error.fix).toContain(`chmod 700 ${dataDir}`)
+          expect(error.message).toContain(`chmod 700 ${dataDir}`)
+          expect(statSync(dataDir).mode & 0o7777).toBe(mode)
+          expect(readdirSync(dataDir)).toEqual([])
+        })
+    )
+  }
+
+  it.scopedLive.skipIf(process.getuid?.() !== 0)(
+    "a data dir owned by another user is refused (even for root); nothing is chmod-ed, chowned or created",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const dataDir = join(dir, "theirs")
+        mkdirSync(dataDir, { mode: 0o700 })
+        chownSync(dataDir, 65534, 65534) // nobody
+        const error = yield* Effect.flip(registryIn(dataDir))
+        expect(error._tag).toBe("RegistryUnavailable")
+        expect(error.reason).toContain(`${dataDir} is owned by uid 65534, not by this user (uid 0)`)
+        expect(error.fix).toContain("SNAKEPIT_DATA_DIR")
+        const stats = statSync(dataDir)
+        expect([stats.uid, stats.mode & 0o7777]).toEqual([65534, 0o700])
+        expect(readdirSync(dataDir)).toEqual([])
+      })
+  )
+
+  it.scopedLive(
+    "a registry.db that links to another SQLite file is refused: the target is not opened, chmod-ed or written",
+    () =>
+      Effect.gen(function* () {
+        const dir = yield* tempDir
+        const dataDir = join(dir, "data")
+        mkdirSync(dataDir, { mode: 0o700 })
+        const target = join(dir, "other.db")
+        foreignDatabase(target)
+        const before = fingerprint(target)
+        symlinkSync(target, join(dataDir, "registry.db"))
+        const error = yield* Effect.flip(registryIn(dataDir))
+        expect(error._tag).toBe("RegistryUnavailable")
+        expect(error.reason).toBe(
+          `${join(dataDir, "registry.db")} is a symbolic link (to ${target}): refusing to follow it`
+        )
+        expect(error.fix).toContain(`Remove ${join(dataDir, "registry.db")}`)
+        expect(fingerprint(target)).toEqual(before)
+        expect(readdirSync(dir).sort()).toEqual(["data", "other.db"]) // no other.db-wal, -shm or -journal
+        expect(lstatSync(join(dataDir, "registry.db")).isSymbolicLink()).toBe(true)
+        expect(readdirSync(dataDir)).toEqual(["registry.db"])
+      })
+  )
+
+  it.scopedLive("a dangling registry.db link is refused, and its target is not created", () =>
+    Effect.gen(function* () {
+      const dir = yield* tempDir
+      const dataDir = join(dir, "data")
+      mkdirSync(dataDir, { mode: 0o700 })
+      const target = join(dir, "planted.db")
+      symlinkSync(target, join(dataDir, "registry.db"))
+      const error = yield* Effect.flip(registryIn(dataDir))
+      expect(error.reason).toContain("is a symbolic link")
+      expect(existsSync(target)).toBe(false)
+      expect(readdirSync(dir)).toEqual(["data"])
+    })
+  )
+
+  for (const suffix of ["-wal", "-shm"]) {
+    it.scopedLive(
+      `a link at registry.db${suffix} is refused before the database is opened; its target is untouched`,
+      () =>
+        Effect.gen(function* () {
+          const dir = yield* tempDir
+          const dataDir = join(dir, "data")
+          yield* Effect.scoped(registryIn(dataDir)) // a healthy registry, closed (its -wal and -shm removed)
+          expect(existsSync(join(dataDir, `registry.db${suffix}`))).toBe(false)
+          const target = join(dir, "other.db")
+          foreignDatabase(target)
+          const before = fingerprint(target)
+          symlinkSync(target, join(dataDir, `registry.db${suffix}`))
+          const error = yield* Effect.flip(registryIn(dataDir))
+          expect(error.reason).toContain(`registry.db${suffix} is a symbolic link (to ${target})`)
+          expect(fingerprint(target)).toEqual(before)
+          expect(readdirSync(dir).sort()).toEqual(["data", "other.db"])
+        })
+    )
+  }
 })

@@ -6,9 +6,11 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { join } from "node:path"
+import { createInterface } from "node:readline"
+import { fileURLToPath } from "node:url"
 import Database from "better-sqlite3"
-import { Context, Duration, Effect, Layer, Schedule } from "effect"
-import { ProcessInfo, Registry, type RegistryOptions, RunId } from "../src/index.js"
+import { Context, Duration, Effect, Layer, Schedule, Schema } from "effect"
+import { ProcessInfo, Registry, type RegistryOptions, type RegistryService, RunId } from "../src/index.js"
 
 /** A fresh temporary directory, removed when the scope closes. */
 export const tempDir = Effect.acquireRelease(
@@ -126,3 +128,113 @@ export const insertRun = (
 
 /** A fresh, valid run id. */
 export const newRunId = () => RunId.generate()
+
+const killQuietly = (target: number) => {
+  try {
+    process.kill(target, "SIGKILL")
+  } catch {
+    // already gone
+  }
+}
+
+/** A worker the host fixture started, and its two grandchildren (one outside its group). */
+const HostWorker = Schema.Struct({
+  pid: Schema.Number,
+  inGroup: Schema.Number,
+  outOfGroup: Schema.Number,
+  exited: Schema.Boolean
+})
+
+const HostOutput = Schema.parseJson(
+  Schema.Struct({ hostPid: Schema.Number, runId: Schema.String, workers: Schema.Array(HostWorker) })
+)
+
+/** What a host fixture started. */
+export interface Host {
+  readonly child: ChildProcess
+  readonly hostPid: number
+  readonly runId: string
+  readonly workers: ReadonlyArray<typeof HostWorker.Type>
+  /** Every process it started that should still be alive: its workers (but the exited ones) and grandchildren. */
+  readonly processes: ReadonlyArray<number>
+}
+
+const hostScript = fileURLToPath(new URL("./fixtures/host.mjs", import.meta.url))
+
+/**
+ * Starts a host process (fixtures/host.mjs, from the built package) that takes run `runId` in
+ * `dataDir` and records `workers` live workers plus `exited` workers that exit at once, each
+ * with two grandchildren. When the scope closes, the host, its workers' groups and every
+ * grandchild get SIGKILL, whatever the test did.
+ */
+export const startHost = (options: {
+  readonly dataDir: string
+  readonly runId: string
+  readonly workers?: number
+  readonly exited?: number
+}) =>
+  Effect.gen(function* () {
+    const started: Array<number> = []
+    const child = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        spawn(process.execPath, [hostScript, JSON.stringify(options)], { stdio: ["ignore", "pipe", "inherit"] })
+      ),
+      (child) =>
+        Effect.sync(() => {
+          if (child.pid !== undefined) killQuietly(child.pid)
+          for (const pid of started) {
+            killQuietly(-pid)
+            killQuietly(pid)
+          }
+        })
+    )
+    const line = yield* Effect.async<string, Error>((resume) => {
+      const lines = createInterface({ input: child.stdout! })
+      lines.once("line", (text) => resume(Effect.succeed(text)))
+      child.once("exit", (code, signal) => resume(Effect.fail(new Error(`the host exited (${code ?? signal})`))))
+    }).pipe(
+      Effect.timeoutFail({ duration: Duration.seconds(30), onTimeout: () => new Error("the host printed nothing") })
+    )
+    const output = yield* Schema.decodeUnknown(HostOutput)(line)
+    for (const worker of output.workers) started.push(worker.pid, worker.inGroup, worker.outOfGroup)
+    const processes = output.workers.flatMap((w) =>
+      w.exited ? [w.inGroup, w.outOfGroup] : [w.pid, w.inGroup, w.outOfGroup]
+    )
+    return { child, ...output, processes } satisfies Host
+  })
+
+/**
+ * Waits until `registry` sees run `runId` dead: its lock free and its owner gone. A process
+ * killed with -9 shows as a zombie before its last thread has exited and dropped the lock.
+ */
+export const awaitRunDead = (registry: RegistryService, runId: string) =>
+  Effect.gen(function* () {
+    const run = (yield* registry.runs).find((r) => r.runId === runId)
+    if (run === undefined) return yield* Effect.fail(new Error(`no run ${runId} recorded`))
+    const liveness = yield* registry.liveness(run)
+    if (liveness.alive) return yield* Effect.fail(new Error(`run ${runId} still alive: ${JSON.stringify(liveness)}`))
+  }).pipe(
+    Effect.retry(Schedule.spaced(Duration.millis(25))),
+    Effect.timeoutFail({
+      duration: Duration.seconds(10),
+      onTimeout: () => new Error(`run ${runId} still alive after 10 s`)
+    })
+  )
+
+/** SIGKILLs the host process (not its workers, which are detached) and waits until it is gone. */
+export const killHost = (host: Host) =>
+  Effect.gen(function* () {
+    host.child.kill("SIGKILL")
+    yield* awaitGone([host.hostPid])
+  })
+
+/** Runs `statement` with `params` straight on the database, as anyone who can write the file could. */
+export const craft = (databasePath: string, statement: string, ...params: ReadonlyArray<unknown>) =>
+  Effect.sync(() => {
+    const db = new Database(databasePath, { timeout: 5000 })
+    try {
+      db.prepare(statement).run(...params)
+    } finally {
+      db.close()
+    }
+  })

@@ -16,7 +16,7 @@ import {
   WorkerFactory,
   WorkerStartError
 } from "@snakepit/core"
-import { Deferred, Duration, Effect, Layer, Option, Stream } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, Option, Stream } from "effect"
 
 /** A scripted tool: gets the decoded arguments and the worker it runs on. */
 export type FakeTool = (args: Record<string, unknown>, worker: FakeWorker) => Effect.Effect<unknown, WorkerCallError>
@@ -36,6 +36,8 @@ export interface FakeWorker {
     readonly tool: string
     readonly args: Record<string, unknown>
     readonly session: string | undefined
+    /** Present (true) only when the pool told the tool its session moved (`ctx.session_moved`). */
+    readonly sessionMoved?: boolean
   }>
   /** Sessions the pool asked it to clean up. */
   readonly cleanedSessions: Array<string>
@@ -76,6 +78,8 @@ export interface FakeCall {
   readonly tool: string
   readonly args: Record<string, unknown>
   readonly session: string | undefined
+  /** Present (true) only when the pool told the tool its session moved (`ctx.session_moved`). */
+  readonly sessionMoved?: boolean
 }
 
 /** The default streaming tools. */
@@ -94,6 +98,8 @@ export interface FakeWorkers {
   readonly calls: ReadonlyArray<FakeCall>
   /** Workers not yet crashed or stopped. */
   readonly alive: Effect.Effect<ReadonlyArray<FakeWorker>>
+  /** Start attempts so far, failed ones included. */
+  readonly attempts: number
 }
 
 /** Creates a fake worker factory. */
@@ -165,24 +171,58 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
           )
         )
 
+      // Calls the caller gave up on (timeout, interruption) that still run, as in Python: a tool
+      // made with `tool.stubborn` runs on after its cancel, and `settled` waits for it.
+      const abandoned = new Set<Fiber.RuntimeFiber<unknown, WorkerCallError>>()
+      const workerScope = yield* Effect.scope
+
       const executeEncoded: Worker.Worker["executeEncoded"] = (tool, argsJson, callOptions = {}) =>
         Effect.gen(function* () {
           if (yield* Deferred.isDone(exit)) return yield* crashed(tool)
           const args = argsJson.value as Record<string, unknown>
-          fake.calls.push({ tool, args, session: callOptions.session })
-          calls.push({ workerId: id, tool, args, session: callOptions.session })
+          const call = {
+            tool,
+            args,
+            session: callOptions.session,
+            ...(callOptions.sessionMoved === true ? { sessionMoved: true } : {})
+          }
+          fake.calls.push(call)
+          calls.push({ workerId: id, ...call })
           const handler = tools[tool]
           if (!handler) return yield* new ToolNotFound({ tool, available: Object.keys(tools).sort(), workerId: id })
-          const run = Effect.raceFirst(handler(args, fake), crashed(tool))
-          const timeout = callOptions.timeout
-          return yield* timeout === undefined
-            ? run
-            : run.pipe(
-                Effect.timeoutFail({
-                  duration: timeout,
-                  onTimeout: () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout), workerId: id })
-                })
+          // The tool runs in the worker, not in the caller: a cancel asks it to stop, and the
+          // caller does not wait for that. A daemon, like a Python thread: the worker's scope
+          // closing does not wait for a tool that ignores cancellation.
+          const running = yield* Effect.forkDaemon(Effect.raceFirst(handler(args, fake), crashed(tool)))
+          const abandon = Effect.sync(() => {
+            abandoned.add(running)
+          }).pipe(
+            Effect.zipRight(Fiber.interruptFork(running)),
+            Effect.zipRight(
+              Effect.forkIn(
+                Effect.ensuring(
+                  Fiber.await(running),
+                  Effect.sync(() => abandoned.delete(running))
+                ),
+                workerScope
               )
+            )
+          )
+          const timeout = callOptions.timeout
+          const joined = Fiber.join(running)
+          return yield* (
+            timeout === undefined
+              ? joined
+              : joined.pipe(
+                  Effect.timeoutFail({
+                    duration: timeout,
+                    onTimeout: () => new CallTimeout({ tool, timeoutMs: Duration.toMillis(timeout), workerId: id })
+                  })
+                )
+          ).pipe(
+            Effect.tapErrorTag("CallTimeout", () => abandon),
+            Effect.onInterrupt(() => abandon)
+          )
         })
 
       const executeStream: Worker.Worker["executeStream"] = (tool, argsJson, streamOptions = {}) =>
@@ -259,7 +299,7 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
             fake.cleanedSessions.push(session)
             return true
           }),
-        settled: Effect.void,
+        settled: Effect.suspend(() => Effect.forEach([...abandoned], Fiber.await, { discard: true })),
         failed: Effect.never,
         exited: Deferred.await(exit)
       }
@@ -269,7 +309,10 @@ export const make = (options: FakeWorkersOptions = {}): FakeWorkers => {
     layer: Layer.succeed(WorkerFactory, WorkerFactory.of({ spawn })),
     started,
     calls,
-    alive: Effect.filter(started, (w) => w.isAlive)
+    alive: Effect.filter(started, (w) => w.isAlive),
+    get attempts() {
+      return attempts
+    }
   }
 }
 
@@ -285,6 +328,14 @@ export const tool = {
     (latency: Duration.DurationInput, value: unknown): FakeTool =>
     () =>
       Effect.as(Effect.sleep(latency), value),
+  /**
+   * Sleeps `latency` on the clock and ignores cancellation, like a Python tool blocked in native
+   * code: a caller's timeout returns at once, but the worker stays busy until the tool ends.
+   */
+  stubborn:
+    (latency: Duration.DurationInput, value: unknown = null): FakeTool =>
+    () =>
+      Effect.uninterruptible(Effect.as(Effect.sleep(latency), value)),
   /** Fails with `error` (a `PythonError`, `InvalidArguments`, ...). */
   fail:
     (error: WorkerCallError): FakeTool =>

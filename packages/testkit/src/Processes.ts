@@ -4,9 +4,10 @@
  *
  * @since 0.1.0
  */
-import { spawn } from "node:child_process"
+import { type ChildProcess, spawn } from "node:child_process"
+import { createInterface } from "node:readline"
 import { ProcessInfo } from "@snakepit/registry"
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect, Schedule, type Scope } from "effect"
 
 /** True while `pid` names a live process (a zombie counts as gone). */
 export const isAlive = ProcessInfo.isAlive
@@ -97,4 +98,90 @@ export const runToCompletion = (
       duration: timeout,
       onTimeout: () => new Error(`${command} ${args.join(" ")} did not exit within ${Duration.format(timeout)}`)
     })
+  )
+
+/**
+ * How a process ended: its exit code, or the signal that ended it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Ended {
+  readonly code: number | null
+  readonly signal: NodeJS.Signals | null
+}
+
+/**
+ * A Node process started for a test (an application, a host of pools), talking JSON lines.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostProcess {
+  readonly child: ChildProcess
+  readonly pid: number
+  /**
+   * Its next stdout line that is a JSON object, parsed (other lines, such as log lines, are
+   * skipped); fails when it exits first, or after `timeout` (default 30 s).
+   */
+  readonly nextJson: <A = unknown>(timeout?: Duration.DurationInput) => Effect.Effect<A, Error>
+  /** Waits (at most `timeout`, default 30 s) until it has exited, and says how. */
+  readonly exited: (timeout?: Duration.DurationInput) => Effect.Effect<Ended, Error>
+}
+
+/**
+ * Starts `node <script> <args>` (stdout piped, stderr inherited) and SIGKILLs it when the scope
+ * closes if it still runs, whatever the test did.
+ *
+ * @since 0.1.0
+ * @category processes
+ */
+export const spawnHost = (
+  script: string,
+  args: ReadonlyArray<string> = []
+): Effect.Effect<HostProcess, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const child = spawn(process.execPath, [script, ...args], { stdio: ["ignore", "pipe", "inherit"] })
+      child.on("error", () => {})
+      let ended: Ended | undefined
+      const waiters: Array<(ended: Ended) => void> = []
+      child.once("exit", (code, signal) => {
+        ended = { code, signal }
+        for (const waiter of waiters.splice(0)) waiter(ended)
+      })
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
+      const nextJson = <A>(timeout: Duration.DurationInput = Duration.seconds(30)) =>
+        Effect.tryPromise({
+          try: async () => {
+            for (;;) {
+              const line = await lines.next()
+              if (line.done) throw new Error(`${script} exited without printing`)
+              const text = String(line.value)
+              if (text.startsWith("{")) return JSON.parse(text) as A
+            }
+          },
+          catch: (error) => (error instanceof Error ? error : new Error(String(error)))
+        }).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new Error(`${script} printed nothing within ${Duration.format(timeout)}`)
+          })
+        )
+      const exited = (timeout: Duration.DurationInput = Duration.seconds(30)) =>
+        Effect.async<Ended>((resume) => {
+          if (ended !== undefined) return resume(Effect.succeed(ended))
+          waiters.push((value) => resume(Effect.succeed(value)))
+        }).pipe(
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () => new Error(`${script} did not exit within ${Duration.format(timeout)}`)
+          })
+        )
+      return { child, pid: child.pid ?? 0, nextJson, exited } satisfies HostProcess
+    }),
+    ({ child }) =>
+      Effect.sync(() => {
+        if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL")
+      })
   )

@@ -114,3 +114,88 @@ export const make = (options: VenvOptions = {}): Effect.Effect<Venv, Error, Scop
       })
     )
   )
+
+/**
+ * What {@link withPackages} gives: the venv's interpreter, or why there is none (the test then
+ * skips, saying so).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type PackagesVenv =
+  | { readonly _tag: "Ready"; readonly python: string }
+  | { readonly _tag: "Unavailable"; readonly reason: string }
+
+/**
+ * A venv in `dir` (a git-ignored directory of the repository: it is kept between runs) with
+ * `packages` installed by pip from the package index pip is configured for, made once: later
+ * calls only check that it imports `imports`. Never installs into a user site. When the index
+ * cannot be reached, `Unavailable` says why. `shareModulesOf` lends it another interpreter's
+ * site-packages (after its own), for grpcio and protobuf. Synchronous, for `describe.skipIf`.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const withPackages = (options: {
+  readonly dir: string
+  readonly packages: ReadonlyArray<string>
+  readonly imports: ReadonlyArray<string>
+  readonly shareModulesOf?: string
+  readonly base?: string
+}): PackagesVenv => {
+  const venvPython = join(options.dir, "bin", "python")
+  const imports = (): boolean => {
+    try {
+      execFileSync(venvPython, ["-c", `import ${options.imports.join(", ")}`], { stdio: "ignore", timeout: 60_000 })
+      return true
+    } catch {
+      return false
+    }
+  }
+  const share = () => {
+    if (options.shareModulesOf === undefined) return
+    writeFileSync(
+      join(sitePackagesOf(venvPython), "snakepit_test_shared.pth"),
+      `${sitePackagesOf(options.shareModulesOf)}\n`
+    )
+  }
+  try {
+    if (imports()) {
+      share()
+      return { _tag: "Ready", python: venvPython }
+    }
+    rmSync(options.dir, { recursive: true, force: true })
+    execFileSync(options.base ?? baseOf(suitePython()), ["-m", "venv", options.dir], {
+      stdio: "ignore",
+      timeout: 120_000
+    })
+    execFileSync(
+      venvPython,
+      [
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "0",
+        "--timeout",
+        "10",
+        ...options.packages
+      ],
+      // A user-level `user = true` pip setting would refuse to install into a venv.
+      { stdio: ["ignore", "ignore", "pipe"], timeout: 900_000, env: { ...process.env, PIP_USER: "0" } }
+    )
+  } catch (error) {
+    rmSync(options.dir, { recursive: true, force: true })
+    const stderr = (error as { stderr?: Buffer }).stderr?.toString().trim().split("\n").slice(-3).join(" ") ?? ""
+    return {
+      _tag: "Unavailable",
+      reason: `cannot install ${options.packages.join(" ")} from the package index: ${stderr || String(error)}`
+    }
+  }
+  if (!imports())
+    return { _tag: "Unavailable", reason: `${venvPython} still cannot import ${options.imports.join(", ")}` }
+  share()
+  return { _tag: "Ready", python: venvPython }
+}

@@ -5,6 +5,8 @@
  * @since 0.1.0
  */
 
+/** A small tmpfs that fills up, for tests of a full disk. */
+export * as Disks from "./Disks.js"
 /** An in-memory WorkerFactory for deterministic pool tests on TestClock. */
 export * as FakeWorkers from "./FakeWorkers.js"
 /** Real-Python fixtures: a scoped worker or pool, and the no-survivors assertion. */

@@ -20,7 +20,7 @@ export const describeRegistryFailure = (error: RegistryUnavailable | RegistryErr
   error._tag === "RegistryUnavailable"
     ? {
         detail: `cannot open the registry in ${error.dataDir}: ${error.reason}`,
-        fix: dataDirFix(error.dataDir, error.reason)
+        fix: error.fix ?? dataDirFix(error.dataDir, error.reason)
       }
     : {
         detail: error.message,

@@ -6,12 +6,23 @@
  *
  * - `{"__snakepit__": "bytes", "blob": i}`: a `Uint8Array` (a `Buffer`, an `ArrayBuffer`) whose
  *   content is blob `i`; Python sees `bytes`.
+ * - `{"__snakepit__": "ndarray", "dtype", "shape", "blob": i}`: an `NDArray` (or another
+ *   TypedArray, one-dimensional), little-endian bytes in blob `i`; Python sees a numpy array.
+ * - `{"__snakepit__": "arrow", "blob": i}`: an apache-arrow `Table` as an Arrow IPC stream in blob
+ *   `i`; Python sees a pyarrow `Table`.
+ * - `{"__snakepit__": "datetime", "ms": n}`: a `Date` (milliseconds since the epoch, UTC);
+ *   Python sees an aware UTC `datetime`.
+ *
+ * The table of every conversion, both ways, is docs/values.md.
  *
  * Encoding refuses, with the path of the problem, what JSON would silently change or drop:
  * functions, symbols, bigints, non-finite numbers, `undefined` in arrays, cycles, class
  * instances without `toJSON`, values nested deeper than {@link MAX_DEPTH}, and getters,
  * `toJSON`s or Proxies that throw.
  */
+
+import { isDType, NDArray } from "../NDArray.js"
+import * as Arrow from "./arrow.js"
 
 /** Deepest nesting accepted in either direction (Python uses the same limit). */
 export const MAX_DEPTH = 256
@@ -49,11 +60,17 @@ const messageOf = (error: unknown): string => (error instanceof Error ? error.me
 interface Walk {
   readonly blobs: Array<Uint8Array>
   readonly ancestors: Set<object>
+  tagged: boolean
 }
 
 const bytesTag = (walk: Walk, bytes: Uint8Array) => {
   walk.blobs.push(bytes)
   return { [TAG]: "bytes", blob: walk.blobs.length - 1 }
+}
+
+const ndarrayTag = (walk: Walk, array: NDArray) => {
+  walk.blobs.push(array.bytes)
+  return { [TAG]: "ndarray", dtype: array.dtype, shape: array.shape, blob: walk.blobs.length - 1 }
 }
 
 /**
@@ -82,6 +99,21 @@ const walkValue = (value: unknown, path: string, depth: number, walk: Walk): unk
   try {
     if (object instanceof Uint8Array) return bytesTag(walk, object)
     if (object instanceof ArrayBuffer) return bytesTag(walk, new Uint8Array(object))
+    if (object instanceof NDArray) return ndarrayTag(walk, object)
+    if (object instanceof Date) {
+      const ms = object.getTime()
+      if (Number.isNaN(ms)) throw new Refused({ path, reason: "an invalid Date cannot be sent" })
+      walk.tagged = true
+      return { [TAG]: "datetime", ms }
+    }
+    if (ArrayBuffer.isView(object) && !(object instanceof DataView)) {
+      return ndarrayTag(walk, NDArray.of(object as Uint8ClampedArray))
+    }
+    const arrow = Arrow.loaded()
+    if (arrow !== undefined && object instanceof arrow.Table) {
+      walk.blobs.push(arrow.tableToIPC(object, "stream"))
+      return { [TAG]: "arrow", blob: walk.blobs.length - 1 }
+    }
     const toJSON = (object as { toJSON?: unknown }).toJSON
     if (typeof toJSON === "function") {
       return walkValue(toJSON.call(object, path), path, depth, walk) ?? null
@@ -131,7 +163,7 @@ const walkValue = (value: unknown, path: string, depth: number, walk: Walk): unk
 
 /** Encodes `value` (found at `path`, for messages), or says where and why it cannot travel. */
 export const encode = (value: unknown, path: string): Encoded | Problem => {
-  const walk: Walk = { blobs: [], ancestors: new Set() }
+  const walk: Walk = { blobs: [], ancestors: new Set(), tagged: false }
   let carried: unknown
   try {
     carried = walkValue(value, path, 0, walk)
@@ -139,7 +171,7 @@ export const encode = (value: unknown, path: string): Encoded | Problem => {
     if (error instanceof Refused) return error.problem
     throw error
   }
-  return { json: JSON.stringify(carried), blobs: walk.blobs, tagged: walk.blobs.length > 0 }
+  return { json: JSON.stringify(carried), blobs: walk.blobs, tagged: walk.tagged || walk.blobs.length > 0 }
 }
 
 /** True when `encode` refused the value. */
@@ -161,15 +193,53 @@ export const decodeTagged = (value: unknown, blobs: ReadonlyArray<Uint8Array>): 
   }
   const record = value as Record<string, unknown>
   const kind = record[TAG]
-  if (kind !== undefined) {
-    if (kind === "bytes") {
-      const index = record.blob
-      const blob = typeof index === "number" && Number.isInteger(index) && index >= 0 ? blobs[index] : undefined
-      if (blob === undefined) throw new MalformedValue(`a bytes value refers to a missing blob ${String(index)}`)
-      return blob
-    }
-    throw new MalformedValue(`unknown value kind ${JSON.stringify(kind)}`)
-  }
+  if (kind !== undefined) return decodeKind(kind, record, blobs)
   for (const key in record) record[key] = decodeTagged(record[key], blobs)
   return record
+}
+
+const blobOf = (kind: string, record: Record<string, unknown>, blobs: ReadonlyArray<Uint8Array>): Uint8Array => {
+  const index = record.blob
+  const blob = typeof index === "number" && Number.isInteger(index) && index >= 0 ? blobs[index] : undefined
+  if (blob === undefined) throw new MalformedValue(`a ${kind} value refers to a missing blob ${String(index)}`)
+  return blob
+}
+
+const decodeKind = (kind: unknown, record: Record<string, unknown>, blobs: ReadonlyArray<Uint8Array>): unknown => {
+  switch (kind) {
+    case "bytes":
+      return blobOf(kind, record, blobs)
+    case "ndarray": {
+      const { dtype, shape } = record
+      if (!isDType(dtype) || !Array.isArray(shape)) {
+        throw new MalformedValue(
+          `an ndarray value with dtype ${JSON.stringify(dtype)} and shape ${JSON.stringify(shape)}`
+        )
+      }
+      try {
+        return NDArray.fromBytes(dtype, shape as ReadonlyArray<number>, blobOf(kind, record, blobs))
+      } catch (error) {
+        throw new MalformedValue(`a malformed ndarray value: ${messageOf(error)}`)
+      }
+    }
+    case "arrow": {
+      const arrow = Arrow.loaded()
+      // Only a worker started without Worker.make (which loads it) could get here without it.
+      if (arrow === undefined) throw new MalformedValue("an Arrow table arrived before apache-arrow was loaded")
+      try {
+        return arrow.tableFromIPC(blobOf(kind, record, blobs))
+      } catch (error) {
+        throw new MalformedValue(`a malformed Arrow value: ${messageOf(error)}`)
+      }
+    }
+    case "datetime": {
+      const ms = record.ms
+      const date = typeof ms === "number" ? new Date(ms) : undefined
+      if (date === undefined || Number.isNaN(date.getTime())) {
+        throw new MalformedValue(`a datetime value of ${JSON.stringify(ms)} ms`)
+      }
+      return date
+    }
+  }
+  throw new MalformedValue(`unknown value kind ${JSON.stringify(kind)}`)
 }

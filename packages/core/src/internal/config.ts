@@ -22,7 +22,7 @@
  * | callTimeout       | 60 seconds (may be infinite)              | SNAKEPIT_CALL_TIMEOUT           |
  * | gracefulTimeout   | 2 seconds                                 |                                 |
  * | queue             | max 1000, timeout 30 seconds              | SNAKEPIT_QUEUE_MAX, _TIMEOUT    |
- * | affinity          | "hint"                                    | SNAKEPIT_AFFINITY               |
+ * | affinity          | "strict_queue"                            | SNAKEPIT_AFFINITY               |
  * | sessions          | ttl 30 minutes, max 10 000                | SNAKEPIT_SESSION_TTL, _MAX      |
  * | recycle           | maxCalls, ttl, maxRssMb all undefined     | SNAKEPIT_RECYCLE_MAX_CALLS, ... |
  * | healthCheck       | interval 10 s, timeout 5 s, maxMisses 3   | SNAKEPIT_HEALTH_INTERVAL        |
@@ -31,6 +31,7 @@
  * | drainTimeout      | 30 seconds                                |                                 |
  * | cancelGrace       | 5 seconds                                 | SNAKEPIT_CANCEL_GRACE           |
  * | maxMessageBytes   | 64 MiB                                    | SNAKEPIT_MAX_MESSAGE_BYTES      |
+ * | validateArguments | false                                     | SNAKEPIT_VALIDATE_ARGUMENTS     |
  * | transport         | "local"                                   | SNAKEPIT_TRANSPORT              |
  * | grpc.listen       | "loopback"                                | SNAKEPIT_GRPC_LISTEN            |
  * | dataDir           | undefined (a per-user directory)          | SNAKEPIT_DATA_DIR               |
@@ -63,7 +64,7 @@ const DEFAULTS = {
   callTimeout: Duration.seconds(60),
   gracefulTimeout: Duration.seconds(2),
   queue: { max: 1000, timeout: Duration.seconds(30) },
-  affinity: "hint" as Affinity,
+  affinity: "strict_queue" as Affinity,
   sessions: { ttl: Duration.minutes(30), max: 10_000 },
   healthCheck: { interval: Duration.seconds(10), timeout: Duration.seconds(5), maxMisses: 3 },
   restart: {
@@ -76,6 +77,7 @@ const DEFAULTS = {
   drainTimeout: Duration.seconds(30),
   cancelGrace: Duration.seconds(5),
   maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
+  validateArguments: false,
   transport: "local" as Transport,
   grpc: { listen: "loopback" as "loopback" | "unix" }
 } as const
@@ -175,21 +177,46 @@ const adapterName: Validator<string> = (value) =>
     ? Either.right(value)
     : Either.left("expected a Python module path, optionally with a class: 'package.module' or 'package.module:Class'")
 
+// A NUL byte cannot cross `exec`: Node would throw while spawning, long after the options were
+// accepted. It is refused here, where the option is named.
+const NUL = "\u0000"
+
 const nonEmptyString: Validator<string> = (value) =>
-  typeof value === "string" && value.length > 0 ? Either.right(value) : Either.left("expected a non-empty string")
+  typeof value !== "string" || value.length === 0
+    ? Either.left("expected a non-empty string")
+    : value.includes(NUL)
+      ? Either.left("contains a NUL byte")
+      : Either.right(value)
 
-const stringList: Validator<ReadonlyArray<string>> = (value) =>
-  Array.isArray(value) && value.every((entry) => typeof entry === "string")
-    ? Either.right(value)
-    : Either.left("expected an array of strings")
+/** Directories for PYTHONPATH: each its own entry, so none may hold the path delimiter. */
+const pathList: Validator<ReadonlyArray<string>> = (value) => {
+  if (!Array.isArray(value) || !value.every((entry) => typeof entry === "string")) {
+    return Either.left("expected an array of strings")
+  }
+  for (const [i, entry] of value.entries()) {
+    if (entry.includes(NUL)) return Either.left(`entry ${i} contains a NUL byte`)
+    if (entry.includes(delimiter)) {
+      return Either.left(`entry ${i} contains the path delimiter "${delimiter}": give each directory as its own entry`)
+    }
+  }
+  return Either.right(value)
+}
 
-const stringRecord: Validator<Readonly<Record<string, string>>> = (value) =>
-  typeof value === "object" &&
-  value !== null &&
-  !Array.isArray(value) &&
-  Object.values(value).every((entry) => entry === undefined || typeof entry === "string")
-    ? Either.right(value as Readonly<Record<string, string>>)
-    : Either.left("expected an object of string values")
+/** Environment variables: names without `=` or NUL, values without NUL. */
+const environment: Validator<Readonly<Record<string, string>>> = (value) => {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return Either.left("expected an object of string values")
+  }
+  for (const [key, entry] of Object.entries(value)) {
+    if (entry === undefined) continue
+    if (typeof entry !== "string") return Either.left(`the value of ${JSON.stringify(key)} is not a string`)
+    if (key === "" || key.includes("=") || key.includes(NUL)) {
+      return Either.left(`${JSON.stringify(key)} is not a variable name (empty, or contains "=" or a NUL byte)`)
+    }
+    if (entry.includes(NUL)) return Either.left(`the value of ${key} contains a NUL byte`)
+  }
+  return Either.right(value as Readonly<Record<string, string>>)
+}
 
 /** Unset stays unset (the fields whose default is `undefined`). */
 const optional =
@@ -336,7 +363,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
       "SNAKEPIT_PYTHON_PATH",
       // The platform's PATH separator: ":" on POSIX, ";" on Windows where ":" follows drive letters.
       (raw) => raw.split(delimiter).filter((entry) => entry.length > 0),
-      stringList
+      pathList
     ),
     threadLimits: yield* fromEnv("SNAKEPIT_THREAD_LIMITS", same, threadLimitsList),
     startupBatchSize: yield* envInteger("SNAKEPIT_STARTUP_BATCH_SIZE"),
@@ -359,6 +386,7 @@ const readEnvironment: Effect.Effect<PoolOptions, ConfigError> = Effect.gen(func
     }),
     healthCheck: defined({ interval: yield* envDuration("SNAKEPIT_HEALTH_INTERVAL", TIMEOUT) }),
     maxMessageBytes: yield* envInteger("SNAKEPIT_MAX_MESSAGE_BYTES"),
+    validateArguments: yield* fromEnv("SNAKEPIT_VALIDATE_ARGUMENTS", toBooleanInput, boolean),
     cancelGrace: yield* envDuration("SNAKEPIT_CANCEL_GRACE", TIMEOUT),
     transport: yield* fromEnv("SNAKEPIT_TRANSPORT", same, oneOf(TRANSPORTS)),
     grpc: defined({ listen: yield* fromEnv("SNAKEPIT_GRPC_LISTEN", same, oneOf(LISTENS)) }),
@@ -435,8 +463,8 @@ const resolvePool = (
       capacity: yield* field("capacity", options.capacity ?? DEFAULTS.capacity, positiveInteger),
       adapter: yield* field("adapter", options.adapter ?? DEFAULTS.adapter, adapterName),
       python: yield* field("python", options.python, optional(nonEmptyString)),
-      pythonPath: yield* field("pythonPath", options.pythonPath ?? DEFAULTS.pythonPath, stringList),
-      env: yield* field("env", options.env ?? DEFAULTS.env, stringRecord),
+      pythonPath: yield* field("pythonPath", options.pythonPath ?? DEFAULTS.pythonPath, pathList),
+      env: yield* field("env", options.env ?? DEFAULTS.env, environment),
       threadLimits: yield* ThreadLimits.resolve(options.threadLimits).pipe(
         Effect.mapError((error) =>
           prefix === ""
@@ -521,6 +549,11 @@ const resolvePool = (
         "maxMessageBytes",
         options.maxMessageBytes ?? DEFAULTS.maxMessageBytes,
         integerAtLeast(1024, "expected an integer of at least 1024")
+      ),
+      validateArguments: yield* field(
+        "validateArguments",
+        options.validateArguments ?? DEFAULTS.validateArguments,
+        boolean
       ),
       transport: yield* field("transport", options.transport ?? DEFAULTS.transport, oneOf(TRANSPORTS)),
       grpc: { listen: yield* field("grpc.listen", grpc.listen ?? DEFAULTS.grpc.listen, oneOf(LISTENS)) },

@@ -23,11 +23,20 @@ import { type CallError, QueueFull, SessionWorkerUnavailable, WorkerBusy } from 
 import type { CallOptions, ToolDescription } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
 import type { PoolWorker } from "../WorkerFactory.js"
+import * as CallChecks from "./callOptions.js"
 import type { PoolContext } from "./poolContext.js"
 import type { Binding, Entry, WaitError } from "./poolState.js"
 import { withCallSpan } from "./tracing.js"
 
 type Lease = Entry<PoolWorker>
+
+/** A leased worker, and whether a session call landed away from its home (hint mode). */
+interface Checkout {
+  readonly entry: Lease
+  readonly moved: boolean
+}
+
+type CheckoutError = QueueFull | WaitError | WorkerBusy | SessionWorkerUnavailable
 type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
 /** The call paths of one pool. */
@@ -72,7 +81,9 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const finishWhenSettled = (entry: Lease, tool: string, clock: Clock.Clock, startedNanos: bigint) =>
     FiberSet.run(
       ctx.background,
-      entry.worker.settled.pipe(
+      // Forked from a finalizer, this fiber would inherit its uninterruptibility, and the
+      // timeout could never interrupt a wait for a tool that does not stop.
+      Effect.interruptible(entry.worker.settled).pipe(
         Effect.timeout(options.cancelGrace),
         Effect.catchTag("TimeoutException", () =>
           Effect.zipRight(
@@ -183,6 +194,10 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const bind = (session: string, entry: Lease) =>
     Effect.flatMap(Clock.currentTimeMillis, (now) => cleanupAll(state.bind(session, entry, now)))
 
+  /** `hint` served a session away from its home worker (busy, or gone): the tool is told. */
+  const fallback = (entry: Lease): Effect.Effect<Checkout> =>
+    Effect.as(Metric.increment(metric.sessionFallbacks), { entry, moved: true })
+
   const checkoutSession = (session: string, restore: Restore) =>
     Effect.gen(function* () {
       const found = state.lookupSession(session, yield* Clock.currentTimeMillis)
@@ -193,17 +208,19 @@ export const make = (ctx: PoolContext): PoolCalls => {
         }
         const entry = yield* takeAny(restore)
         yield* bind(session, entry)
-        return entry
+        // A session whose worker left starts over on its new one: in hint mode the tool learns it.
+        return found._tag === "Lost" ? yield* fallback(entry) : { entry, moved: false }
       }
       const home = found.entry
-      if (state.tryTake(home)) return home
+      if (state.tryTake(home)) return { entry: home, moved: false }
       switch (options.affinity) {
         case "hint":
-          return yield* takeAny(restore)
+          return yield* Effect.flatMap(takeAny(restore), fallback)
         case "strict_fail_fast":
           return yield* new WorkerBusy({ workerId: home.worker.id, session })
         case "strict_queue":
           return yield* waitFor(home, restore).pipe(
+            Effect.map((entry): Checkout => ({ entry, moved: false })),
             Effect.mapError((e) =>
               e._tag === "SessionWorkerUnavailable" ? new SessionWorkerUnavailable({ ...e, session }) : e
             )
@@ -211,43 +228,42 @@ export const make = (ctx: PoolContext): PoolCalls => {
       }
     })
 
-  const checkout = (session: string | undefined, restore: Restore) =>
+  const checkout = (session: string | undefined, restore: Restore): Effect.Effect<Checkout, CheckoutError> =>
     Effect.suspend(() => {
       const refused = state.refusal()
       return refused !== undefined
         ? Effect.fail(refused)
         : session === undefined
-          ? takeAny(restore)
+          ? Effect.map(takeAny(restore), (entry): Checkout => ({ entry, moved: false }))
           : checkoutSession(session, restore)
     })
 
   // ---- calls --------------------------------------------------------------------------
 
-  const runOn = (entry: Lease, tool: string, args: Worker.EncodedArgs, call: CallOptions) => {
-    const timeout = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-    return entry.worker
+  const runOn = (lease: Checkout, tool: string, args: Worker.EncodedArgs, call: CallChecks.CheckedCall) =>
+    lease.entry.worker
       .executeEncoded(tool, args, {
         ...(call.session === undefined ? {} : { session: call.session }),
         ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-        ...(call.sessionMoved === true ? { sessionMoved: true } : {}),
-        ...(Duration.isFinite(timeout) ? { timeout } : {})
+        ...(call.timeout === undefined ? {} : { timeout: call.timeout }),
+        ...(lease.moved || call.sessionMoved ? { sessionMoved: true } : {})
       })
       .pipe(
-        // The RPC was cancelled; a worker that does not answer a health probe now is not reused.
+        // The call was cancelled; a worker that does not answer a health probe now (frozen) is
+        // retired at once rather than after the cancel grace.
         Effect.tapErrorTag("CallTimeout", () =>
-          entry.worker.health(options.healthCheck.timeout).pipe(
+          lease.entry.worker.health(options.healthCheck.timeout).pipe(
             Effect.either,
             Effect.flatMap((health) =>
               Either.isLeft(health)
                 ? Effect.sync(() =>
-                    state.retire(entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
+                    state.retire(lease.entry, { _tag: "Unhealthy", detail: "no answer after a cancelled call" })
                   )
                 : Effect.void
             )
           )
         )
       )
-  }
 
   const countError = Effect.zipRight(
     Effect.sync(() => state.counters.errors++),
@@ -260,22 +276,31 @@ export const make = (ctx: PoolContext): PoolCalls => {
   )
 
   // The hot path: plain combinators, no generator, no span under the built-in tracer (ADR 0004).
-  const execute = (tool: string, args: unknown, call: CallOptions): Effect.Effect<unknown, CallError> =>
+  // The hot path: plain combinators, no generator, no span under the built-in tracer (ADR 0004).
+  // Everything that can fail on the caller's input (options, arguments) runs before the lease;
+  // from the lease on, the worker's call is built inside the effect whose exit returns it, so
+  // nothing (a defect included) can leak it.
+  const execute = (tool: string, args: unknown, call: CallOptions | undefined): Effect.Effect<unknown, CallError> =>
     Effect.zipRight(
       countRequest,
-      Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
-        Effect.uninterruptibleMask((restore) =>
-          Effect.flatMap(checkout(call.session, restore), (entry) =>
-            Effect.clockWith((clock) => {
-              const started = begin(entry, tool, clock)
-              return Effect.zipRight(publish, restore(runOn(entry, tool, encoded, call))).pipe(
-                Effect.onExit((exit) =>
-                  wasCancelled(exit)
-                    ? finishWhenSettled(entry, tool, clock, started)
-                    : finish(entry, tool, clock, started, Exit.isFailure(exit))
+      Effect.flatMap(CallChecks.check(tool, call, options.callTimeout), (checked) =>
+        Effect.flatMap(Worker.encodeArgs(tool, args), (encoded) =>
+          Effect.uninterruptibleMask((restore) =>
+            Effect.flatMap(checkout(checked.session, restore), (lease) =>
+              Effect.clockWith((clock) => {
+                const started = begin(lease.entry, tool, clock)
+                return Effect.zipRight(
+                  publish,
+                  restore(Effect.suspend(() => runOn(lease, tool, encoded, checked)))
+                ).pipe(
+                  Effect.onExit((exit) =>
+                    wasCancelled(exit)
+                      ? finishWhenSettled(lease.entry, tool, clock, started)
+                      : finish(lease.entry, tool, clock, started, Exit.isFailure(exit))
+                  )
                 )
-              )
-            })
+              })
+            )
           )
         )
       )
@@ -284,18 +309,23 @@ export const make = (ctx: PoolContext): PoolCalls => {
       withCallSpan("snakepit.pool.execute", () => ({ pool: name, tool }))
     )
 
-  const executeStream = (tool: string, args: unknown, call: CallOptions): Stream.Stream<unknown, CallError> =>
+  const executeStream = (
+    tool: string,
+    args: unknown,
+    call: CallOptions | undefined
+  ): Stream.Stream<unknown, CallError> =>
     Stream.unwrapScoped(
       Effect.gen(function* () {
         yield* countRequest
+        const checked = yield* CallChecks.check(tool, call, options.callTimeout)
         const encoded = yield* Worker.encodeArgs(tool, args)
         const scope = yield* Effect.scope
         const clock = yield* Effect.clock
         // The lease is tied to the stream's scope: held while the stream runs, returned however it
         // ends; a stream ended early (or timed out) first lets its generator stop.
         let ended: "no" | "done" | "failed" = "no"
-        const entry = yield* Effect.uninterruptibleMask((restore) =>
-          Effect.tap(checkout(call.session, restore), (entry) => {
+        const lease = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.tap(checkout(checked.session, restore), ({ entry }) => {
             const started = begin(entry, tool, clock)
             return Scope.addFinalizerExit(scope, (exit) =>
               ended === "no"
@@ -305,14 +335,13 @@ export const make = (ctx: PoolContext): PoolCalls => {
           })
         )
         yield* publish
-        const idle = call.timeout === undefined ? options.callTimeout : Duration.decode(call.timeout)
-        return entry.worker
+        return lease.entry.worker
           .executeStream(tool, encoded, {
-            ...(call.session === undefined ? {} : { session: call.session }),
-            ...(call.attachments === undefined ? {} : { attachments: call.attachments }),
-            ...(call.buffer === undefined ? {} : { window: call.buffer }),
-            ...(call.sessionMoved === true ? { sessionMoved: true } : {}),
-            ...(Duration.isFinite(idle) ? { idleTimeout: idle } : {})
+            ...(checked.session === undefined ? {} : { session: checked.session }),
+            ...(checked.attachments === undefined ? {} : { attachments: checked.attachments }),
+            ...(checked.buffer === undefined ? {} : { window: checked.buffer }),
+            ...(checked.timeout === undefined ? {} : { idleTimeout: checked.timeout }),
+            ...(lease.moved || checked.sessionMoved ? { sessionMoved: true } : {})
           })
           .pipe(
             Stream.onEnd(
@@ -336,7 +365,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
 
   /** Asks one worker (through the queue, like any call) for the adapter's tools. */
   const describeTools = Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(checkout(undefined, restore), (entry) =>
+    Effect.flatMap(checkout(undefined, restore), ({ entry }) =>
       restore(entry.worker.describeTools).pipe(Effect.ensuring(release(entry)))
     )
   )

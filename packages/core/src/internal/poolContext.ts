@@ -53,7 +53,8 @@ const poolMetrics = (name: string) => ({
   ready: Metric.tagged(metrics.ready, "pool", name),
   busy: Metric.tagged(metrics.busy, "pool", name),
   queued: Metric.tagged(metrics.queued, "pool", name),
-  stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name)
+  stuckCalls: Metric.tagged(metrics.stuckCalls, "pool", name),
+  sessionFallbacks: Metric.tagged(metrics.sessionFallbacks, "pool", name)
 })
 
 /** The shared parts of pool `options.name`, with an empty state. */

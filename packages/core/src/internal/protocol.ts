@@ -2,8 +2,11 @@
  * What a transport adds to the process half of a worker: the calls. Both transports (the local
  * channel and gRPC) implement it, and map the worker's failures to the same typed errors here.
  */
+
+import { Option, Schema } from "effect"
 import { InvalidArguments, PythonError, ToolNotFound, type WorkerCallError } from "../errors.js"
 import type { ToolDescription } from "../Snakepit.js"
+import * as Tool from "../Tool.js"
 import type { PoolWorker } from "../WorkerFactory.js"
 
 /** The calls of a worker over one transport. */
@@ -56,6 +59,19 @@ export interface RawToolSpec {
     /** JSON text of the default; "" when none (or not representable). */
     readonly defaultJson: string
   }>
+  /** `{params, returns}` as the worker sent it (JSON text or a value), when it did. */
+  readonly types?: unknown
+}
+
+const decodeTypes = Schema.decodeUnknownOption(Tool.ToolTypes)
+const typesOf = (raw: unknown) =>
+  Option.getOrUndefined(decodeTypes(typeof raw === "string" ? (raw === "" ? undefined : safeParse(raw)) : raw))
+const safeParse = (text: string): unknown => {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return undefined
+  }
 }
 
 /** The domain description of a tool. */
@@ -68,5 +84,8 @@ export const toolDescription = (spec: RawToolSpec): ToolDescription => ({
     type: p.type,
     required: p.required,
     ...(p.defaultJson.length > 0 ? { default: JSON.parse(p.defaultJson) as unknown } : {})
-  }))
+  })),
+  ...withTypes(typesOf(spec.types))
 })
+
+const withTypes = (types: Tool.ToolTypes | undefined) => (types === undefined ? {} : { types })

@@ -25,6 +25,8 @@ export interface Rejection {
   readonly python: string
   readonly why: string
   readonly environment?: PythonEnvironment | undefined
+  /** The host ran out of a resource (EMFILE, ...) while trying it: not the interpreter's fault. */
+  readonly exhausted?: string | undefined
 }
 
 /** Where the candidate list came from: the explicit option, `SNAKEPIT_PYTHON`, or the defaults. */
@@ -65,7 +67,7 @@ export const probePython = (
     Effect.map(
       Either.match({
         onLeft: (notRunnable): Either.Either<PythonEnvironment, Rejection> =>
-          Either.left({ python, why: notRunnable.why }),
+          Either.left({ python, why: notRunnable.why, exhausted: notRunnable.exhausted }),
         onRight: (environment): Either.Either<PythonEnvironment, Rejection> => {
           if (tooOld(environment.version)) {
             return Either.left({

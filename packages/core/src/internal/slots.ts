@@ -17,7 +17,7 @@ import {
   FiberMap,
   FiberSet,
   Metric,
-  Schedule,
+  Random,
   type Scope
 } from "effect"
 import { PoolClosed, PoolStartError, type WorkerStartError } from "../errors.js"
@@ -125,6 +125,7 @@ export const make = (
       startupTimeout: options.startupTimeout,
       gracefulTimeout: options.gracefulTimeout,
       maxMessageBytes: options.maxMessageBytes,
+      validateArguments: options.validateArguments,
       transport: options.transport,
       concurrency: options.capacity,
       grpcListen: options.grpc.listen,
@@ -255,10 +256,14 @@ export const make = (
         return Effect.zipRight(Deferred.succeed(entry.gone, undefined), publish)
       })
 
-    const backoff = Schedule.exponential(options.restart.baseDelay).pipe(
-      Schedule.jittered,
-      Schedule.modifyDelay((delay) => Duration.min(delay, options.restart.maxDelay))
-    )
+    /** `baseDelay` doubled `n - 1` times, jittered by ±20%, at most `maxDelay`. */
+    const backoff = (n: number) =>
+      Effect.map(Random.nextRange(0.8, 1.2), (jitter) =>
+        Duration.min(
+          Duration.times(options.restart.baseDelay, 2 ** Math.min(Math.max(n - 1, 0), 30) * jitter),
+          options.restart.maxDelay
+        )
+      )
 
     const runSlot = (slot: Slot) =>
       Effect.gen(function* () {
@@ -273,8 +278,11 @@ export const make = (
             )
           )
         }
-        const driver = yield* Schedule.driver(backoff)
-        let recentRestarts: Array<number> = []
+        // Two kinds of trouble, told apart: workers that start and then die (a crash storm: restarts
+        // slow down, but a slot that can start a worker never stops trying), and a slot that cannot
+        // start one at all (a broken environment: past `maxRestarts` in a row it cools down).
+        let crashes: Array<number> = []
+        let startFailures = 0
         while (!slot.stopped) {
           // `gone` completes however the generation ends, interruption by pool close included.
           const outcome = yield* Effect.scoped(serveOnce(slot)).pipe(Effect.ensuring(forget(slot)))
@@ -282,23 +290,34 @@ export const make = (
           state.counters.restarts++
           yield* Metric.increment(metric.restarts)
           if (outcome._tag === "Recycle" || outcome._tag === "Restart") {
-            yield* driver.reset
+            startFailures = 0
             continue
           }
+          if (outcome._tag === "StartFailed") {
+            startFailures++
+            if (startFailures > options.restart.maxRestarts) {
+              yield* Effect.logError(
+                `pool ${name} slot ${slot.index + 1}: ${startFailures} starts failed in a row; ` +
+                  `cooling down for ${Duration.format(options.restart.cooldown)}`
+              )
+              yield* Effect.sleep(options.restart.cooldown)
+              startFailures = 0
+              continue
+            }
+            yield* Effect.sleep(yield* backoff(startFailures))
+            continue
+          }
+          startFailures = 0
           const now = yield* Clock.currentTimeMillis
-          recentRestarts = [...recentRestarts.filter((t) => now - t < Duration.toMillis(options.restart.window)), now]
-          if (recentRestarts.length > options.restart.maxRestarts) {
-            yield* Effect.logError(
-              `pool ${name} slot ${slot.index + 1}: ${recentRestarts.length} restarts within ` +
-                `${Duration.format(options.restart.window)}; cooling down for ${Duration.format(options.restart.cooldown)}`
+          crashes = [...crashes.filter((t) => now - t < Duration.toMillis(options.restart.window)), now]
+          const delay = yield* backoff(crashes.length)
+          if (crashes.length === options.restart.maxRestarts + 1) {
+            yield* Effect.logWarning(
+              `pool ${name} slot ${slot.index + 1}: ${crashes.length} crashes within ` +
+                `${Duration.format(options.restart.window)}; restarts slow down (up to ${Duration.format(options.restart.maxDelay)} apart)`
             )
-            yield* Effect.sleep(options.restart.cooldown)
-            recentRestarts = []
-            yield* driver.reset
-            continue
           }
-          if (outcome._tag !== "StartFailed") yield* driver.reset
-          yield* Effect.ignore(driver.next(undefined))
+          yield* Effect.sleep(delay)
         }
       }).pipe(
         Effect.ensuring(

@@ -218,6 +218,8 @@ export interface ToolSpec {
   description: string;
   parameters: ToolParameter[];
   streaming: boolean;
+  /** JSON: {"params": {name: type}, "returns": type}, the annotations as types (typeinfo.py). */
+  typesJson: string;
 }
 
 export interface DescribeToolsRequest {
@@ -2142,7 +2144,7 @@ export const ToolParameter: MessageFns<ToolParameter> = {
 };
 
 function createBaseToolSpec(): ToolSpec {
-  return { name: "", description: "", parameters: [], streaming: false };
+  return { name: "", description: "", parameters: [], streaming: false, typesJson: "" };
 }
 
 export const ToolSpec: MessageFns<ToolSpec> = {
@@ -2158,6 +2160,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     }
     if (message.streaming !== false) {
       writer.uint32(32).bool(message.streaming);
+    }
+    if (message.typesJson !== "") {
+      writer.uint32(42).string(message.typesJson);
     }
     return writer;
   },
@@ -2207,6 +2212,14 @@ export const ToolSpec: MessageFns<ToolSpec> = {
             message.streaming = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.typesJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2227,6 +2240,11 @@ export const ToolSpec: MessageFns<ToolSpec> = {
         ? object.parameters.map((e: any) => ToolParameter.fromJSON(e))
         : [],
       streaming: isSet(object.streaming) ? globalThis.Boolean(object.streaming) : false,
+      typesJson: isSet(object.typesJson)
+        ? globalThis.String(object.typesJson)
+        : isSet(object.types_json)
+        ? globalThis.String(object.types_json)
+        : "",
     };
   },
 
@@ -2244,6 +2262,9 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     if (message.streaming !== false) {
       obj.streaming = message.streaming;
     }
+    if (message.typesJson !== "") {
+      obj.typesJson = message.typesJson;
+    }
     return obj;
   },
 
@@ -2256,6 +2277,7 @@ export const ToolSpec: MessageFns<ToolSpec> = {
     message.description = object.description ?? "";
     message.parameters = object.parameters?.map((e) => ToolParameter.fromPartial(e)) || [];
     message.streaming = object.streaming ?? false;
+    message.typesJson = object.typesJson ?? "";
     return message;
   },
 };

@@ -308,7 +308,8 @@ export const make = (
                 type: p.type,
                 required: p.required,
                 defaultJson: p.defaultJson.toString("utf8")
-              }))
+              })),
+              types: spec.typesJson
             })
           )
         )

@@ -74,7 +74,8 @@ export const serve = (
         name: spec.name,
         description: spec.description,
         streaming: false,
-        parameters: spec.parameters.map((p) => ({ ...p, defaultJson: Buffer.alloc(0) }))
+        parameters: spec.parameters.map((p) => ({ ...p, defaultJson: Buffer.alloc(0) })),
+        typesJson: ""
       }))
   }).pipe(
     Effect.map((server) => ({ address: server.address, secret: server.secret })),

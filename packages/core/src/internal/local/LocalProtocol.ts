@@ -611,7 +611,8 @@ export const make = (
               type: str(p.type),
               required: p.required === true,
               defaultJson: str(p.default_json)
-            }))
+            })),
+            types: t.types
           } satisfies RawToolSpec)
         )
       })
