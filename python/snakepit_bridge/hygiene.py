@@ -158,6 +158,10 @@ def exit_now(code: int) -> NoReturn:
     ``os._exit`` rather than ``sys.exit``: a tool thread blocked in a long call would
     otherwise keep the interpreter alive while it joins threads.
     """
+    # A tool may hold the GIL in a pure-Python loop on another thread. Every /proc read below
+    # gives the GIL up, and getting it back would wait a whole switch interval (5 ms) each time:
+    # seconds on a machine with many processes. From here on, only leaving matters.
+    sys.setswitchinterval(1e-6)
     kill_descendants()
     logging.shutdown()
     try:
