@@ -5,6 +5,7 @@
 //   npm run bench                 the full suite (about 10 minutes on 2 loaded cores)
 //   npm run bench -- --quick      a short version (CI keeps the harness working with it)
 //   npm run bench -- --only=overhead,stream   some groups only (the other rows are null)
+//   npm run bench -- --only=cluster           session calls through a 3-runner cluster vs a local pool
 //
 // Writes bench/results/latest.json:
 //   { date, quick, machine: { cores, node, python, executable, grpcio, load }, rows: [{ id, snakepit,
@@ -12,6 +13,7 @@
 // Exit code: 1 when a benchmark crashes or a worker process survives; a missed target only
 // prints MISS.
 import { spawn, spawnSync } from "node:child_process"
+import { randomBytes } from "node:crypto"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, cpus, loadavg, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
@@ -19,9 +21,11 @@ import { performance } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { NodeSdk } from "@effect/opentelemetry"
 import { BatchSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import { SnakepitCluster } from "@snakepit/cluster"
 import { NDArray, Snakepit, SnakepitPool } from "@snakepit/core"
 import { RunId } from "@snakepit/registry"
-import { Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
+import { Duration, Effect, Layer, Logger, LogLevel, ManagedRuntime, Stream } from "effect"
+import { freePort, startRunner } from "../examples/cluster/start.mjs"
 import { workerPython } from "../scripts/python.mjs"
 import {
   bareStarts,
@@ -59,7 +63,7 @@ const ONLY = argv
   ?.slice("--only=".length)
   .split(",")
 const PAYLOAD = "x".repeat(64) // the 64-byte string echoed by the call rows
-const GROUPS = ["overhead", "tracing", "throughput", "peer", "stream", "startup", "mem", "data"]
+const GROUPS = ["overhead", "tracing", "throughput", "peer", "stream", "startup", "mem", "data", "cluster"]
 const unknown = ONLY?.filter((group) => !GROUPS.includes(group)) ?? []
 if (unknown.length > 0) {
   console.error(`bench: unknown group(s) ${unknown.join(", ")}; the groups are ${GROUPS.join(", ")}`)
@@ -79,7 +83,8 @@ const CFG = QUICK
       startup: { sizes: [1, 8], reps: { 1: 1, 8: 1 } }, // startup_32_* and startup_100_* are null
       // 8 workers instead of 32, one measurement each: the per-worker figure is only indicative.
       mem: { workers: 8, reps: 1, marginal: false },
-      data: { rounds: 2 }
+      data: { rounds: 2 },
+      cluster: { sessions: 12, calls: 300, rounds: 2, warmup: 300, roundMs: 500, warmupMs: 300 }
     }
   : {
       overhead: { calls: 2000, rounds: 10, warmup: 300 },
@@ -89,7 +94,8 @@ const CFG = QUICK
       stream: { chunks: 100_000, rounds: 2, warmup: 5_000 },
       startup: { sizes: [1, 8, 32, 100], reps: { 1: 5, 8: 3, 32: 2, 100: 1 } },
       mem: { workers: 32, reps: 2, marginal: true },
-      data: { rounds: 5 }
+      data: { rounds: 5 },
+      cluster: { sessions: 12, calls: 2000, rounds: 6, warmup: 500, roundMs: 1000, warmupMs: 500 }
     }
 
 const want = (group) => !ONLY || ONLY.includes(group)
@@ -129,7 +135,7 @@ const machine = {
 /** The run id of the pools' workers (this process's) and of the baseline processes. */
 const POOL_RUN_ID = RunId.forProcess()
 const BASE_RUN_ID = RunId.generate()
-/** Run ids of the child Node processes of the memory row (their workers carry those). */
+/** Run ids of the child Node processes of the memory and cluster rows (their workers carry those). */
 const childRunIds = []
 const dataDir = mkdtempSync(join(tmpdir(), "snakepit-bench-"))
 
@@ -148,6 +154,7 @@ const PY_SHELL = "python-shell"
 const RAW_GRPC = "raw grpc-js"
 const GRPC_POOL = "gRPC pool"
 const UNTRACED = "same pool, untraced"
+const LOCAL_POOL_6 = "local pool of 6"
 /**
  * Every row: [id, unit, target, baseline]. The target is the bound from the issues' tables (null:
  * the row only reports); latency and startup must stay at or below it, rates at or above.
@@ -184,7 +191,12 @@ const ROWS = [
   // The same data as raw bytes against JSON: a 10 MB float64 array echoed (target: 10x faster),
   // a 100k-row DataFrame returned as Arrow against to_dict("records").
   ["ndarray_10mb_roundtrip", "ms", 0.1, "JSON list"],
-  ["dataframe_100k_arrow", "ms", null, "JSON records"]
+  ["dataframe_100k_arrow", "ms", null, "JSON records"],
+  // The price of a network hop, a second process and TLS per call: reports.
+  ["cluster_session_p50_local", "ms", null, LOCAL_POOL_6],
+  ["cluster_session_calls_local", "calls/s", null, LOCAL_POOL_6],
+  // kill -9 of a runner until its last session is served elsewhere, against the documented bound.
+  ["cluster_failover_local", "ms", 1, "failover bound"]
 ]
 const ROW = new Map(ROWS.map(([id, unit, target, against]) => [id, { unit, target, against }]))
 const higherIsBetter = (id) => ROW.get(id).unit.endsWith("/s")
@@ -832,6 +844,147 @@ const benchMem = async () => {
   log(`mem: ${perWorker.toFixed(2)} MB/worker${marginal}`)
 }
 
+/**
+ * cluster_*: session calls (`echo`, 64 B) through a cluster of three runner processes on
+ * loopback, each with a local pool of 2, from this process as a client, against the same calls
+ * on a local pool of 6 (same affinity), taking turns in one run; then kill -9 of one runner until
+ * every session it held is served again, against the documented failover bound.
+ */
+const benchCluster = () =>
+  scoped(async (use) => {
+    const { calls, rounds, roundMs, sessions: sessionCount, warmup, warmupMs } = CFG.cluster
+    const dir = use(mkdtempSync(join(tmpdir(), "snakepit-bench-cluster-")), (d) =>
+      rmSync(d, { recursive: true, force: true })
+    )
+    const env = {
+      SNAKEPIT_CLUSTER_SECRET: randomBytes(24).toString("hex"),
+      SNAKEPIT_CLUSTER_SQLITE: join(dir, "cluster.db"),
+      SNAKEPIT_PYTHON: PYTHON,
+      SNAKEPIT_SIZE: "2",
+      SNAKEPIT_AFFINITY: "strict_queue",
+      SNAKEPIT_TRANSPORT: "local",
+      SNAKEPIT_DATA_DIR: dir
+    }
+    const ports = [await freePort(), await freePort(), await freePort()]
+    const runners = use(await Promise.all(ports.map((port) => startRunner(port, env))), (rs) =>
+      Promise.all(rs.map((r) => r.stop()))
+    )
+    for (const r of runners) childRunIds.push(r.runId)
+    const quiet = Logger.minimumLogLevel(LogLevel.Warning)
+    const client = ManagedRuntime.make(
+      SnakepitCluster.layerClient({ secret: env.SNAKEPIT_CLUSTER_SECRET }).pipe(
+        Layer.provide(SnakepitCluster.sqlite(env.SNAKEPIT_CLUSTER_SQLITE)),
+        Layer.provideMerge(quiet)
+      )
+    )
+    openPools.add(client)
+    use(client, async (rt) => {
+      await rt.dispose()
+      openPools.delete(rt)
+    })
+    const cluster = await client.runPromise(Effect.all({ service: Snakepit, info: SnakepitCluster.SnakepitCluster }))
+    // Until each of the three runners holds its final third of the shards.
+    for (let i = 0; ; i++) {
+      const rs = await client.runPromise(cluster.info.runners)
+      if (rs.length === 3 && rs.every((r) => r.shards === cluster.info.options.shards / 3)) break
+      if (i > 300) throw new Error("the cluster did not settle within 60 s")
+      await sleep(200)
+    }
+    const pool = await usePool(use, 2 * runners.length, "local", { affinity: "strict_queue" })
+    const sessions = Array.from({ length: sessionCount }, (_, i) => `bench-${i}`)
+    const sequential = (run, service) => (n, out) =>
+      run(
+        Effect.gen(function* () {
+          for (let i = 0; i < n; i++) {
+            const t0 = performance.now()
+            const value = yield* service.execute("echo", { value: PAYLOAD }, { session: sessions[i % sessions.length] })
+            const dt = performance.now() - t0
+            checkEcho(value)
+            out?.push(dt)
+          }
+        })
+      )
+    const sides = {
+      cluster: sequential((e) => client.runPromise(e), cluster.service),
+      pool: sequential(pool.run, pool.service)
+    }
+    for (const side of Object.values(sides)) await side(warmup)
+    const samples = { cluster: [], pool: [] }
+    const per = Math.ceil(calls / rounds)
+    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
+    record("cluster_session_p50_local", median(samples.cluster), median(samples.pool))
+    log(
+      `cluster: sequential session calls p50 ${fixed(median(samples.cluster))} ms vs ` +
+        `${fixed(median(samples.pool))} ms (local pool of 6)`
+    )
+
+    // Every session busy at once: one loop per session.
+    const loops = (run, service) => (ms) =>
+      run(
+        Effect.gen(function* () {
+          let n = 0
+          const t0 = performance.now()
+          const end = t0 + ms
+          yield* Effect.forEach(
+            sessions,
+            (session) =>
+              Effect.gen(function* () {
+                while (performance.now() < end) {
+                  checkEcho(yield* service.execute("echo", { value: PAYLOAD }, { session }))
+                  n++
+                }
+              }),
+            { concurrency: "unbounded", discard: true }
+          )
+          return { n, ms: performance.now() - t0 }
+        })
+      )
+    const r = await callRates(
+      { rounds, roundMs, warmupMs },
+      { cluster: loops((e) => client.runPromise(e), cluster.service), pool: loops(pool.run, pool.service) }
+    )
+    record("cluster_session_calls_local", r.cluster, r.pool)
+    log(
+      `cluster: ${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s (local pool of 6)`
+    )
+
+    // kill -9 of one runner: time until every session it held is served by the others.
+    const pidOf = await client.runPromise(
+      Effect.forEach(sessions, (session) => cluster.service.execute("ping", {}, { session }))
+    )
+    const victim = runners[0]
+    const moving = sessions.filter((_, i) => victim.workers.includes(pidOf[i].pid))
+    const killedAt = performance.now()
+    victim.child.kill("SIGKILL")
+    await victim.exited
+    await client.runPromise(
+      Effect.forEach(
+        moving,
+        (session) =>
+          cluster.service.execute("ping", {}, { session }).pipe(
+            Effect.retry({
+              while: (e) => e._tag === "SessionWorkerUnavailable" || e._tag === "RunnerUnreachable",
+              times: 5
+            })
+          ),
+        { concurrency: "unbounded" }
+      )
+    )
+    const failover = performance.now() - killedAt
+    record("cluster_failover_local", failover, Duration.toMillis(cluster.info.failoverBound))
+    log(
+      `cluster: kill -9 of a runner holding ${moving.length} of ${sessions.length} sessions: all served again ` +
+        `after ${failover.toFixed(0)} ms (bound ${Duration.format(cluster.info.failoverBound)})`
+    )
+    notes.push(
+      `cluster: 3 runner processes × 2 workers (local transport) + this process as client, all on ${machine.cores} ` +
+        `cores, TLS on loopback; baseline: one local pool of 6 workers, strict_queue affinity, the same ${sessionCount} ` +
+        `sessions; sequential p50 ${fixed(median(samples.cluster))} vs ${fixed(median(samples.pool))} ms; ` +
+        `${sessionCount} sessions at once ${r.cluster.toFixed(0)} vs ${r.pool.toFixed(0)} calls/s; failover of ` +
+        `${moving.length} sessions ${failover.toFixed(0)} ms (bound ${Duration.format(cluster.info.failoverBound)})`
+    )
+  })
+
 // ---------------------------------------------------------------------------------------------
 // Main
 // ---------------------------------------------------------------------------------------------
@@ -895,7 +1048,8 @@ try {
     ["stream", benchStream],
     ["startup", benchStartup],
     ["mem", benchMem],
-    ["data", benchData]
+    ["data", benchData],
+    ["cluster", benchCluster]
   ]
   for (const [name, run] of groups) {
     if (!want(name)) continue

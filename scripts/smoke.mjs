@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // Release smoke test: the packed packages must run from dist/ with production dependencies only.
 // The original project's release crashed at boot because it needed a build tool at runtime; this
-// packs @snakepit/{grpc,registry,core,cli} as a user would receive them, installs them into an empty
-// project with the README's own `npm install` line (the Effect 3 peers pinned) and `--omit=dev`,
-// fails on any peer-dependency warning, starts a real Python worker from there, and runs the
-// installed `snakepit doctor` and `snakepit status`. Python: the interpreter the set-up chose
-// (scripts/python.mjs).
+// packs @snakepit/{grpc,registry,core,cli,cluster} as a user would receive them, installs them into
+// an empty project with the README's own `npm install` line (the Effect 3 peers pinned) and
+// `--omit=dev`, fails on any peer-dependency warning, starts a real Python worker from there, a
+// one-runner cluster on its SQLite storage (a native module) with a session call through it, and
+// runs the installed `snakepit doctor` and `snakepit status`. Python: the interpreter the set-up
+// chose (scripts/python.mjs).
 // Usage (after `npm run build`): node scripts/smoke.mjs
 import { spawnSync } from "node:child_process"
 import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs"
@@ -13,7 +14,7 @@ import { tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { envWithPython, root } from "./python.mjs"
 
-const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core", "@snakepit/cli"]
+const PACKAGES = ["@snakepit/grpc", "@snakepit/registry", "@snakepit/core", "@snakepit/cli", "@snakepit/cluster"]
 // Anything here at runtime means a dev tool leaked into the production dependency tree.
 const FORBIDDEN = ["typescript", "vitest", "tsx", "ts-node", "@biomejs", "ts-proto", "esbuild", "vite"]
 const MINUTE = 60_000
@@ -258,9 +259,41 @@ const cleanEnv = () => {
   return env
 }
 
-const runWorker = (project) => {
-  const script = join(project, "smoke-run.mjs")
-  writeFileSync(script, RUNTIME_SCRIPT)
+// A runner with a pool of 1 on a loopback port and a SQLite file, in this process: a session call
+// through the cluster, then the layer closes (its worker with it).
+const CLUSTER_SCRIPT = `import { createServer } from "node:net"
+import { SnakepitCluster } from "@snakepit/cluster"
+import { Snakepit } from "@snakepit/core"
+import { Effect, Layer, Logger, LogLevel } from "effect"
+
+const port = await new Promise((resolve) => {
+  const server = createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const { port } = server.address()
+    server.close(() => resolve(port))
+  })
+})
+const layer = SnakepitCluster.layer({
+  port,
+  secret: "smoke-secret-0123456789",
+  pool: { size: 1, dataDir: new URL("./data", import.meta.url).pathname }
+}).pipe(Layer.provide(SnakepitCluster.sqlite(new URL("./cluster.db", import.meta.url).pathname)))
+const result = await Effect.runPromise(
+  Effect.gen(function* () {
+    const snakepit = yield* Snakepit
+    const sum = yield* snakepit.execute("add", { a: 40, b: 2 }, { session: "smoke", timeout: "60 seconds" })
+    const workers = yield* snakepit.workers()
+    return { clusterAdd: sum, clusterWorkerPid: workers[0]?.pid }
+  }).pipe(Effect.provide(layer), Logger.withMinimumLogLevel(LogLevel.Warning))
+)
+console.log(JSON.stringify(result))
+process.exit(result.clusterAdd === 42 && typeof result.clusterWorkerPid === "number" ? 0 : 1)
+`
+
+/** Runs `source` as a script of the smoke project; its last stdout line is its JSON result. */
+const runScript = (project, name, source, what) => {
+  const script = join(project, name)
+  writeFileSync(script, source)
   const res = spawnSync(process.execPath, [script], {
     cwd: project,
     env: cleanEnv(),
@@ -268,14 +301,21 @@ const runWorker = (project) => {
     encoding: "utf8",
     timeout: 2 * MINUTE
   })
-  if (res.error) fail(`runtime script could not run: ${res.error.message}`)
+  if (res.error) fail(`${what} could not run: ${res.error.message}`)
   const line = res.stdout.trim().split("\n").at(-1) ?? ""
   log(`result: ${line || "(no output)"}`)
-  if (res.status !== 0) fail(`runtime script exited with ${res.status ?? res.signal}`)
-  const result = JSON.parse(line)
-  if (result.message !== "pong" || typeof result.pid !== "number") fail(`unexpected ping result: ${line}`)
+  if (res.status !== 0) fail(`${what} exited with ${res.status ?? res.signal}`)
+  return parseJson(what, line)
+}
+
+const runWorker = (project) => {
+  const result = runScript(project, "smoke-run.mjs", RUNTIME_SCRIPT, "runtime script")
+  if (result.message !== "pong" || typeof result.pid !== "number")
+    fail(`unexpected ping result: ${JSON.stringify(result)}`)
   return result
 }
+
+const runCluster = (project) => runScript(project, "smoke-cluster.mjs", CLUSTER_SCRIPT, "cluster script")
 
 // ---------------------------------------------------------------------------------------------
 // Step 4: the installed `snakepit` command
@@ -420,12 +460,13 @@ const main = async () => {
     checkNoAncestorNodeModules(project)
     installTarballs(project, tarballs)
     checkSnakepitFromTarballs(project)
-    checkSingleCopy(project, ["effect", "@effect/platform", "@effect/platform-node"])
+    checkSingleCopy(project, ["effect", "@effect/platform", "@effect/platform-node", "@effect/rpc", "@effect/sql"])
     checkNoDevTools(project)
     ensureUserImportsResolvable(project)
 
-    log("3/5 starting a worker, then a pool with its registry, from the installed packages")
+    log("3/5 starting a worker, a pool with its registry, then a one-runner cluster, from the installed packages")
     const result = runWorker(project)
+    const cluster = runCluster(project)
 
     log("4/5 running the installed `snakepit doctor` and `snakepit status`")
     const doctorWorkerPid = runDoctor(project)
@@ -435,6 +476,7 @@ const main = async () => {
     await checkWorkerGone(result.pid, project)
     await checkWorkerGone(result.poolWorkerPid, project)
     await checkWorkerGone(doctorWorkerPid, project)
+    await checkWorkerGone(cluster.clusterWorkerPid, project)
 
     log(`PASS in ${((Date.now() - started) / 1000).toFixed(1)} s`)
   } catch (error) {

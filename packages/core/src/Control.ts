@@ -13,24 +13,7 @@ import { join } from "node:path"
 import { NodeSocket } from "@effect/platform-node"
 import { Rpc, RpcClient, type RpcClientError, RpcGroup, RpcSerialization } from "@effect/rpc"
 import { Duration, Effect, Layer, Schema, type Scope } from "effect"
-import {
-  CallTimeout,
-  ConfigError,
-  InvalidArguments,
-  PoolClosed,
-  PoolDraining,
-  PoolNotFound,
-  PythonError,
-  QueueFull,
-  QueueTimeout,
-  SessionWorkerUnavailable,
-  ToolNotFound,
-  TransportError,
-  WorkerBusy,
-  WorkerCrashed,
-  WorkerNotFound,
-  WorkerStartError
-} from "./errors.js"
+import { CallErrorSchema, ConfigError, PoolClosed, PoolNotFound, WorkerNotFound, WorkerStartError } from "./errors.js"
 import { PoolEvent, PoolReport, ToolLatency, WorkerDetail } from "./PoolReport.js"
 
 /**
@@ -82,23 +65,6 @@ export const ToolDescriptionSchema = Schema.Struct({
     })
   )
 })
-
-/** What asking a worker for its tools can fail with (a `CallError`). */
-const CallErrorSchema = Schema.Union(
-  ToolNotFound,
-  InvalidArguments,
-  PythonError,
-  WorkerCrashed,
-  CallTimeout,
-  TransportError,
-  QueueFull,
-  QueueTimeout,
-  WorkerBusy,
-  SessionWorkerUnavailable,
-  PoolClosed,
-  PoolDraining,
-  PoolNotFound
-)
 
 const PoolPayload = { pool: Schema.optional(Schema.String) }
 

@@ -12,7 +12,7 @@
 import type { CommandExecutor } from "@effect/platform/CommandExecutor"
 import { Effect, Option } from "effect"
 import type { ConfigError } from "./errors.js"
-import { resolveSnakepitOptions } from "./internal/config.js"
+import { resolvePoolSize as resolveSize, resolveSnakepitOptions } from "./internal/config.js"
 import {
   bridgeRuntimeCandidates,
   type CandidateSource,
@@ -23,7 +23,7 @@ import {
   rejectionFix,
   tryCandidates
 } from "./internal/python.js"
-import type { ResolvedPoolOptions, SnakepitOptions } from "./PoolOptions.js"
+import type { PoolSize, ResolvedPoolOptions, SnakepitOptions } from "./PoolOptions.js"
 import { DEFAULT_REQUIRED_MODULES, type PythonEnvironment } from "./PythonEnvironment.js"
 
 export { type CandidateSource, DEFAULT_CANDIDATES, MIN_PYTHON }
@@ -106,3 +106,14 @@ export const bridgeRuntime = (): BridgeRuntime => ({ path: findBridgeRuntime(), 
 export const resolveOptions = (
   options: SnakepitOptions = {}
 ): Effect.Effect<ReadonlyArray<ResolvedPoolOptions>, ConfigError> => resolveSnakepitOptions(options)
+
+/**
+ * Resolves a pool size the way `resize` does: a number fixes it, `{ min, max }` makes it
+ * elastic. Fails with the `ConfigError` keyed `size` that `resize` would fail with.
+ *
+ * @since 0.1.0
+ * @category options
+ */
+export const resolvePoolSize = (
+  size: PoolSize
+): Effect.Effect<{ readonly min: number; readonly max: number }, ConfigError> => resolveSize(size)

@@ -159,6 +159,30 @@ export const encodeArgs = (tool: string, args: unknown): Effect.Effect<EncodedAr
     : Effect.succeed({ ...encoded, value: args as Readonly<Record<string, unknown>> })
 }
 
+/**
+ * The arguments object back from what `encodeArgs` made of it (its JSON text and binary values),
+ * for a process that received them from another (a cluster runner). Fails with
+ * `InvalidArguments` when the text is not an object or refers to a missing binary value.
+ *
+ * @since 0.1.0
+ * @category encoding
+ */
+export const decodeArgs = (
+  tool: string,
+  encoded: Pick<EncodedArgs, "json" | "blobs" | "tagged">
+): Effect.Effect<Readonly<Record<string, unknown>>, InvalidArguments> =>
+  Effect.try({
+    try: () => {
+      const parsed: unknown = JSON.parse(encoded.json)
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+        throw new Codec.MalformedValue("expected an object of named parameters")
+      }
+      return (encoded.tagged ? Codec.decodeTagged(parsed, encoded.blobs) : parsed) as Record<string, unknown>
+    },
+    catch: (error) =>
+      new InvalidArguments({ tool, path: "args", reason: error instanceof Error ? error.message : String(error) })
+  })
+
 /** A 0700 directory for a gRPC worker's unix socket, removed with the scope. */
 const socketDirectory = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "snakepit-grpc-"))),

@@ -246,6 +246,38 @@ export class PoolNotFound extends Schema.TaggedError<PoolNotFound>()("PoolNotFou
   }
 }
 
+/**
+ * @snakepit/cluster: the runner serving the call could not be reached (it died, or no runner
+ * took the call within the cluster's delivery timeout). The call may or may not have run there.
+ */
+export class RunnerUnreachable extends Schema.TaggedError<RunnerUnreachable>()("RunnerUnreachable", {
+  /** The runner's address (`host:port`), when one was chosen. */
+  runner: Nullable(Schema.String),
+  tool: Nullable(Schema.String),
+  detail: Schema.String
+}) {
+  override get message() {
+    return `runner ${this.runner ?? "(none)"} unreachable${this.tool ? ` during "${this.tool}"` : ""}: ${this.detail}`
+  }
+}
+
+/**
+ * @snakepit/cluster: the runner that served the call's entity (a session, or a share of the
+ * session-less calls) stopped serving it before the call finished, because its shard moved or
+ * the runner shut down; the call was cancelled there.
+ */
+export class EntityMoved extends Schema.TaggedError<EntityMoved>()("EntityMoved", {
+  /** "session" or "call". */
+  entity: Schema.String,
+  id: Schema.String,
+  tool: Nullable(Schema.String),
+  detail: Schema.String
+}) {
+  override get message() {
+    return `${this.entity} "${this.id}" moved${this.tool ? ` during "${this.tool}"` : ""}: ${this.detail}`
+  }
+}
+
 /** What a single call on a worker can fail with. */
 export type WorkerCallError =
   | ToolNotFound
@@ -265,3 +297,30 @@ export type CallError =
   | PoolClosed
   | PoolDraining
   | PoolNotFound
+  | RunnerUnreachable
+  | EntityMoved
+
+/**
+ * Every `CallError` as one schema, for RPCs that carry a call's failure with its `_tag` and
+ * fields (the control API, the cluster).
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const CallErrorSchema = Schema.Union(
+  ToolNotFound,
+  InvalidArguments,
+  PythonError,
+  WorkerCrashed,
+  CallTimeout,
+  TransportError,
+  QueueFull,
+  QueueTimeout,
+  WorkerBusy,
+  SessionWorkerUnavailable,
+  PoolClosed,
+  PoolDraining,
+  PoolNotFound,
+  RunnerUnreachable,
+  EntityMoved
+)

@@ -62,6 +62,31 @@ describe.each<Transport>(["local", "grpc"])("%s transport", (transport) => {
     )
   )
 
+  it.live("a caller's sessionMoved reaches the tool as ctx.session_moved, on calls and streams, and only there", () =>
+    Fixtures.withPool(
+      (pool) =>
+        Effect.gen(function* () {
+          expect(yield* pool.execute("moved_call", {}, { session: "s" })).toEqual({ session: "s", moved: false })
+          expect(yield* pool.execute("moved_call", {}, { session: "s", sessionMoved: true })).toEqual({
+            session: "s",
+            moved: true
+          })
+          // The flag belongs to the one call that carried it.
+          expect(yield* pool.execute("moved_call", {}, { session: "s" })).toEqual({ session: "s", moved: false })
+          const moved = yield* Stream.runCollect(
+            pool.executeStream("moved_stream", { count: 2 }, { session: "s", sessionMoved: true })
+          )
+          expect(Chunk.toReadonlyArray(moved)).toEqual([
+            { i: 0, moved: true },
+            { i: 1, moved: true }
+          ])
+          const stayed = yield* Stream.runCollect(pool.executeStream("moved_stream", { count: 1 }, { session: "s" }))
+          expect(Chunk.toReadonlyArray(stayed)).toEqual([{ i: 0, moved: false }])
+        }),
+      { size: 1, transport, adapter: "moved_flag", pythonPath: [fixtures] }
+    )
+  )
+
   it.live("host tools over the worker's transport, with binary values", () =>
     Fixtures.withPool(
       (pool) =>

@@ -5,7 +5,7 @@
  *
  * Spawned with `node:child_process` rather than @effect/platform's `Command`: `Command` carries
  * three stdio streams and exposes them only as Effect streams, while the local channel needs two
- * more inherited sockets and a byte-level hot path (docs/adr/0005).
+ * more inherited sockets and a byte-level hot path (docs/adr/0008).
  */
 import { type ChildProcess, spawn as spawnChild } from "node:child_process"
 import type { Socket } from "node:net"
