@@ -89,7 +89,7 @@ export const startRunner = (options: {
             JSON.stringify({ cluster, sqlite: join(options.dir, "cluster.db"), postgres: options.postgres })
           ],
           // The interpreter is found as for any pool (SNAKEPIT_PYTHON, else the usual candidates).
-          { stdio: ["ignore", "pipe", "inherit"] }
+          { stdio: ["ignore", "pipe", "pipe"] }
         )
       ),
       (child) =>
@@ -105,11 +105,23 @@ export const startRunner = (options: {
           if (runId !== undefined) yield* Processes.awaitRunGone(runId, Duration.seconds(10)).pipe(Effect.orDie)
         })
     )
+    // Its log goes on to ours, and its last lines go into the error if it dies before it is ready.
+    const stderrTail: Array<string> = []
+    createInterface({ input: child.stderr! }).on("line", (line) => {
+      process.stderr.write(`[runner ${options.port}] ${line}\n`)
+      stderrTail.push(line)
+      if (stderrTail.length > 30) stderrTail.shift()
+    })
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
     const ready = yield* Effect.promise(async () => {
       for (;;) {
         const line = await lines.next()
-        if (line.done) throw new Error(`runner on port ${options.port} exited before it was ready`)
+        if (line.done) {
+          throw new Error(
+            `runner on port ${options.port} exited before it was ready ` +
+              `(${child.exitCode ?? child.signalCode ?? "still closing"}); its stderr:\n${stderrTail.join("\n")}`
+          )
+        }
         if (String(line.value).startsWith("{")) return JSON.parse(String(line.value)) as Omit<Runner, "child">
       }
     }).pipe(

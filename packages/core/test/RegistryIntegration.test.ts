@@ -23,8 +23,9 @@ describe("pool ↔ registry", () => {
       const pids = yield* Effect.scoped(
         Effect.gen(function* () {
           const pool = yield* Snakepit
-          const pids = (yield* pool.workers()).map((w) => w.pid).sort()
-          const rows = yield* registry.workers(runId)
+          // Numeric order on both sides: pids wrap around (32767 then 302), and sort() alone is lexical.
+          const pids = (yield* pool.workers()).map((w) => w.pid).sort((a, b) => a - b)
+          const rows = [...(yield* registry.workers(runId))].sort((a, b) => (a.pid ?? 0) - (b.pid ?? 0))
           expect(rows.map((r) => [r.pid, r.state])).toEqual(pids.map((pid) => [pid, "active"]))
           return pids
         }).pipe(Effect.provide(Layer.provide(SnakepitPool.layer({ size: 2, dataDir }), RunId.RunId.fixed(runId))))
