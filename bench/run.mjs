@@ -450,6 +450,23 @@ const awaitNoSurvivors = async (runIds, ms = 5000) => {
 const fixed = (x, digits = 3) => (x == null ? "—" : x.toFixed(digits))
 
 /**
+ * Latency samples of every side (`(n, samples) => Promise`) after `warmup` calls each, taking
+ * turns in `rounds`: `p(side, q)` is a percentile in ms (null without samples), `line` the
+ * p50 / p99 of each side for the notes.
+ */
+const latenciesOf = async (sides, { calls, rounds, warmup }) => {
+  for (const side of Object.values(sides)) await side(warmup)
+  const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
+  const per = Math.ceil(calls / rounds)
+  await rotate(rounds, sides, (name, side) => side(per, samples[name]))
+  const p = (name, q) => (samples[name]?.length ? percentile(samples[name], q) : null)
+  const line = Object.keys(sides)
+    .map((name) => `${name} ${fixed(p(name, 50))} / ${fixed(p(name, 99))}`)
+    .join(", ")
+  return { p, per, line }
+}
+
+/**
  * overhead: sequential echo of 64 bytes at concurrency 1. Four sides take turns in the same
  * rounds: a local pool of 1, python-shell (1 process), a gRPC pool of 1, raw grpc-js against a
  * gRPC worker started by hand. The cross row compares the two pools.
@@ -468,19 +485,12 @@ const benchOverhead = () =>
       shell: promiseLatencies(shells.calls[0]),
       ...(GRPC ? { grpc: poolLatencies(grpc), raw: promiseLatencies((v) => rawGrpcEcho(raw[0], v)) } : {})
     }
-    for (const side of Object.values(sides)) await side(warmup)
-    const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
-    const per = Math.ceil(calls / rounds)
-    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
-    const p = (name, q) => (samples[name]?.length ? percentile(samples[name], q) : null)
+    const { p, per, line } = await latenciesOf(sides, { calls, rounds, warmup })
     record("overhead_p50_local", p("local", 50), p("shell", 50))
     record("overhead_p99_local", p("local", 99), p("shell", 99))
     record("overhead_p50_grpc", p("grpc", 50), p("raw", 50))
     record("overhead_p99_grpc", p("grpc", 99), p("raw", 99))
     record("local_vs_grpc_overhead_p50", p("local", 50), p("grpc", 50))
-    const line = Object.keys(sides)
-      .map((name) => `${name} ${fixed(p(name, 50))} / ${fixed(p(name, 99))}`)
-      .join(", ")
     log(`overhead: ${per * rounds} calls each, p50 / p99 ms: ${line}`)
     notes.push(`overhead: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up; p50 / p99 ms: ${line}`)
   })
@@ -500,18 +510,11 @@ const benchTracing = () =>
       localTraced: tracedLatencies(local, otel.tracer),
       ...(GRPC ? { grpc: poolLatencies(grpc), grpcTraced: tracedLatencies(grpc, otel.tracer) } : {})
     }
-    for (const side of Object.values(sides)) await side(warmup)
-    const samples = Object.fromEntries(Object.keys(sides).map((name) => [name, []]))
-    const per = Math.ceil(calls / rounds)
-    await rotate(rounds, sides, (name, side) => side(per, samples[name]))
-    const p = (name, q) => (samples[name]?.length ? percentile(samples[name], q) : null)
+    const { p, per, line } = await latenciesOf(sides, { calls, rounds, warmup })
     record("traced_p50_local", p("localTraced", 50), p("local", 50))
     record("traced_p99_local", p("localTraced", 99), p("local", 99))
     record("traced_p50_grpc", p("grpcTraced", 50), p("grpc", 50))
     record("traced_p99_grpc", p("grpcTraced", 99), p("grpc", 99))
-    const line = Object.keys(sides)
-      .map((name) => `${name} ${fixed(p(name, 50))} / ${fixed(p(name, 99))}`)
-      .join(", ")
     log(`tracing: ${per * rounds} calls each, p50 / p99 ms: ${line}; ${otel.exported()} spans exported`)
     notes.push(
       `tracing: echo(64 B), ${per * rounds} calls per side after ${warmup} of warm-up, traced calls exporting ` +
