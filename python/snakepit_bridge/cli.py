@@ -189,14 +189,15 @@ def _serve_local(args: argparse.Namespace, adapter_class: type[Any]) -> NoReturn
     )
     state["dispatcher"] = dispatcher
 
-    def on_sigterm(_signum: int, _frame: Any) -> None:
+    def on_sigterm() -> None:
         if state["stopping"]:
             log.warning("second SIGTERM: exiting now")
             hygiene.exit_now(EXIT_OK)
         log.info("SIGTERM: stopping")
+        # On a thread of its own: a second SIGTERM must still be heard while calls drain.
         threading.Thread(target=stop, args=(SIGTERM_GRACE_S,), name="snakepit-stop", daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    hygiene.on_sigterm(on_sigterm)
     install_interrupt()
     transport.announce(dispatcher, sys.version.split()[0])
     log.info("serving %s over the local channel (%d tools)", dispatcher.adapter_name, len(dispatcher.tools))
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     atexit.register(hygiene.kill_descendants)
     # Until serving starts, SIGTERM (e.g. during a slow adapter import) exits at once,
     # still taking every descendant along.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: hygiene.exit_now(EXIT_OK))
+    hygiene.route_sigterm(lambda: hygiene.exit_now(EXIT_OK))
     bootstrap: dict[str, Any] = {}
     if args.transport == "grpc":
         try:

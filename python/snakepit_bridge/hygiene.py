@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import IO, NoReturn
 
 log = logging.getLogger("snakepit_bridge")
@@ -200,6 +201,45 @@ def watch_stdin() -> None:
         log.debug("SNAKEPIT_NO_STDIN_WATCH is set; not watching stdin")
         return
     threading.Thread(target=run, name="snakepit-stdin-watch", daemon=True).start()
+
+
+_sigterm_action: list[Callable[[], None]] = []
+
+
+def on_sigterm(action: Callable[[], None]) -> None:
+    """What SIGTERM does from now on; it runs on the signal thread (see ``route_sigterm``)."""
+    _sigterm_action[:] = [action]
+
+
+def route_sigterm(action: Callable[[], None]) -> None:
+    """Runs ``action`` on a thread of its own on every SIGTERM, whichever thread receives it.
+
+    A Python handler runs only on the main thread, and only once that thread runs bytecode
+    again. The kernel may deliver SIGTERM to any thread; the main thread may be blocked in
+    ``recv`` on the call channel, which only a signal delivered to it would interrupt. So
+    SIGTERM goes through the wakeup fd instead (CPython writes the signal number there from
+    whichever thread took it), and a daemon thread reads it. Nothing is blocked or masked:
+    processes our tools start inherit an ordinary signal mask. Call from the main thread.
+    """
+    on_sigterm(action)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    # A Python-level handler must exist for CPython's C handler to write the wakeup fd.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def run() -> None:
+        while True:
+            try:
+                data = os.read(read_end, 512)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                _sigterm_action[0]()
+
+    threading.Thread(target=run, name="snakepit-signals", daemon=True).start()
 
 
 def read_line_from_stdin(limit: int = 65536) -> bytes:

@@ -7,16 +7,7 @@
  * @since 0.1.0
  */
 import { randomUUID } from "node:crypto"
-import {
-  MessageStorage,
-  RunnerAddress,
-  RunnerHealth,
-  RunnerServer,
-  Runners,
-  Sharding,
-  ShardingConfig,
-  SqlRunnerStorage
-} from "@effect/cluster"
+import { RunnerAddress, RunnerHealth, RunnerServer, Runners, Sharding, ShardingConfig } from "@effect/cluster"
 import type * as SocketServer from "@effect/platform/SocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import type { SqlClient } from "@effect/sql"
@@ -28,6 +19,7 @@ import * as Client from "./internal/client.js"
 import { layerRunners, type Written } from "./internal/delivery.js"
 import * as Directory from "./internal/directory.js"
 import { LocalPool, layerEntities, layerPublisher, RunnerIdentity } from "./internal/runner.js"
+import * as Storage from "./internal/storage.js"
 import { layerClientProtocol, layerSocketServer } from "./internal/transport.js"
 
 /** A client's default call timeout: the pool's default, since it cannot know the runners' own. */
@@ -83,15 +75,6 @@ const shardingConfig = (resolved: ClusterOptions.ResolvedClusterOptions, runner:
     simulateRemoteSerialization: false
   })
 
-/**
- * Calls are volatile (at most once, like a call on a local pool): nothing is replayed on
- * another runner after a crash, so no message storage. Runners and shard locks live in SQL.
- */
-const storage = Layer.mergeAll(
-  MessageStorage.layerNoop,
-  SqlRunnerStorage.layerWith({ prefix: "snakepit_cluster" }).pipe(Layer.orDie)
-)
-
 const runnerSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
   const written: Written = new Set()
   const clientProtocol = layerClientProtocol(resolved.secret, written)
@@ -106,7 +89,7 @@ const runnerSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
     Layer.provideMerge(layerRunners(written)),
     Layer.provide(RpcServer.layerProtocolSocketServer),
     Layer.provide([layerSocketServer(resolved.secret), clientProtocol, health]),
-    Layer.provide(storage),
+    Layer.provide(Storage.layer),
     Layer.provide(shardingConfig(resolved, true)),
     Layer.provide(RpcSerialization.layerMsgPack)
   )
@@ -119,7 +102,7 @@ const clientSharding = (resolved: ClusterOptions.ResolvedClusterOptions) => {
     Layer.provideMerge(layerRunners(written)),
     Layer.provide(RunnerHealth.layerNoop),
     Layer.provide(layerClientProtocol(resolved.secret, written)),
-    Layer.provide(storage),
+    Layer.provide(Storage.layer),
     Layer.provide(shardingConfig(resolved, false)),
     Layer.provide(RpcSerialization.layerMsgPack)
   )

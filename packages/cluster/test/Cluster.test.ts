@@ -8,11 +8,15 @@
  * One file, so that its clusters never run at the same time as each other on a small machine.
  */
 import { fileURLToPath } from "node:url"
+import { ShardingConfig } from "@effect/cluster"
+import { PgClient } from "@effect/sql-pg"
 import { describe, expect, it } from "@effect/vitest"
 import { SnakepitCluster } from "@snakepit/cluster"
 import { type CallError, Snakepit } from "@snakepit/core"
 import { Processes } from "@snakepit/testkit"
-import { Chunk, Clock, Duration, Effect, Either, Fiber, Stream } from "effect"
+import { Cause, Chunk, Clock, Context, Duration, Effect, Either, Exit, Fiber, Layer, Redacted, Stream } from "effect"
+import { layer as directoryLayer } from "../src/internal/directory.js"
+import * as Storage from "../src/internal/storage.js"
 import {
   awaitSettled,
   clientLayer,
@@ -362,6 +366,32 @@ if (postgresBin === undefined)
   console.warn("[cluster] PostgreSQL server binaries not installed: the PostgreSQL test is skipped")
 
 describe.skipIf(postgresBin === undefined)("the cluster on PostgreSQL", () => {
+  it.scopedLive(
+    "runners starting together on a fresh database all create their schema (CREATE TABLE races)",
+    () =>
+      Effect.gen(function* () {
+        const { url } = yield* startPostgres
+        const admin = Context.get(yield* Layer.build(PgClient.layer({ url: Redacted.make(url) })), PgClient.PgClient)
+        // Each round on a database of its own, so that every round races from no tables at all.
+        for (let round = 0; round < 4; round++) {
+          yield* admin.unsafe(`CREATE DATABASE schema_race_${round}`)
+          const fresh = Redacted.make(url.replace(/\/postgres$/, `/schema_race_${round}`))
+          const starts = yield* Effect.all(
+            Array.from({ length: 6 }, () =>
+              Layer.build(
+                Layer.merge(Storage.layer, directoryLayer).pipe(
+                  Layer.provide([PgClient.layer({ url: fresh }), ShardingConfig.layer()])
+                )
+              ).pipe(Effect.scoped, Effect.exit)
+            ),
+            { concurrency: "unbounded" }
+          )
+          expect(starts.flatMap((exit) => (Exit.isFailure(exit) ? [Cause.pretty(exit.cause)] : []))).toEqual([])
+        }
+      }),
+    120_000
+  )
+
   it.scopedLive(
     "two runners on PostgreSQL: sessions stick, and move once when their runner is killed",
     () =>

@@ -105,24 +105,35 @@ export const startRunner = (options: {
           if (runId !== undefined) yield* Processes.awaitRunGone(runId, Duration.seconds(10)).pipe(Effect.orDie)
         })
     )
-    // Its log goes on to ours, and its last lines go into the error if it dies before it is ready.
-    const stderrTail: Array<string> = []
-    createInterface({ input: child.stderr! }).on("line", (line) => {
+    // Its log goes on to ours, and its last lines (either stream: runMain reports a failed
+    // layer on stdout) go into the error if it dies before it is ready.
+    const tail: Array<string> = []
+    const keep = (line: string) => {
       process.stderr.write(`[runner ${options.port}] ${line}\n`)
-      stderrTail.push(line)
-      if (stderrTail.length > 30) stderrTail.shift()
+      tail.push(line)
+      if (tail.length > 40) tail.shift()
+    }
+    const stderrDone = new Promise<void>((resolve) =>
+      createInterface({ input: child.stderr! }).on("line", keep).on("close", resolve)
+    )
+    const exited = new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve()
+      else child.once("exit", () => resolve())
     })
     const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
     const ready = yield* Effect.promise(async () => {
       for (;;) {
         const line = await lines.next()
         if (line.done) {
+          // stdout closes before the exit status and the last stderr lines arrive: wait for them.
+          await Promise.race([Promise.all([exited, stderrDone]), new Promise((r) => setTimeout(r, 10_000))])
           throw new Error(
             `runner on port ${options.port} exited before it was ready ` +
-              `(${child.exitCode ?? child.signalCode ?? "still closing"}); its stderr:\n${stderrTail.join("\n")}`
+              `(${child.exitCode ?? child.signalCode ?? "still running"}); its last lines:\n${tail.join("\n")}`
           )
         }
         if (String(line.value).startsWith("{")) return JSON.parse(String(line.value)) as Omit<Runner, "child">
+        keep(String(line.value))
       }
     }).pipe(
       Effect.timeoutFail({

@@ -10,6 +10,7 @@ import { randomUUID } from "node:crypto"
 import { SqlClient } from "@effect/sql"
 import { PoolEvent, PoolReport } from "@snakepit/core"
 import { Clock, Context, Effect, Layer, Schema } from "effect"
+import * as Storage from "./storage.js"
 
 /** A runner as it last published itself. */
 export interface RunnerRecord {
@@ -92,46 +93,50 @@ export const layer: Layer.Layer<Directory, never, SqlClient.SqlClient> = Layer.e
   Directory,
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    yield* sql.unsafe(
-      `CREATE TABLE IF NOT EXISTS ${SESSIONS} (
-        session_id VARCHAR(1024) PRIMARY KEY,
-        runner_instance VARCHAR(64) NOT NULL,
-        runner_address VARCHAR(255) NOT NULL,
-        claimed_at BIGINT NOT NULL
-      )`
-    )
-    yield* sql.unsafe(
-      `CREATE TABLE IF NOT EXISTS ${DIRECTORY} (
-        instance VARCHAR(64) PRIMARY KEY,
-        address VARCHAR(255) NOT NULL,
-        pid INTEGER NOT NULL,
-        hostname VARCHAR(255) NOT NULL,
-        started_at BIGINT NOT NULL,
-        heartbeat_at BIGINT NOT NULL,
-        route_key VARCHAR(255),
-        shards INTEGER NOT NULL,
-        pools TEXT NOT NULL
-      )`
-    )
-    yield* sql.unsafe(
-      `CREATE TABLE IF NOT EXISTS ${COMMANDS} (
-        id VARCHAR(64) PRIMARY KEY,
-        instance VARCHAR(64) NOT NULL,
-        issued_at BIGINT NOT NULL,
-        kind VARCHAR(16) NOT NULL,
-        pool VARCHAR(255) NOT NULL,
-        size_min INTEGER,
-        size_max INTEGER
-      )`
-    )
-    yield* sql.unsafe(
-      `CREATE TABLE IF NOT EXISTS ${EVENTS} (
-        instance VARCHAR(64) NOT NULL,
-        seq BIGINT NOT NULL,
-        written_at BIGINT NOT NULL,
-        event TEXT NOT NULL,
-        PRIMARY KEY (instance, seq)
-      )`
+    yield* Storage.createSchema(
+      Effect.all([
+        sql.unsafe(
+          `CREATE TABLE IF NOT EXISTS ${SESSIONS} (
+            session_id VARCHAR(1024) PRIMARY KEY,
+            runner_instance VARCHAR(64) NOT NULL,
+            runner_address VARCHAR(255) NOT NULL,
+            claimed_at BIGINT NOT NULL
+          )`
+        ),
+        sql.unsafe(
+          `CREATE TABLE IF NOT EXISTS ${DIRECTORY} (
+            instance VARCHAR(64) PRIMARY KEY,
+            address VARCHAR(255) NOT NULL,
+            pid INTEGER NOT NULL,
+            hostname VARCHAR(255) NOT NULL,
+            started_at BIGINT NOT NULL,
+            heartbeat_at BIGINT NOT NULL,
+            route_key VARCHAR(255),
+            shards INTEGER NOT NULL,
+            pools TEXT NOT NULL
+          )`
+        ),
+        sql.unsafe(
+          `CREATE TABLE IF NOT EXISTS ${COMMANDS} (
+            id VARCHAR(64) PRIMARY KEY,
+            instance VARCHAR(64) NOT NULL,
+            issued_at BIGINT NOT NULL,
+            kind VARCHAR(16) NOT NULL,
+            pool VARCHAR(255) NOT NULL,
+            size_min INTEGER,
+            size_max INTEGER
+          )`
+        ),
+        sql.unsafe(
+          `CREATE TABLE IF NOT EXISTS ${EVENTS} (
+            instance VARCHAR(64) NOT NULL,
+            seq BIGINT NOT NULL,
+            written_at BIGINT NOT NULL,
+            event TEXT NOT NULL,
+            PRIMARY KEY (instance, seq)
+          )`
+        )
+      ])
     )
 
     return Directory.of({
