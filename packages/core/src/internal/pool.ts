@@ -6,7 +6,7 @@
  *
  * @internal
  */
-import { Clock, Deferred, Duration, Effect, FiberSet, type PubSub, Schedule, type Scope, Stream } from "effect"
+import { Clock, Deferred, Duration, Effect, type PubSub, Schedule, type Scope, Stream } from "effect"
 import {
   type CallError,
   type ConfigError,
@@ -80,16 +80,14 @@ export const make = (
     const factory = yield* WorkerFactory
     const name = options.name
     const idPrefix = yield* claimIdPrefix(name)
-    const background = yield* FiberSet.make()
-    const ctx = yield* PoolContext.make(options, background, events)
+    const ctx = yield* PoolContext.make(options, events)
     const { state } = ctx
     const calls = PoolCalls.make(ctx)
     const supervisor = yield* Slots.make(ctx, factory, idPrefix, host)
     // Runs before the slot fibers are interrupted (finalizers run in reverse): no new leases, no restarts.
     yield* Effect.addFinalizer(() => supervisor.close)
-    yield* FiberSet.run(background, calls.expireWaiters)
-    yield* FiberSet.run(
-      background,
+    yield* ctx.runInBackground(calls.expireWaiters)
+    yield* ctx.runInBackground(
       Effect.repeat(
         calls.expireSessions,
         // Expiry is checked four times per TTL, so a session outlives its TTL by at most a quarter.
@@ -97,7 +95,7 @@ export const make = (
       )
     )
     yield* supervisor.start
-    yield* FiberSet.run(background, supervisor.scaler)
+    yield* ctx.runInBackground(supervisor.scaler)
 
     /** A live worker that is not leaving, by id: the one lookup path of stop and restart (LESSONS #2, #3). */
     const live = (workerId: string) =>

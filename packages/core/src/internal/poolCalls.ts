@@ -5,20 +5,7 @@
  *
  * @internal
  */
-import {
-  Cause,
-  Clock,
-  Deferred,
-  Duration,
-  Effect,
-  Either,
-  Exit,
-  FiberId,
-  FiberSet,
-  Metric,
-  Scope,
-  Stream
-} from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Either, Exit, FiberId, Metric, Scope, Stream } from "effect"
 import { type CallError, QueueFull, SessionWorkerUnavailable, WorkerBusy } from "../errors.js"
 import type { CallOptions, ToolDescription } from "../Snakepit.js"
 import * as Worker from "../Worker.js"
@@ -83,11 +70,8 @@ export const make = (ctx: PoolContext): PoolCalls => {
    * already has its answer.
    */
   const finishWhenSettled = (entry: Lease, tool: string, clock: Clock.Clock, startedNanos: bigint) =>
-    FiberSet.run(
-      ctx.background,
-      // Forked from a finalizer, this fiber would inherit its uninterruptibility, and the
-      // timeout could never interrupt a wait for a tool that does not stop.
-      Effect.interruptible(entry.worker.settled).pipe(
+    ctx.runInBackground(
+      entry.worker.settled.pipe(
         Effect.timeout(options.cancelGrace),
         Effect.catchTag("TimeoutException", () =>
           Effect.zipRight(
@@ -108,7 +92,7 @@ export const make = (ctx: PoolContext): PoolCalls => {
         ),
         Effect.ensuring(finish(entry, tool, clock, startedNanos, true))
       )
-    ).pipe(Effect.asVoid)
+    )
 
   /** A call that ended by cancellation (interruption, timeout) may still run in Python. */
   const wasCancelled = (exit: Exit.Exit<unknown, CallError>): boolean => {
@@ -192,13 +176,12 @@ export const make = (ctx: PoolContext): PoolCalls => {
   const cleanupInWorker = (session: string, binding: Binding<PoolWorker>) =>
     binding.lost !== undefined || binding.entry.retiring !== undefined
       ? Effect.void
-      : FiberSet.run(
-          ctx.background,
+      : ctx.runInBackground(
           binding.entry.worker.cleanupSession(session).pipe(
             Effect.tapError((e) => Effect.logDebug(`session ${session} cleanup failed: ${e.message}`)),
             Effect.either
           )
-        ).pipe(Effect.asVoid)
+        )
 
   const cleanupAll = (dropped: ReadonlyArray<readonly [string, Binding<PoolWorker>]>) =>
     dropped.length === 0

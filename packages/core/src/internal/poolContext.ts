@@ -11,7 +11,7 @@ import {
   Effect,
   Exit,
   FiberId,
-  type FiberSet,
+  FiberSet,
   Metric,
   MetricLabel,
   PubSub,
@@ -34,8 +34,12 @@ export interface PoolContext {
   readonly readyCount: SubscriptionRef.SubscriptionRef<number>
   /** Publishes the gauges and the ready count, when they changed since the last time. */
   readonly publish: Effect.Effect<void>
-  /** Fibers of the pool's lifetime that are not slots (expiry loops, session cleanups). */
-  readonly background: FiberSet.FiberSet
+  /**
+   * Runs `effect` in the pool's lifetime, not the caller's (expiry loops, session cleanups, a
+   * cancelled call's wait). Always interruptible: forked from a finalizer or an `onInterrupt`,
+   * a fiber would inherit their uninterruptibility, and the pool's close could not stop it.
+   */
+  readonly runInBackground: <A, E>(effect: Effect.Effect<A, E>) => Effect.Effect<void>
   /** Per-tool latency over the last calls. */
   readonly latencies: Latencies
   /** Publishes an event of this pool, stamped with the clock's time. */
@@ -80,9 +84,10 @@ const poolMetrics = (name: string) => ({
 /** Tools with series of their own per pool. */
 const MAX_TOOL_SERIES = 256
 
-/** The shared parts of pool `options.name`, with an empty state. */
-export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet, events: PubSub.PubSub<PoolEvent>) =>
+/** The shared parts of pool `options.name`, with an empty state; its background fibers end with the scope. */
+export const make = (options: ResolvedPoolOptions, events: PubSub.PubSub<PoolEvent>) =>
   Effect.gen(function* () {
+    const background = yield* FiberSet.make()
     const name = options.name
     const state = new PoolState<PoolWorker>({
       pool: name,
@@ -158,7 +163,7 @@ export const make = (options: ResolvedPoolOptions, background: FiberSet.FiberSet
       metric,
       readyCount,
       publish,
-      background,
+      runInBackground: (effect) => FiberSet.run(background, Effect.interruptible(effect)).pipe(Effect.asVoid),
       latencies: new Latencies(),
       emit,
       wakeScaler,

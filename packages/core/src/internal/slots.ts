@@ -6,20 +6,7 @@
  *
  * @internal
  */
-import {
-  Clock,
-  Deferred,
-  Duration,
-  Effect,
-  Either,
-  Exit,
-  FiberId,
-  FiberMap,
-  FiberSet,
-  Metric,
-  Random,
-  type Scope
-} from "effect"
+import { Clock, Deferred, Duration, Effect, Either, Exit, FiberId, FiberMap, Metric, Random, type Scope } from "effect"
 import { PoolClosed, PoolStartError, type WorkerStartError } from "../errors.js"
 import type { WorkerInfo } from "../Snakepit.js"
 import type * as Worker from "../Worker.js"
@@ -110,10 +97,7 @@ export const make = (
       Effect.suspend(() => {
         if (!slot.windowHeld) return Effect.void
         slot.windowHeld = false
-        return FiberSet.run(
-          ctx.background,
-          Effect.zipRight(Effect.sleep(options.startupBatchDelay), window.release(1))
-        ).pipe(Effect.asVoid)
+        return ctx.runInBackground(Effect.zipRight(Effect.sleep(options.startupBatchDelay), window.release(1)))
       })
 
     const workerOptions: Worker.WorkerOptions = {
@@ -372,7 +356,7 @@ export const make = (
           return publish
         }
         // Starting or backing off: nothing to drain. Interrupting closes its scope (and kills a half-started worker).
-        return FiberSet.run(ctx.background, FiberMap.remove(slotFibers, slot.key)).pipe(Effect.asVoid)
+        return ctx.runInBackground(FiberMap.remove(slotFibers, slot.key))
       })
 
     const addSlots = (n: number) => (n <= 0 ? Effect.void : Effect.repeatN(newSlot(true), n - 1).pipe(Effect.asVoid))
@@ -466,8 +450,7 @@ export const make = (
         const slot = yield* newSlot(false)
         initial.push(slot)
         // In the pool's lifetime, not startup's: a keeper interrupted before it ran would keep its place.
-        yield* FiberSet.run(
-          ctx.background,
+        yield* ctx.runInBackground(
           Deferred.await(slot.firstOutcome).pipe(
             Effect.catchTag("WorkerStartError", (error) => Effect.sync(() => failures.push(error))),
             Effect.zipRight(Effect.sleep(options.startupBatchDelay)),
