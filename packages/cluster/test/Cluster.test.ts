@@ -26,6 +26,7 @@ import {
   postgresBin,
   startPostgres,
   startRunner,
+  step,
   tempDir,
   untilServed
 } from "./helpers.js"
@@ -78,16 +79,16 @@ describe("a cluster of three runners", () => {
           }
           console.log(`[cluster] sessions per runner: ${JSON.stringify(Object.fromEntries(perRunner))}`)
           expect(perRunner.size).toBe(3)
-          const stats = yield* snakepit.stats()
+          const stats = yield* step("stats", snakepit.stats())
           expect(stats).toMatchObject({ size: 6, ready: 6 })
-          expect((yield* snakepit.workers()).length).toBe(6)
+          expect((yield* step("workers", snakepit.workers())).length).toBe(6)
 
           // The control API over every runner: report, events, resize, drain.
           yield* eventually(
             "every session call in the runners' published latency",
             Effect.map(snakepit.report(), (r) => r.tools.find((t) => t.tool === "ping")?.calls === 240)
           )
-          const report = yield* snakepit.report()
+          const report = yield* step("report", snakepit.report())
           expect(report).toMatchObject({ pool: "default", min: 6, max: 6, draining: false })
           const addresses = new Set(runners.map((r) => r.address))
           expect(new Set(report.workers.map((w) => w.id.split("/")[0]))).toEqual(addresses)
@@ -97,28 +98,27 @@ describe("a cluster of three runners", () => {
             Stream.runCollect,
             Effect.fork
           )
-          const bad = yield* Effect.flip(snakepit.resize({ min: 3, max: 2 }))
+          const bad = yield* step("resize to bad bounds", Effect.flip(snakepit.resize({ min: 3, max: 2 })))
           expect(bad).toMatchObject({ _tag: "ConfigError", key: "size" })
-          expect((yield* Effect.flip(snakepit.resize(3, "nope")))._tag).toBe("PoolNotFound")
-          expect(yield* snakepit.resize(3)).toEqual({ min: 3, max: 3 })
+          expect((yield* step("resize an unknown pool", Effect.flip(snakepit.resize(3, "nope"))))._tag).toBe(
+            "PoolNotFound"
+          )
+          expect(yield* step("resize to 3", snakepit.resize(3))).toEqual({ min: 3, max: 3 })
           yield* eventually(
             "each runner's pool at 3 ready workers",
             Effect.map(snakepit.report(), (r) => r.min === 9 && r.max === 9 && r.stats.ready === 9),
             Duration.seconds(60)
           )
-          const seen = Chunk.toReadonlyArray(
-            yield* Fiber.join(events).pipe(
-              Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("events") })
-            )
-          )
+          const seen = Chunk.toReadonlyArray(yield* step("six Resized and Ready events", Fiber.join(events)))
           expect(seen.filter((e) => e._tag === "Resized")).toHaveLength(3)
           // Worker ids as the cluster shows them: the runner's address first.
           for (const e of seen) if (e._tag === "Ready") expect(addresses.has(e.workerId.split("/")[0]!)).toBe(true)
-          yield* snakepit
-            .drain()
-            .pipe(Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error("drain") }))
-          expect((yield* snakepit.report()).draining).toBe(true)
-          const refused = yield* Effect.flip(snakepit.execute("ping", {}, { session: sessions[0]! }))
+          yield* step("drain", snakepit.drain())
+          expect((yield* step("report after drain", snakepit.report())).draining).toBe(true)
+          const refused = yield* step(
+            "a call after drain",
+            Effect.flip(snakepit.execute("ping", {}, { session: sessions[0]! }))
+          )
           expect(refused._tag).toBe("PoolDraining")
         }).pipe(Effect.provide(clientLayer(dir)))
       }),

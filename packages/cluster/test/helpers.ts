@@ -80,9 +80,14 @@ export const startRunner = (options: {
       pool: { size: 2, affinity: "strict_queue", dataDir: options.dir, ...options.pool }
     }
     let runId: string | undefined
+    // The last resort, should the scope never close (a test that hangs in its finalizers): the
+    // runner dies with this process, and its workers with it (they watch their host).
+    let spawned: ChildProcess | undefined
+    const killAtExit = () => spawned?.kill("SIGKILL")
     const child = yield* Effect.acquireRelease(
-      Effect.sync(() =>
-        spawn(
+      Effect.sync(() => {
+        process.once("exit", killAtExit)
+        spawned = spawn(
           process.execPath,
           [
             runnerScript,
@@ -91,9 +96,11 @@ export const startRunner = (options: {
           // The interpreter is found as for any pool (SNAKEPIT_PYTHON, else the usual candidates).
           { stdio: ["ignore", "pipe", "pipe"] }
         )
-      ),
+        return spawned
+      }),
       (child) =>
         Effect.gen(function* () {
+          process.off("exit", killAtExit)
           const pid = child.pid!
           if (child.exitCode === null && child.signalCode === null) {
             child.kill("SIGTERM")
@@ -149,6 +156,24 @@ export const startRunner = (options: {
 export const clientLayer = (dir: string, options: ClusterOptions.ClusterOptions = {}) =>
   SnakepitCluster.layerClient({ ...fastFailover, ...options }).pipe(
     Layer.provide(SnakepitCluster.sqlite(join(dir, "cluster.db")))
+  )
+
+/**
+ * One step of a test, bounded: after `timeout` the test fails naming the step, even when the
+ * step cannot be interrupted (it is disconnected and left to finish on its own).
+ */
+export const step = <A, E, R>(
+  describe: string,
+  effect: Effect.Effect<A, E, R>,
+  timeout: Duration.DurationInput = Duration.seconds(30)
+) =>
+  effect.pipe(
+    Effect.disconnect,
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () =>
+        new Error(`step "${describe}" did not finish within ${Duration.format(Duration.decode(timeout))}`)
+    })
   )
 
 /** Checks `check` every 200 ms until it holds; fails the test after `timeout`. */
