@@ -20,7 +20,6 @@ Contract with the host:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import inspect
 import json
@@ -224,6 +223,7 @@ def _read_bootstrap() -> dict[str, Any]:
 def _serve_grpc(
     args: argparse.Namespace, adapter_class: type[Any], ready_out: IO[str], bootstrap: dict[str, Any]
 ) -> NoReturn:
+    import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
     from . import grpc_server

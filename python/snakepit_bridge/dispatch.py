@@ -13,7 +13,6 @@ retires the worker when a cancelled call is still running after its grace period
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import inspect
 import logging
@@ -25,13 +24,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import errors, typeinfo
 from .adapter import BaseAdapter, CancelFlag, ToolContext, ToolInfo, ToolResult
 from .errors import CallCancelled, ToolFailure
 from .host_bridge import HostBridge
 from .telemetry import CallTelemetry, Item
+
+# asyncio is imported where a coroutine or a loop needs it, not here: it (with ssl) is the
+# largest import of a worker that serves only sync tools, and every worker start pays for it.
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("snakepit_bridge")
 
@@ -87,6 +91,8 @@ class Credit:
 
     async def atake(self) -> bool:
         """Async form of :meth:`take`, for generators running on the event loop."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
@@ -250,6 +256,8 @@ class LoopThread:
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
 
@@ -264,6 +272,8 @@ class LoopThread:
             return self._loop
 
     def submit(self, coro: Any) -> Future[Any]:
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
@@ -538,6 +548,8 @@ class Dispatcher:
         return False
 
     async def _await_then(self, call: Call, awaitable: Any, sink: Sink) -> None:
+        import asyncio
+
         task = asyncio.current_task()
         assert task is not None
         call.attach_task(task, asyncio.get_running_loop())
@@ -590,6 +602,8 @@ class Dispatcher:
                 sink.cancelled()
 
     async def _run_async(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> None:
+        import asyncio
+
         task = asyncio.current_task()
         assert task is not None
         call.attach_task(task, asyncio.get_running_loop())
@@ -597,6 +611,8 @@ class Dispatcher:
             await self._run_async_tool(call, info, kwargs, sink)
 
     async def _run_async_tool(self, call: Call, info: ToolInfo, kwargs: dict[str, Any], sink: Sink) -> None:
+        import asyncio
+
         try:
             if info.streaming:
                 await self._stream_async(call, info.func(**kwargs), sink)
@@ -614,6 +630,8 @@ class Dispatcher:
             self._finish(call)
 
     async def _stream_async(self, call: Call, agen: AsyncIterator[Any], sink: Sink) -> None:
+        import asyncio
+
         credit = call.credit
         assert credit is not None
         closed_by_cancel = False

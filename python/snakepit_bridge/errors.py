@@ -5,7 +5,6 @@ Transport-neutral: the local channel sends these as JSON, the gRPC transport as 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import traceback
@@ -62,7 +61,8 @@ _RUNTIME_FILES = (
         for module in ("adapter", "channel", "cli", "dispatch", "errors", "frames", "grpc_server", "values")
     ),
     os.path.dirname(os.path.abspath(concurrent.futures.__file__)),
-    os.path.dirname(os.path.abspath(asyncio.__file__)),
+    # asyncio by path: importing it here would cost every worker's start (see dispatch.py).
+    os.path.join(os.path.dirname(os.path.abspath(os.__file__)), "asyncio"),
 )
 
 

@@ -6,7 +6,6 @@ sessions, memory accounting and process cleanup.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import os
 import subprocess
@@ -89,6 +88,8 @@ class ShowcaseAdapter(BaseAdapter):
     @tool
     async def stream_numbers(self, count: int, delay_ms: int = 0) -> AsyncIterator[dict[str, int]]:
         """Yield {"i": i} for i in range(count), delay_ms apart."""
+        import asyncio
+
         for i in range(count):
             if i and delay_ms:
                 await asyncio.sleep(delay_ms / 1000)
