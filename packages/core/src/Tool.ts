@@ -252,10 +252,6 @@ export type ToolTypes = typeof ToolTypes.Type
  * @category schemas
  */
 export const ArrowTableFromSelf: Schema.Schema<Table> = Schema.declare(
-  (value): value is Table => {
-    // Loaded by then: a worker loads apache-arrow while it starts (internal/arrow.ts).
-    const arrow = Arrow.loaded()
-    return arrow !== undefined && value instanceof arrow.Table
-  },
+  (value): value is Table => Arrow.isTable(value),
   { identifier: "ArrowTable", description: "an apache-arrow Table" }
 )

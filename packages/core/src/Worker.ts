@@ -253,7 +253,7 @@ export const make = (
       ...(unixDir === undefined ? [] : ["--unix-socket", join(unixDir, "worker.sock")])
     ]
 
-    // Loads while the worker starts, so that a first Arrow table finds it (see internal/arrow.ts).
+    // On nodes that cannot load it on first need, it loads while the worker starts (internal/arrow.ts).
     const arrowLoaded = yield* Effect.fork(Arrow.load)
     const proc = yield* WorkerProcess.spawn({
       workerId: id,

@@ -6,7 +6,7 @@
 import { fileURLToPath } from "node:url"
 import { describe, expect, it } from "@effect/vitest"
 import { NDArray, Snakepit, type SnakepitOptions, type SnakepitService, Tool } from "@snakepit/core"
-import { Fixtures, Venv } from "@snakepit/testkit"
+import { Fixtures, Processes, Venv } from "@snakepit/testkit"
 import { type Table, tableFromArrays } from "apache-arrow"
 import { Effect, Schema } from "effect"
 
@@ -96,6 +96,26 @@ describe.skipIf(dataVenv._tag !== "Ready")("with numpy, pandas and pyarrow", () 
       )
     )
   }
+
+  it.live(
+    "on plain node, apache-arrow loads on first need, and its Tables are the user's own class both ways",
+    () =>
+      Effect.gen(function* () {
+        // Not in this process: vite-node, which runs the tests, cannot resolve the way node does.
+        const host = fileURLToPath(new URL("./fixtures/hosts/arrow-host.mjs", import.meta.url))
+        const { stdout } = yield* Processes.runToCompletion(process.execPath, [
+          host,
+          JSON.stringify({ python, pythonPath: fixtures })
+        ])
+        expect(JSON.parse(stdout.trim().split("\n").at(-1)!)).toEqual({
+          kind: expect.objectContaining({ type: "pyarrow.lib.Table", rows: 3, columns: ["a"] }),
+          frameIsTable: true,
+          rows: 10,
+          lazy: true
+        })
+      }),
+    120_000
+  )
 
   it.live("dates, Decimal, UUID, sets, dataclasses, NamedTuples and pydantic models", () =>
     withRich(python, "local", (pool) =>

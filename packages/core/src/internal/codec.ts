@@ -109,9 +109,8 @@ const walkValue = (value: unknown, path: string, depth: number, walk: Walk): unk
     if (ArrayBuffer.isView(object) && !(object instanceof DataView)) {
       return ndarrayTag(walk, NDArray.of(object as Uint8ClampedArray))
     }
-    const arrow = Arrow.loaded()
-    if (arrow !== undefined && object instanceof arrow.Table) {
-      walk.blobs.push(arrow.tableToIPC(object, "stream"))
+    if (Arrow.isTable(object)) {
+      walk.blobs.push(Arrow.get()!.tableToIPC(object, "stream"))
       return { [TAG]: "arrow", blob: walk.blobs.length - 1 }
     }
     const toJSON = (object as { toJSON?: unknown }).toJSON
@@ -223,8 +222,8 @@ const decodeKind = (kind: unknown, record: Record<string, unknown>, blobs: Reado
       }
     }
     case "arrow": {
-      const arrow = Arrow.loaded()
-      // Only a worker started without Worker.make (which loads it) could get here without it.
+      const arrow = Arrow.get()
+      // Only on a node that cannot require an ES module, in a worker not started by Worker.make.
       if (arrow === undefined) throw new MalformedValue("an Arrow table arrived before apache-arrow was loaded")
       try {
         return arrow.tableFromIPC(blobOf(kind, record, blobs))
