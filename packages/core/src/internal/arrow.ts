@@ -8,6 +8,7 @@
  * and where `import.meta.resolve` is missing (vite-node), `load` imports it while each host's
  * first worker starts.
  */
+import { realpathSync } from "node:fs"
 import { createRequire } from "node:module"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
@@ -38,7 +39,10 @@ export const load: Effect.Effect<void> = Effect.suspend(() =>
 /** The module, loaded now if it can be and is not yet; undefined only on a node too old for that before `load`. */
 export const get = (): Arrow | undefined => {
   if (arrow === undefined && requiresEsm) {
-    const entry = fileURLToPath(import.meta.resolve("apache-arrow"))
+    // Its real path, as `import` would load it: a path through the package manager's symlinks
+    // (what `import.meta.resolve` gave in one bench process) hides the package's own
+    // dependencies (tslib) from it under pnpm.
+    const entry = realpathSync(fileURLToPath(import.meta.resolve("apache-arrow")))
     arrow = createRequire(import.meta.url)(entry) as Arrow
   }
   return arrow
