@@ -222,7 +222,13 @@ const decodeKind = (kind: unknown, record: Record<string, unknown>, blobs: Reado
       }
     }
     case "arrow": {
-      const arrow = Arrow.get()
+      let arrow: ReturnType<typeof Arrow.get>
+      try {
+        arrow = Arrow.get()
+      } catch (error) {
+        // Not the worker's fault, but it ends the same way: the value cannot be read here.
+        throw new MalformedValue(`an Arrow table arrived and apache-arrow could not be loaded: ${messageOf(error)}`)
+      }
       // Only on a node that cannot require an ES module, in a worker not started by Worker.make.
       if (arrow === undefined) throw new MalformedValue("an Arrow table arrived before apache-arrow was loaded")
       try {
