@@ -301,19 +301,20 @@ const checkEcho = (value) => {
   if (value !== PAYLOAD) throw new Error(`echo returned ${JSON.stringify(value)?.slice(0, 80)}`)
 }
 
+/** `n` sequential echoes through the pool's service, each one's latency appended to `out`. */
+const echoes = (pool, n, out) =>
+  Effect.gen(function* () {
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now()
+      const value = yield* pool.service.execute("echo", { value: PAYLOAD })
+      const dt = performance.now() - t0
+      checkEcho(value)
+      out?.push(dt)
+    }
+  })
+
 /** Latencies of `n` sequential echoes through the pool, appended to `out`. */
-const poolLatencies = (pool) => (n, out) =>
-  pool.run(
-    Effect.gen(function* () {
-      for (let i = 0; i < n; i++) {
-        const t0 = performance.now()
-        const value = yield* pool.service.execute("echo", { value: PAYLOAD })
-        const dt = performance.now() - t0
-        checkEcho(value)
-        out?.push(dt)
-      }
-    })
-  )
+const poolLatencies = (pool) => (n, out) => pool.run(echoes(pool, n, out))
 
 /**
  * An OpenTelemetry tracer as an application sets one up (@effect/opentelemetry's NodeSdk, a
@@ -336,21 +337,7 @@ const startTracer = async () => {
 }
 
 /** `poolLatencies` with every call traced by `tracer` (each call its own trace). */
-const tracedLatencies = (pool, tracer) => (n, out) =>
-  pool.run(
-    Effect.withTracer(
-      Effect.gen(function* () {
-        for (let i = 0; i < n; i++) {
-          const t0 = performance.now()
-          const value = yield* pool.service.execute("echo", { value: PAYLOAD })
-          const dt = performance.now() - t0
-          checkEcho(value)
-          out?.push(dt)
-        }
-      }),
-      tracer
-    )
-  )
+const tracedLatencies = (pool, tracer) => (n, out) => pool.run(Effect.withTracer(echoes(pool, n, out), tracer))
 
 /** Latencies of `n` sequential echoes through `call`, appended to `out`. */
 const promiseLatencies = (call) => async (n, out) => {
